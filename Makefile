@@ -1,0 +1,57 @@
+# Countersign: the entry points people type. Every target installs what it needs and is safe to re-run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# pycose (the independent COSE cross-check) cannot decode with cbor2 6.x, which the project uses, so it
+# gets an environment of its own (FIELD-NOTES.md).
+XCHECK := .venv-xcheck
+XSTAMP := $(XCHECK)/.installed
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+DEBS := mosquitto mosquitto-clients socat
+
+.PHONY: all deps debs venv xcheck test demo bench lint clean
+
+all: test
+
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+$(XSTAMP):
+	test -x $(XCHECK)/bin/python || $(PYTHON) -m venv $(XCHECK)
+	$(XCHECK)/bin/python -m pip install -q 'pycose==1.1.0' 'cbor2>=5.6,<6'
+	touch $@
+
+xcheck: $(XSTAMP)
+
+deps: debs venv xcheck
+
+test: deps
+	$(PY) -m pytest -q
+
+demo: deps
+	$(VENV)/bin/countersign sim chain --devices 4 --ratings 200
+
+bench: deps
+	@mkdir -p out
+	$(PY) -m countersign.sim.bench --json out/bench.json
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) $(XCHECK) out .pytest_cache

@@ -1,0 +1,87 @@
+"""Start and stop a real mosquitto for tests, the simulator and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from types import TracebackType
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_as_clause() -> str | None:
+    """mosquitto started as root drops to user 'mosquitto' unless told to stay; our temp files are root's."""
+    return "root" if os.geteuid() == 0 else None
+
+
+class Mosquitto:
+    """A mosquitto process on its own config; ``start()`` returns once it listens."""
+
+    def __init__(self, conf: Path, port: int, log_path: Path | None = None) -> None:
+        self.conf, self.port = conf, port
+        self.log_path = log_path or conf.with_suffix(".log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._ready = threading.Event()
+        self._failed: str | None = None
+
+    def start(self, timeout: float = 10.0) -> Mosquitto:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(exe).exists():
+            raise BrokerError("mosquitto is not installed (make test / make demo install it)")
+        self._ready.clear()
+        self._failed = None
+        self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise BrokerError(f"mosquitto did not start within {timeout}s; log: {self.log_path}")
+        if self._failed:
+            raise BrokerError(f"mosquitto failed: {self._failed}; log: {self.log_path}")
+        return self
+
+    def _pump(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        with open(self.log_path, "ab") as log:
+            for line in proc.stderr:
+                log.write(line)
+                log.flush()
+                if b"running" in line or b"Opening ipv4 listen socket" in line:
+                    self._ready.set()
+                if b"Error" in line and not self._ready.is_set():
+                    self._failed = line.decode(errors="replace").strip()
+                    self._ready.set()
+        self._ready.set()   # process ended: wake anyone waiting
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> Mosquitto:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
