@@ -1,0 +1,190 @@
+"""Gateway configuration: one dataclass, loaded from TOML, passed to every part (no module-level state)."""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from countersign.protocol import topics
+from countersign.protocol.errors import ProtocolError
+
+
+class ConfigError(ProtocolError, ValueError):
+    reason = "bad-config"
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class GatewayConfig:
+    hall: str
+    db_path: Path
+    keystore_path: Path
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    gateway_password: str = ""
+    # Uplink to the provincial broker; uplink_host None = no forwarding (ratings stay queued in the DB).
+    uplink_host: str | None = None
+    uplink_port: int = 1883
+    uplink_password: str = ""
+    signing_key_path: Path | None = None      # Ed25519 seed, 64 hex digits (keystore.save_signing_key)
+    province_public_key: str = ""             # 64 hex digits: verifies the province's batch acks
+    http_bind: str = "127.0.0.1"
+    http_port: int = 0                        # 0 = pick a free port (tests, several gateways per process)
+    group_max: int = 256                      # messages per group commit
+    batch_size: int = 500                     # entries per signed uplink batch
+    retry_s: float = 10.0
+    backlog_threshold: int = 10_000
+    storage_min_free_bytes: int = 200 * 1024 * 1024
+    prompt_timeout_default: int = 20
+    prompt_timeout_min: int = 10
+    prompt_timeout_max: int = 30
+    mqtt_client_id: str = topics.GATEWAY_USER
+    now_ms: Callable[[], int] = field(default=wall_ms, repr=False)
+
+    def __post_init__(self) -> None:
+        try:
+            topics.check_id(self.hall, "hall id")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if not 10 <= self.prompt_timeout_min <= self.prompt_timeout_default <= self.prompt_timeout_max <= 300:
+            raise ConfigError("prompt timeouts must satisfy 10 <= min <= default <= max <= 300")
+        if not 1 <= self.group_max <= 10_000:
+            raise ConfigError("group_max must be 1..10000")
+        if self.uplink_host is not None:
+            if self.signing_key_path is None:
+                raise ConfigError("an uplink needs uplink.signing_key")
+            try:
+                if len(bytes.fromhex(self.province_public_key)) != 32:
+                    raise ValueError("not 32 bytes")
+            except ValueError as exc:
+                raise ConfigError("uplink.province_public_key must be 64 hex digits") from exc
+
+    @property
+    def forwarding(self) -> bool:
+        return self.uplink_host is not None
+
+    @classmethod
+    def load(cls, path: str | Path) -> GatewayConfig:
+        """Read the TOML file (see gateway.example.toml); relative paths are relative to the file."""
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {p}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {p} is not valid TOML: {exc}") from exc
+        return cls.from_dict(data, base=p.parent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
+        r = _Reader(data, base)
+        kw: dict[str, Any] = {
+            "hall": r.text("hall", required=True),
+            "db_path": r.path("db", required=True),
+            "keystore_path": r.path("keystore", required=True),
+        }
+        b = r.section("broker")
+        kw.update(broker_host=b.text("host", "127.0.0.1"), broker_port=b.port("port", 1883),
+                  gateway_password=b.secret("password"))
+        u = r.section("uplink")
+        if u.data:
+            kw.update(uplink_host=u.text("host", required=True), uplink_port=u.port("port", 1883),
+                      uplink_password=u.secret("password"),
+                      signing_key_path=u.path("signing_key", required=True),
+                      province_public_key=u.text("province_public_key", required=True))
+        h = r.section("http")
+        kw.update(http_bind=h.text("bind", "127.0.0.1"), http_port=h.port("port", 8080, allow_zero=True))
+        t = r.section("tuning")
+        for name in ("group_max", "batch_size", "backlog_threshold", "storage_min_free_bytes",
+                     "prompt_timeout_default", "prompt_timeout_min", "prompt_timeout_max"):
+            if name in t.data:
+                kw[name] = t.integer(name)
+        if "retry_s" in t.data:
+            kw["retry_s"] = t.number("retry_s")
+        for rd in (r, b, u, h, t):
+            rd.check_unknown()
+        return cls(**kw)
+
+
+_KNOWN = {
+    "": {"hall", "db", "keystore", "broker", "uplink", "http", "tuning"},
+    "broker": {"host", "port", "password", "password_file"},
+    "uplink": {"host", "port", "password", "password_file", "signing_key", "province_public_key"},
+    "http": {"bind", "port"},
+    "tuning": {"group_max", "batch_size", "retry_s", "backlog_threshold", "storage_min_free_bytes",
+               "prompt_timeout_default", "prompt_timeout_min", "prompt_timeout_max"},
+}
+
+
+class _Reader:
+    """Typed access to one TOML table with error messages that name the key."""
+
+    def __init__(self, data: Any, base: Path, name: str = "") -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        self.data: dict[str, Any] = data
+        self.base, self.name = base, name
+
+    def _key(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
+    def section(self, name: str) -> _Reader:
+        return _Reader(self.data.get(name, {}), self.base, name)
+
+    def check_unknown(self) -> None:
+        extra = set(self.data) - _KNOWN[self.name]
+        if extra:
+            raise ConfigError(f"unknown config key(s): {', '.join(self._key(k) for k in sorted(extra))}")
+
+    def _get(self, key: str, typ: type | tuple[type, ...], default: Any, required: bool) -> Any:
+        if key not in self.data:
+            if required:
+                raise ConfigError(f"config key {self._key(key)} is required")
+            return default
+        v = self.data[key]
+        if not isinstance(v, typ) or isinstance(v, bool):
+            raise ConfigError(f"config key {self._key(key)} has the wrong type ({type(v).__name__})")
+        return v
+
+    def text(self, key: str, default: str = "", required: bool = False) -> str:
+        v: str = self._get(key, str, default, required)
+        return v
+
+    def integer(self, key: str) -> int:
+        v: int = self._get(key, int, 0, True)
+        if v < 0:
+            raise ConfigError(f"config key {self._key(key)} must not be negative")
+        return v
+
+    def number(self, key: str) -> float:
+        v: float = float(self._get(key, (int, float), 0, True))
+        if v <= 0:
+            raise ConfigError(f"config key {self._key(key)} must be positive")
+        return v
+
+    def port(self, key: str, default: int, allow_zero: bool = False) -> int:
+        v: int = self._get(key, int, default, False)
+        if not (0 if allow_zero else 1) <= v <= 65535:
+            raise ConfigError(f"config key {self._key(key)} must be a TCP port")
+        return v
+
+    def path(self, key: str, required: bool = False) -> Path:
+        v = self.text(key, "", required)
+        return self.base / v
+
+    def secret(self, key: str) -> str:
+        """``password`` inline or ``password_file`` (first line); the file form keeps secrets out of it."""
+        if "password_file" in self.data:
+            pf = self.path("password_file")
+            try:
+                return pf.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read {self._key('password_file')} {pf}: {exc}") from exc
+        return self.text(key)

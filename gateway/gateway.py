@@ -1,0 +1,265 @@
+"""The hall gateway: store + ingest + local API + forwarder, as one object.
+
+Runs as a daemon (cli.py) or embedded: several ``Gateway`` instances can live in one process, each with
+its own broker, database and HTTP port, because nothing here is module-level state.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from countersign.protocol import messages, topics
+from countersign.protocol.keystore import Keystore
+
+from .api import ApiServer
+from .config import GatewayConfig
+from .errors import BadRequest, Conflict, NotFound
+from .ingest import Ingest
+from .stats import Stats
+from .store import FORWARD, Store
+
+log = logging.getLogger("countersign.gateway")
+
+STORAGE_CHECK_MS = 10_000
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.cfg = config
+        self._ks_lock = threading.Lock()
+        self._ks = self._load_keystore()
+        self._stats = Stats()
+        self.store = Store(config.db_path, config.now_ms)
+        self.forwarder: Any = None      # forward.Forwarder when an uplink is configured
+        if config.forwarding:
+            if FORWARD is None:
+                log.error("uplink configured but gateway/forward.py is missing: ratings are kept, not sent")
+            else:
+                self.forwarder = FORWARD.Forwarder(FORWARD.ForwarderConfig(
+                    db_path=config.db_path, hall=config.hall, signing_key_path=config.signing_key_path,
+                    province_public_key=bytes.fromhex(config.province_public_key),
+                    uplink_host=config.uplink_host, uplink_port=config.uplink_port,
+                    uplink_password=config.uplink_password, batch_size=config.batch_size,
+                    retry_s=config.retry_s, backlog_threshold=config.backlog_threshold,
+                    now_ms=config.now_ms, on_alarm=self._on_alarm))
+        self.ingest = Ingest(config, self.store, self.keystore, self._stats, self._committed)
+        self.api = ApiServer(self, config.http_bind, config.http_port)
+        self._last_storage_check = -STORAGE_CHECK_MS
+        self._started = False
+        self._commits = threading.Condition()
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+
+    def start(self, wait_s: float = 10.0) -> None:
+        """Start every part; wait up to ``wait_s`` for the broker subscription (it keeps retrying after)."""
+        if self.forwarder is not None:
+            self.forwarder.start()
+        self.ingest.start()
+        self.api.start()
+        self._started = True
+        self._check_storage(force=True)
+        if not self.ingest.ready.wait(wait_s):
+            log.warning("hall broker %s:%d not reachable yet; retrying", self.cfg.broker_host,
+                        self.cfg.broker_port)
+
+    def stop(self) -> None:
+        if not self._started:
+            self.store.close()
+            return
+        self._started = False
+        self.api.stop()
+        self.ingest.stop()
+        if self.forwarder is not None:
+            self.forwarder.stop()
+        self.store.close()
+
+    @property
+    def http_port(self) -> int:
+        return self.api.port
+
+    def stats(self) -> dict[str, int]:
+        s = self._stats.snapshot()
+        for reason, n in self._stats.rejected().items():
+            s[f"rejected:{reason}"] = n
+        s["backlog"] = self.backlog()
+        return s
+
+    # --- keystore ---------------------------------------------------------------------------------------
+
+    def _load_keystore(self) -> Keystore:
+        ks = Keystore.load(self.cfg.keystore_path)
+        if ks.hall and ks.hall != self.cfg.hall:
+            log.warning("keystore is for hall %s, gateway is %s", ks.hall, self.cfg.hall)
+        return ks
+
+    def keystore(self) -> Keystore:
+        with self._ks_lock:
+            return self._ks
+
+    def reload_keystore(self) -> None:
+        """Re-read the keystore file (new, re-keyed or revoked devices); a bad file keeps the old one."""
+        ks = self._load_keystore()
+        with self._ks_lock:
+            self._ks = ks
+        log.info("keystore reloaded: %d devices", len(ks.devices))
+
+    def device_for_window(self, window: str) -> str:
+        for dev, dk in sorted(self.keystore().devices.items()):
+            if dk.window == window and not dk.revoked:
+                return dev
+        raise NotFound(f"unknown window {window!r}")
+
+    # --- after every commit; alarms -----------------------------------------------------------------------
+
+    def _committed(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.wake()
+        self._check_storage()
+        with self._commits:
+            self._commits.notify_all()
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``predicate()`` holds, re-checked after every ingest commit (tests and tools)."""
+        deadline = time.monotonic() + timeout
+        with self._commits:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                # The timeout bounds a missed notification (a commit between check and wait is not one:
+                # notify happens under this lock), not a polling interval.
+                self._commits.wait(min(left, 1.0))
+            return True
+
+    def _check_storage(self, force: bool = False) -> None:
+        now = self.cfg.now_ms()
+        if not force and now - self._last_storage_check < STORAGE_CHECK_MS:
+            return
+        self._last_storage_check = now
+        free = shutil.disk_usage(self.cfg.db_path.parent).free
+        with self.store.transaction() as c:
+            if free < self.cfg.storage_min_free_bytes:
+                # Never drop or refuse a rating: raise the alarm and keep storing while space lasts.
+                if Store.raise_alarm(c, now, "storage", None, f"{free} bytes free on the data disk",
+                                     once=True):
+                    log.error("STORAGE: only %d bytes free under %s", free, self.cfg.db_path.parent)
+            elif Store.clear_alarms(c, now, "storage"):
+                log.info("storage alarm cleared: %d bytes free", free)
+
+    def _on_alarm(self, kind: str, detail: str) -> None:
+        """The forwarder's alarms: 'backlog', 'backlog-cleared', 'province-rejected', ..."""
+        now = self.cfg.now_ms()
+        with self.store.transaction() as c:
+            if kind == "backlog-cleared":
+                Store.clear_alarms(c, now, "backlog")
+            else:
+                Store.raise_alarm(c, now, kind, None, detail, once=(kind == "backlog"))
+        log.warning("forwarding alarm %s: %s", kind, detail)
+
+    def backlog(self) -> int:
+        if self.forwarder is not None:
+            n: int = self.forwarder.backlog()
+            return n
+        if FORWARD is None:
+            return 0
+        with self.store.read() as c:   # no uplink: everything queued is backlog
+            q: int = c.execute("SELECT count(*) FROM uplink_entries WHERE batch_id IS NULL").fetchone()[0]
+            return q
+
+    # --- API operations (each validates everything before changing anything) -------------------------------
+
+    def sign_in(self, window: str, body: dict[str, Any]) -> dict[str, Any]:
+        device = self.device_for_window(window)
+        clerk = _text(body, "clerk", required=True)
+        name = _text(body, "name", required=False)
+        _no_extra(body, {"clerk", "name"})
+        with self.store.transaction() as c:
+            Store.set_session(c, window, clerk, name, self.cfg.now_ms())
+        self.ingest.send(device, messages.Session(clerk, name))
+        log.info("window %s: clerk %s signed in", window, clerk)
+        return {"window": window, "clerk": clerk, "name": name, "device": device}
+
+    def sign_out(self, window: str, body: dict[str, Any]) -> dict[str, Any]:
+        device = self.device_for_window(window)
+        _no_extra(body, set())
+        with self.store.transaction() as c:
+            Store.set_session(c, window, None, None, self.cfg.now_ms())
+        self.ingest.send(device, messages.Session())
+        return {"window": window, "clerk": None, "device": device}
+
+    def open_prompt(self, window: str, body: dict[str, Any]) -> dict[str, Any]:
+        device = self.device_for_window(window)
+        txn = _text(body, "txn", required=True)
+        service = body.get("service")
+        valid = {int(s) for s in messages.Service if s != messages.Service.UNKNOWN}
+        if isinstance(service, bool) or not isinstance(service, int) or service not in valid:
+            raise BadRequest(f"service must be one of {sorted(valid)}")
+        timeout = body.get("timeout", self.cfg.prompt_timeout_default)
+        lo, hi = self.cfg.prompt_timeout_min, self.cfg.prompt_timeout_max
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or not lo <= timeout <= hi:
+            raise BadRequest(f"timeout must be an integer number of seconds in {lo}..{hi}")
+        _no_extra(body, {"txn", "service", "timeout"})
+        now = self.cfg.now_ms()
+        with self.store.transaction() as c:
+            s = Store.get_session(c, window)
+            if s is None:
+                raise Conflict(f"no clerk is signed in at window {window}")
+            pid = Store.insert_prompt(c, device, window, s[0], s[1], service, txn, now, timeout)
+        self.ingest.send(device, messages.Prompt(pid, s[0], service, txn, timeout, now // 1000))
+        self._stats.incr("prompts")
+        if self.forwarder is not None:
+            self.forwarder.wake()
+        return {"prompt": pid, "device": device, "clerk": s[0]}
+
+    def status(self) -> dict[str, Any]:
+        health = self.store.devices()
+        devices = {}
+        for dev, dk in sorted(self.keystore().devices.items()):
+            h = health.get(dev, {})
+            last = h.get("last") or {}
+            devices[dev] = {"window": dk.window, "revoked": dk.revoked, "online": h.get("online", False),
+                            "last_seen_ms": h.get("last_seen_ms"), "outbox": last.get("outbox"),
+                            "firmware": last.get("fw"), "stuck_keys": last.get("stuck", 0)}
+        return {"hall": self.cfg.hall, "devices": devices, "counts": self._stats.snapshot(),
+                "rejected": self._stats.rejected(), "quarantined": self.store.quarantine_counts(),
+                "alarms": self.store.open_alarms(), "backlog": self.backlog(),
+                "forwarding": self.forwarder is not None}
+
+    def metrics(self) -> str:
+        hall = self.cfg.hall
+        out = []
+        for name, n in sorted(self._stats.snapshot().items()):
+            out.append(f'countersign_gateway_{name}_total{{hall="{hall}"}} {n}')
+        for reason, n in sorted(self._stats.rejected().items()):
+            out.append(f'countersign_gateway_rejected_by_reason_total{{hall="{hall}",reason="{reason}"}} {n}')
+        st = self.status()
+        online = sum(1 for d in st["devices"].values() if d["online"])
+        out.append(f'countersign_gateway_devices_online{{hall="{hall}"}} {online}')
+        out.append(f'countersign_gateway_devices{{hall="{hall}"}} {len(st["devices"])}')
+        out.append(f'countersign_gateway_open_alarms{{hall="{hall}"}} {len(st["alarms"])}')
+        out.append(f'countersign_gateway_backlog{{hall="{hall}"}} {st["backlog"]}')
+        out.append(f'countersign_gateway_ratings_in_store{{hall="{hall}"}} {self.store.count_ratings()}')
+        return "\n".join(out) + "\n"
+
+
+def _text(body: dict[str, Any], key: str, *, required: bool) -> Any:
+    v = body.get(key)
+    if v is None and not required:
+        return None
+    if not isinstance(v, str) or not v.strip() or len(v.encode()) > 64:
+        raise BadRequest(f"{key} must be non-empty text of at most 64 bytes")
+    return v
+
+
+def _no_extra(body: dict[str, Any], allowed: set[str]) -> None:
+    extra = set(body) - allowed
+    if extra:
+        raise BadRequest(f"unknown field(s): {', '.join(sorted(extra))}")
+
+
+__all__ = ["Gateway", "GatewayConfig", "topics"]

@@ -1,0 +1,291 @@
+"""The gateway's durable store: SQLite, WAL, synchronous=FULL, one transaction per group of messages.
+
+Dedup is on (device, epoch, seq) by a UNIQUE constraint checked in the same transaction as the insert;
+the same key with a different digest is a security alarm and the newcomer goes to quarantine (the
+original is never overwritten). Forwarding state (uplink queue, signed batches) lives in forward.py's
+tables in the same file, written in the same transactions, so a committed rating is always queued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from countersign.protocol import batch
+
+
+def _load_forward() -> ModuleType | None:
+    # forward.py is written by someone else at the same time; until it lands the gateway stores and acks
+    # but does not forward (ratings are still kept, so nothing is lost once forwarding arrives).
+    try:
+        from countersign.gateway import forward
+    except ImportError:
+        return None
+    return forward
+
+
+FORWARD = _load_forward()
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ratings (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('rating', 'no-rating')),
+    score INTEGER, scale INTEGER,
+    prompt INTEGER NOT NULL,
+    press_time INTEGER,              -- device unix seconds; NULL = the device clock was unknown
+    mono_ms INTEGER NOT NULL, boot INTEGER NOT NULL, delay_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    window TEXT NOT NULL, clerk TEXT, clerk_name TEXT, service INTEGER NOT NULL, txn TEXT,
+    prompt_ms INTEGER,
+    msg BLOB NOT NULL,               -- the device's COSE_Mac0, unchanged (the province re-verifies it)
+    digest BLOB NOT NULL,            -- sha256(msg)
+    UNIQUE (device, epoch, seq)
+);
+-- One outcome per prompt (rating or no-rating); invite-key prompts (id 0) are each their own.
+CREATE UNIQUE INDEX IF NOT EXISTS ratings_prompt ON ratings (prompt) WHERE prompt > 0;
+CREATE TABLE IF NOT EXISTS prompts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL, window TEXT NOT NULL, clerk TEXT NOT NULL, clerk_name TEXT,
+    service INTEGER NOT NULL, txn TEXT NOT NULL, opened_ms INTEGER NOT NULL, timeout INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    window TEXT PRIMARY KEY, clerk TEXT NOT NULL, name TEXT, since_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    received_ms INTEGER NOT NULL, topic TEXT NOT NULL, device TEXT, reason TEXT NOT NULL,
+    detail TEXT NOT NULL, payload BLOB NOT NULL, digest BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alarms (
+    id INTEGER PRIMARY KEY,
+    ms INTEGER NOT NULL, kind TEXT NOT NULL, device TEXT, detail TEXT NOT NULL, cleared_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS device_health (
+    device TEXT PRIMARY KEY, last_seen_ms INTEGER NOT NULL, last TEXT, online INTEGER NOT NULL
+);
+"""
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class Outcome(Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"                 # same bytes again: ack again, store nothing
+    CONFLICT = "conflicting-duplicate"      # same key, other bytes: security alarm, quarantine
+
+
+@dataclass
+class RatingRecord:
+    device: str
+    epoch: int
+    seq: int
+    kind: str                   # 'rating' | 'no-rating'
+    score: int | None
+    scale: int | None
+    prompt: int
+    press_time: int | None
+    mono_ms: int
+    boot: int
+    delay_ms: int
+    received_ms: int
+    window: str
+    clerk: str | None
+    clerk_name: str | None
+    service: int
+    txn: str | None
+    prompt_ms: int | None
+    msg: bytes
+
+    def uplink_entry(self) -> batch.DeviceEntry:
+        return batch.DeviceEntry(self.msg, self.received_ms, self.window, self.clerk, self.service, self.txn,
+                                 self.prompt_ms)
+
+
+@dataclass
+class PromptRow:
+    id: int
+    device: str
+    window: str
+    clerk: str
+    clerk_name: str | None
+    service: int
+    txn: str
+    opened_ms: int
+    timeout: int
+
+
+class Store:
+    """One SQLite connection shared by the gateway's threads under a lock (writes are short)."""
+
+    def __init__(self, path: Path, now_ms: Callable[[], int]) -> None:
+        self.path, self.now_ms = Path(path), now_ms
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self.conn = open_db(self.path)
+        if FORWARD is not None:
+            FORWARD.init_schema(self.conn)
+        self.conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (durable on return: synchronous=FULL), ROLLBACK on any error."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self.conn
+
+    # --- writes, each inside the caller's transaction -------------------------------------------------
+
+    @staticmethod
+    def store_rating(c: sqlite3.Connection, r: RatingRecord) -> Outcome:
+        """Dedup and insert in the caller's transaction; queue the entry for the province."""
+        d = digest(r.msg)
+        row = c.execute("SELECT digest FROM ratings WHERE device=? AND epoch=? AND seq=?",
+                        (r.device, r.epoch, r.seq)).fetchone()
+        if row is not None:
+            return Outcome.DUPLICATE if bytes(row[0]) == d else Outcome.CONFLICT
+        c.execute(
+            "INSERT INTO ratings (device, epoch, seq, kind, score, scale, prompt, press_time, mono_ms, boot,"
+            " delay_ms, received_ms, window, clerk, clerk_name, service, txn, prompt_ms, msg, digest)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (r.device, r.epoch, r.seq, r.kind, r.score, r.scale, r.prompt, r.press_time, r.mono_ms, r.boot,
+             r.delay_ms, r.received_ms, r.window, r.clerk, r.clerk_name, r.service, r.txn, r.prompt_ms,
+             r.msg, d))
+        if FORWARD is not None:
+            FORWARD.enqueue(c, r.uplink_entry())
+        return Outcome.STORED
+
+    @staticmethod
+    def quarantine(c: sqlite3.Connection, received_ms: int, topic: str, device: str | None, reason: str,
+                   detail: str, payload: bytes) -> None:
+        c.execute("INSERT INTO quarantine (received_ms, topic, device, reason, detail, payload, digest)"
+                  " VALUES (?,?,?,?,?,?,?)", (received_ms, topic, device, reason, detail, payload,
+                                              digest(payload)))
+
+    @staticmethod
+    def raise_alarm(c: sqlite3.Connection, ms: int, kind: str, device: str | None, detail: str, *,
+                    once: bool = False) -> bool:
+        """Record an alarm; with ``once`` no second open alarm of the same kind and device is added."""
+        if once and c.execute("SELECT 1 FROM alarms WHERE kind=? AND device IS ? AND cleared_ms IS NULL",
+                              (kind, device)).fetchone():
+            return False
+        c.execute("INSERT INTO alarms (ms, kind, device, detail) VALUES (?,?,?,?)",
+                  (ms, kind, device, detail))
+        return True
+
+    @staticmethod
+    def clear_alarms(c: sqlite3.Connection, ms: int, kind: str, device: str | None = None) -> int:
+        cur = c.execute("UPDATE alarms SET cleared_ms=? WHERE kind=? AND device IS ? AND cleared_ms IS NULL",
+                        (ms, kind, device))
+        return cur.rowcount
+
+    @staticmethod
+    def insert_prompt(c: sqlite3.Connection, device: str, window: str, clerk: str, clerk_name: str | None,
+                      service: int, txn: str, opened_ms: int, timeout: int) -> int:
+        cur = c.execute("INSERT INTO prompts (device, window, clerk, clerk_name, service, txn, opened_ms,"
+                        " timeout) VALUES (?,?,?,?,?,?,?,?)",
+                        (device, window, clerk, clerk_name, service, txn, opened_ms, timeout))
+        pid = cur.lastrowid
+        if pid is None:
+            raise sqlite3.DatabaseError("prompt insert returned no id")
+        if FORWARD is not None:
+            FORWARD.enqueue(c, batch.PromptEntry(pid, device, window, clerk, service, txn, opened_ms,
+                                                 timeout))
+        return pid
+
+    @staticmethod
+    def get_prompt(c: sqlite3.Connection, pid: int) -> PromptRow | None:
+        row = c.execute("SELECT id, device, window, clerk, clerk_name, service, txn, opened_ms, timeout"
+                        " FROM prompts WHERE id=?", (pid,)).fetchone()
+        return None if row is None else PromptRow(*row)
+
+    @staticmethod
+    def prompt_rated(c: sqlite3.Connection, pid: int) -> bool:
+        return c.execute("SELECT 1 FROM ratings WHERE prompt=?", (pid,)).fetchone() is not None
+
+    @staticmethod
+    def set_session(c: sqlite3.Connection, window: str, clerk: str | None, name: str | None, ms: int) -> None:
+        if clerk is None:
+            c.execute("DELETE FROM sessions WHERE window=?", (window,))
+        else:
+            c.execute("INSERT OR REPLACE INTO sessions (window, clerk, name, since_ms) VALUES (?,?,?,?)",
+                      (window, clerk, name, ms))
+
+    @staticmethod
+    def get_session(c: sqlite3.Connection, window: str) -> tuple[str, str | None] | None:
+        row = c.execute("SELECT clerk, name FROM sessions WHERE window=?", (window,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    @staticmethod
+    def update_health(c: sqlite3.Connection, device: str, ms: int, fields: dict[str, Any] | None) -> None:
+        if fields is None:   # any authenticated message: seen, online; keep the last health report
+            c.execute("INSERT INTO device_health (device, last_seen_ms, online) VALUES (?,?,1)"
+                      " ON CONFLICT(device) DO UPDATE SET last_seen_ms=excluded.last_seen_ms, online=1",
+                      (device, ms))
+        else:
+            c.execute("INSERT INTO device_health (device, last_seen_ms, last, online) VALUES (?,?,?,1)"
+                      " ON CONFLICT(device) DO UPDATE SET last_seen_ms=excluded.last_seen_ms,"
+                      " last=excluded.last, online=1", (device, ms, json.dumps(fields, sort_keys=True)))
+
+    @staticmethod
+    def set_offline(c: sqlite3.Connection, device: str) -> None:
+        c.execute("UPDATE device_health SET online=0 WHERE device=?", (device,))
+
+    # --- reads ------------------------------------------------------------------------------------------
+
+    def count_ratings(self) -> int:
+        with self.read() as c:
+            n: int = c.execute("SELECT count(*) FROM ratings").fetchone()[0]
+            return n
+
+    def open_alarms(self) -> list[dict[str, Any]]:
+        with self.read() as c:
+            rows = c.execute("SELECT id, ms, kind, device, detail FROM alarms WHERE cleared_ms IS NULL"
+                             " ORDER BY id").fetchall()
+        return [dict(zip(("id", "ms", "kind", "device", "detail"), r, strict=True)) for r in rows]
+
+    def quarantine_counts(self) -> dict[str, int]:
+        with self.read() as c:
+            return dict(c.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason").fetchall())
+
+    def devices(self) -> dict[str, dict[str, Any]]:
+        with self.read() as c:
+            rows = c.execute("SELECT device, last_seen_ms, last, online FROM device_health").fetchall()
+        return {d: {"last_seen_ms": seen, "online": bool(on), "last": json.loads(last) if last else None}
+                for d, seen, last, on in rows}
+
+
+def open_db(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE / COMMIT) so the group-commit
+    # boundary is exactly where the code says, not where the sqlite3 module guesses.
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit survives power loss (NORMAL in WAL mode can lose the last commits).
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
