@@ -37,7 +37,7 @@ from typing import Any
 
 from . import cbor, cose, messages
 from .errors import ProtocolError
-from .messages import Ack, Hello, Heartbeat, Message, NoRating, Prompt, Rating, Session, TimeSync
+from .messages import Ack, Heartbeat, Hello, Message, NoRating, Prompt, Rating, Session, TimeSync
 
 VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
 
@@ -83,7 +83,8 @@ def _good(title: str, msg: Message, direction: str, key: bytes = KEY_1, kid: byt
             "message": _json_message(msg)}
 
 
-def _mac0(protected: bytes, unprotected: dict[int, Any], payload: bytes, tag: bytes, tag_number: int = 17) -> bytes:
+def _mac0(protected: bytes, unprotected: dict[int, Any], payload: bytes, tag: bytes,
+          tag_number: int = 17) -> bytes:
     return cbor.dumps(cbor.Tag(tag_number, [protected, unprotected, payload, tag]))
 
 
@@ -108,8 +109,8 @@ RATING = Rating(epoch=1, seq=42, score=4, scale=4, prompt=1001, time=T0, mono=5_
 
 
 def _good_cases() -> dict[str, dict[str, Any]]:
-    health = {"epoch": 1, "boot": 7, "fw": "cs-fw 1.0.0", "reset": 1, "heap": 41_216, "outbox": 2,
-              "outbox_free": 8_998, "rssi": -61, "ignored": 3, "stuck": 0}
+    health: dict[str, Any] = {"epoch": 1, "boot": 7, "fw": "cs-fw 1.0.0", "reset": 1, "heap": 41_216,
+                              "outbox": 2, "outbox_free": 8_998, "rssi": -61, "ignored": 3, "stuck": 0}
     return {
         "good-01-rating": _good("rating, 4-key scale, 非常满意 (4)", RATING, "up"),
         "good-02-rating-5-key": _good(
@@ -126,7 +127,8 @@ def _good_cases() -> dict[str, dict[str, Any]]:
                    boot=7), "up"),
         "good-05-no-rating": _good(
             "no rating (未评价): prompt 1004 expired after 20 s",
-            NoRating(epoch=1, seq=45, prompt=1004, time=T0 + 200, mono=5_434_000, delay=20_000, boot=7), "up"),
+            NoRating(epoch=1, seq=45, prompt=1004, time=T0 + 200, mono=5_434_000, delay=20_000, boot=7),
+            "up"),
         "good-06-hello": _good(
             "hello after boot (clock unknown)",
             Hello(nonce=0x1234ABCD, uptime=3, time=None, **health), "up"),
@@ -207,15 +209,16 @@ def _fail_cases() -> dict[str, dict[str, Any]]:
                                                output=cose.mac0_encode(KEY_1, KID_1, pl_dup)))
 
     pr = cose.protected_header(cose.ALG_HMAC_256_256, KID_REVOKED)
-    add("fail-11-unknown-device", _fail("kid of a revoked (or never registered) device", "unknown-device", True,
-                                        payload=payload, protected=pr, key=KEY_REVOKED, kid=KID_REVOKED,
+    add("fail-11-unknown-device", _fail("kid of a revoked (or never registered) device", "unknown-device",
+                                        True, payload=payload, protected=pr, key=KEY_REVOKED, kid=KID_REVOKED,
                                         key_registered=False,
                                         output=cose.mac0_encode(KEY_REVOKED, KID_REVOKED, payload)))
 
     pl_unsorted = bytes([0xA0 + len(m)]) + b"".join(cbor.dumps(k) + cbor.dumps(m[k])
                                                      for k in sorted(m, reverse=True))
-    add("fail-12-non-deterministic-payload", _fail("payload map keys in descending order", "non-deterministic",
-                                                   True, payload=pl_unsorted, protected=prot,
+    add("fail-12-non-deterministic-payload", _fail("payload map keys in descending order",
+                                                   "non-deterministic", True, payload=pl_unsorted,
+                                                   protected=prot,
                                                    output=cose.mac0_encode(KEY_1, KID_1, pl_unsorted)))
 
     long_pl = b"\x59" + len(payload).to_bytes(2, "big") + payload   # 2-byte length where 1 byte would do
