@@ -21,7 +21,7 @@ from .config import GatewayConfig
 from .errors import BadRequest, Conflict, NotFound
 from .ingest import Ingest
 from .stats import Stats
-from .store import FORWARD, Store
+from .store import Store
 
 log = logging.getLogger("countersign.gateway")
 
@@ -37,10 +37,11 @@ class Gateway:
         self.store = Store(config.db_path, config.now_ms)
         self.forwarder: Any = None      # forward.Forwarder when an uplink is configured
         if config.forwarding:
-            if FORWARD is None:
+            if self.store.forward is None:
                 log.error("uplink configured but gateway/forward.py is missing: ratings are kept, not sent")
             else:
-                self.forwarder = FORWARD.Forwarder(FORWARD.ForwarderConfig(
+                fw = self.store.forward
+                self.forwarder = fw.Forwarder(fw.ForwarderConfig(
                     db_path=config.db_path, hall=config.hall, signing_key_path=config.signing_key_path,
                     province_public_key=bytes.fromhex(config.province_public_key),
                     uplink_host=config.uplink_host, uplink_port=config.uplink_port,
@@ -165,7 +166,7 @@ class Gateway:
         if self.forwarder is not None:
             n: int = self.forwarder.backlog()
             return n
-        if FORWARD is None:
+        if self.store.forward is None:
             return 0
         with self.store.read() as c:   # no uplink: everything queued is backlog
             q: int = c.execute("SELECT count(*) FROM uplink_entries WHERE batch_id IS NULL").fetchone()[0]
@@ -209,7 +210,7 @@ class Gateway:
             s = Store.get_session(c, window)
             if s is None:
                 raise Conflict(f"no clerk is signed in at window {window}")
-            pid = Store.insert_prompt(c, device, window, s[0], s[1], service, txn, now, timeout)
+            pid = self.store.insert_prompt(c, device, window, s[0], s[1], service, txn, now, timeout)
         self.ingest.send(device, messages.Prompt(pid, s[0], service, txn, timeout, now // 1000))
         self._stats.incr("prompts")
         if self.forwarder is not None:

@@ -273,7 +273,7 @@ class Ingest:
             prompt=msg.prompt, press_time=msg.time, mono_ms=msg.mono, boot=msg.boot, delay_ms=msg.delay,
             received_ms=now, window=ctx.window, clerk=ctx.clerk, clerk_name=ctx.clerk_name,
             service=ctx.service, txn=ctx.txn, prompt_ms=ctx.prompt_ms, msg=payload)
-        outcome = Store.store_rating(c, rec)
+        outcome = self.store.store_rating(c, rec)
         if outcome is Outcome.STORED:
             self.stats.incr("stored")
         else:   # cannot happen: checked above in the same transaction

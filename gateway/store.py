@@ -129,13 +129,14 @@ class PromptRow:
 class Store:
     """One SQLite connection shared by the gateway's threads under a lock (writes are short)."""
 
-    def __init__(self, path: Path, now_ms: Callable[[], int]) -> None:
+    def __init__(self, path: Path, now_ms: Callable[[], int], forward: ModuleType | None = FORWARD) -> None:
         self.path, self.now_ms = Path(path), now_ms
+        self.forward = forward
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self.conn = open_db(self.path)
-        if FORWARD is not None:
-            FORWARD.init_schema(self.conn)
+        if forward is not None:
+            forward.init_schema(self.conn)
         self.conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
 
     def close(self) -> None:
@@ -161,8 +162,7 @@ class Store:
 
     # --- writes, each inside the caller's transaction -------------------------------------------------
 
-    @staticmethod
-    def store_rating(c: sqlite3.Connection, r: RatingRecord) -> Outcome:
+    def store_rating(self, c: sqlite3.Connection, r: RatingRecord) -> Outcome:
         """Dedup and insert in the caller's transaction; queue the entry for the province."""
         d = digest(r.msg)
         row = c.execute("SELECT digest FROM ratings WHERE device=? AND epoch=? AND seq=?",
@@ -176,8 +176,8 @@ class Store:
             (r.device, r.epoch, r.seq, r.kind, r.score, r.scale, r.prompt, r.press_time, r.mono_ms, r.boot,
              r.delay_ms, r.received_ms, r.window, r.clerk, r.clerk_name, r.service, r.txn, r.prompt_ms,
              r.msg, d))
-        if FORWARD is not None:
-            FORWARD.enqueue(c, r.uplink_entry())
+        if self.forward is not None:
+            self.forward.enqueue(c, r.uplink_entry())
         return Outcome.STORED
 
     @staticmethod
@@ -204,17 +204,16 @@ class Store:
                         (ms, kind, device))
         return cur.rowcount
 
-    @staticmethod
-    def insert_prompt(c: sqlite3.Connection, device: str, window: str, clerk: str, clerk_name: str | None,
-                      service: int, txn: str, opened_ms: int, timeout: int) -> int:
+    def insert_prompt(self, c: sqlite3.Connection, device: str, window: str, clerk: str,
+                      clerk_name: str | None, service: int, txn: str, opened_ms: int, timeout: int) -> int:
         cur = c.execute("INSERT INTO prompts (device, window, clerk, clerk_name, service, txn, opened_ms,"
                         " timeout) VALUES (?,?,?,?,?,?,?,?)",
                         (device, window, clerk, clerk_name, service, txn, opened_ms, timeout))
         pid = cur.lastrowid
         if pid is None:
             raise sqlite3.DatabaseError("prompt insert returned no id")
-        if FORWARD is not None:
-            FORWARD.enqueue(c, batch.PromptEntry(pid, device, window, clerk, service, txn, opened_ms,
+        if self.forward is not None:
+            self.forward.enqueue(c, batch.PromptEntry(pid, device, window, clerk, service, txn, opened_ms,
                                                  timeout))
         return pid
 

@@ -1,0 +1,170 @@
+"""Builders for gateway tests: signed device messages, a device-side MQTT client, an embedded gateway."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from conftest import GATEWAY_PASSWORD
+from countersign.gateway.config import GatewayConfig
+from countersign.gateway.gateway import Gateway
+from countersign.protocol import cose, messages, topics
+from countersign.protocol.keystore import Keystore, mqtt_password
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+def rating(key: bytes, device: str, seq: int, *, score: int = 4, scale: int = 4, prompt: int = 0,
+           epoch: int = 1, time_s: int | None = 1_700_000_000, kid: str | None = None) -> bytes:
+    payload = messages.Rating(epoch=epoch, seq=seq, score=score, scale=scale, prompt=prompt, time=time_s,
+                              mono=1000 + seq, delay=1500, boot=1).encode()
+    return cose.mac0_encode(key, (kid or device).encode(), payload)
+
+
+def no_rating(key: bytes, device: str, seq: int, *, prompt: int, epoch: int = 1) -> bytes:
+    payload = messages.NoRating(epoch=epoch, seq=seq, prompt=prompt, time=None, mono=5, delay=20_000,
+                                boot=1).encode()
+    return cose.mac0_encode(key, device.encode(), payload)
+
+
+def hello(key: bytes, device: str, nonce: int, *, outbox: int = 0, stuck: int = 0) -> bytes:
+    payload = messages.Hello(epoch=1, boot=1, nonce=nonce, fw="1.0.0", reset=1, heap=40000, outbox=outbox,
+                             outbox_free=100, uptime=5, rssi=-50, ignored=0, stuck=stuck, time=None).encode()
+    return cose.mac0_encode(key, device.encode(), payload)
+
+
+def wait_for(cond: threading.Condition, predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    with cond:
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            cond.wait(left)
+        return True
+
+
+class Device:
+    """A device's MQTT side: its own credentials, publishes QoS1, collects (and MAC-checks) downlink."""
+
+    def __init__(self, port: int, device: str, key: bytes, *, password: str | None = None,
+                 username: str | None = None) -> None:
+        self.device, self.key = device, key
+        self.cond = threading.Condition()
+        self.down: list[messages.Message] = []
+        self.bad_down = 0
+        self.connect_rc: Any = None
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, clean_session=True,
+                                  protocol=mqtt.MQTTv311)
+        self.client.username_pw_set(username or device, password if password is not None
+                                    else mqtt_password(key))
+        self.client.max_inflight_messages_set(100)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+        self.connected = False
+        self.port = port
+
+    def start(self, timeout: float = 10.0, expect_ok: bool = True) -> Device:
+        self.client.connect_async("127.0.0.1", self.port, keepalive=30)
+        self.client.loop_start()
+        ok = wait_for(self.cond, lambda: self.connect_rc is not None, timeout)
+        if expect_ok and not (ok and self.connected):
+            raise RuntimeError(f"device {self.device} could not connect: {self.connect_rc}")
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, rc: Any, _p: object) -> None:
+        if not rc.is_failure:
+            client.subscribe(topics.device_down(self.device), qos=1)
+            return_rc = rc
+        else:
+            return_rc = rc
+            client.disconnect()   # a refused device must not keep retrying in the background
+        with self.cond:
+            self.connected = not rc.is_failure
+            self.connect_rc = return_rc
+            self.cond.notify_all()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: Any, _p: object) -> None:
+        with self.cond:
+            self.connected = False
+            self.cond.notify_all()
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            v = cose.mac0_verify(msg.payload, lambda kid: self.key if kid == self.device.encode() else None,
+                                 expected_kid=self.device.encode())
+            m = messages.decode_payload(v.payload, messages.DEVICE_DOWN)
+        except ValueError:
+            with self.cond:
+                self.bad_down += 1
+                self.cond.notify_all()
+            return
+        with self.cond:
+            self.down.append(m)
+            self.cond.notify_all()
+
+    def publish(self, data: bytes, topic: str | None = None) -> None:
+        info = self.client.publish(topic or topics.device_up(self.device), data, qos=1)
+        info.wait_for_publish(10)
+
+    def acked_seqs(self, epoch: int = 1) -> list[int]:
+        with self.cond:
+            return [s for m in self.down if isinstance(m, messages.Ack) and m.epoch == epoch for s in m.seqs]
+
+    def of_type(self, cls: type[messages.Message]) -> list[Any]:
+        with self.cond:
+            return [m for m in self.down if type(m) is cls]
+
+    def wait(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        return wait_for(self.cond, predicate, timeout)
+
+    def wait_acked(self, seqs: set[int], timeout: float = 10.0, epoch: int = 1) -> bool:
+        return self.wait(lambda: seqs <= set(self.acked_seqs(epoch)), timeout)
+
+
+def write_config(tmp_path: Path, keystore: Keystore, broker_port: int, name: str = "gw",
+                 **extra: Any) -> GatewayConfig:
+    ks_path = tmp_path / f"{name}-keystore.json"
+    keystore.save(ks_path)
+    return GatewayConfig(hall=keystore.hall, db_path=tmp_path / f"{name}.db", keystore_path=ks_path,
+                         broker_host="127.0.0.1", broker_port=broker_port, gateway_password=GATEWAY_PASSWORD,
+                         http_port=0, **extra)
+
+
+def start_gateway(cfg: GatewayConfig) -> Gateway:
+    gw = Gateway(cfg)
+    gw.start()
+    if not gw.ingest.ready.is_set():
+        gw.stop()
+        raise RuntimeError("gateway did not subscribe")
+    return gw
+
+
+def http(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            raw = r.read()
+            status = r.status
+            ctype = r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        raw, status, ctype = e.read(), e.code, e.headers.get("Content-Type", "")
+    return status, json.loads(raw) if ctype.startswith("application/json") else raw.decode()
+
+
+def rows(gw: Gateway, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with gw.store.read() as c:
+        return list(c.execute(sql, args).fetchall())
