@@ -1,0 +1,105 @@
+"""The provincial receiver's configuration, loaded from a TOML file.
+
+Example::
+
+    db = "province.db"                 # SQLite file (WAL, synchronous=FULL)
+    registry = "registry.json"         # Keystore JSON: halls (gateway Ed25519 keys) and devices
+    signing_key = "province.key"       # the province's Ed25519 seed (hex); acks are signed with kid "province"
+    workers = 2                        # MQTT workers sharing $share/province/cs/1/h/+/batch
+
+    [broker]
+    host = "127.0.0.1"
+    port = 1883
+    username = "province"              # worker n logs in as "<username>-<n>" (see brokerconf.py)
+    password_file = "province.pass"    # or: password = "..."
+
+Relative paths are taken from the config file's folder, so a config folder can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from countersign.protocol.errors import ProtocolError
+
+
+class ConfigError(ProtocolError, ValueError):
+    reason = "bad-config"
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def worker_username(base: str, n: int) -> str:
+    """Broker username (and client id) of worker ``n`` (1-based)."""
+    return f"{base}-{n}"
+
+
+@dataclass
+class ProvinceConfig:
+    db_path: Path
+    registry_path: Path
+    signing_key_path: Path
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    username: str = "province"
+    password: str = ""
+    workers: int = 2
+    # Batches taken into one SQLite transaction at most: one fsync for many batches (group commit).
+    max_group: int = 32
+    now_ms: Callable[[], int] = field(default=wall_ms)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.workers <= 64:
+            raise ConfigError(f"workers must be 1..64, got {self.workers}")
+        if not 1 <= self.max_group <= 1000:
+            raise ConfigError(f"max_group must be 1..1000, got {self.max_group}")
+
+    def worker_usernames(self) -> list[str]:
+        return [worker_username(self.username, n) for n in range(1, self.workers + 1)]
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProvinceConfig:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read province config {path}: {exc}") from exc
+        return cls.from_dict(data, base=path.parent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> ProvinceConfig:
+        def req_path(key: str) -> Path:
+            v = data.get(key)
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"config needs '{key}' (a path)")
+            return base / v
+
+        broker = data.get("broker", {})
+        if not isinstance(broker, dict):
+            raise ConfigError("[broker] must be a table")
+        password = broker.get("password", "")
+        if "password_file" in broker:
+            try:
+                password = (base / str(broker["password_file"])).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read broker password file: {exc}") from exc
+        if not isinstance(password, str):
+            raise ConfigError("broker password must be text")
+        try:
+            return cls(db_path=req_path("db"), registry_path=req_path("registry"),
+                       signing_key_path=req_path("signing_key"),
+                       broker_host=str(broker.get("host", "127.0.0.1")),
+                       broker_port=int(broker.get("port", 1883)),
+                       username=str(broker.get("username", "province")), password=password,
+                       workers=int(data.get("workers", 2)), max_group=int(data.get("max_group", 32)))
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"bad province config value: {exc}") from exc

@@ -1,0 +1,77 @@
+"""The provincial receiver as an embeddable object: ``Province(config).start()`` ... ``stop()``.
+
+Everything an instance needs hangs off the instance (config, registry, signing key, workers, counters),
+so a simulator or a test can run several provinces in one process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from countersign.protocol.keystore import Keystore, load_signing_key
+
+from .config import ProvinceConfig
+from .receiver import ReceiverStats, Worker, open_store
+
+
+class ProvinceError(RuntimeError):
+    pass
+
+
+class Province:
+    def __init__(self, config: ProvinceConfig) -> None:
+        self.config = config
+        self._registry = Keystore.load(config.registry_path)
+        self._registry_lock = threading.Lock()
+        self._key = load_signing_key(config.signing_key_path)
+        self._stats = ReceiverStats()
+        self.workers: list[Worker] = []
+
+    def registry(self) -> Keystore:
+        with self._registry_lock:
+            return self._registry
+
+    def reload_registry(self) -> None:
+        """Re-read the registry file (new halls or devices, revocations); batches after this use it."""
+        fresh = Keystore.load(self.config.registry_path)
+        with self._registry_lock:
+            self._registry = fresh
+
+    def start(self, timeout: float = 10.0) -> Province:
+        """Start the workers; return once every one of them is subscribed."""
+        open_store(self.config.db_path)
+        self.workers = [Worker(n, self.config, self.registry, self._key, self._stats)
+                        for n in range(1, self.config.workers + 1)]
+        for w in self.workers:
+            w.start()
+        for w in self.workers:
+            if not w.subscribed.wait(timeout):
+                reason = w.failed or "no answer from the broker"
+                self.stop()
+                raise ProvinceError(f"worker {w.name} did not subscribe within {timeout}s: {reason}")
+        return self
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.workers = []
+
+    def stats(self) -> dict[str, Any]:
+        snap = self._stats.snapshot()
+        snap["workers"] = {w.name: {"subscribed": w.subscribed.is_set(), "failed": w.failed}
+                           for w in self.workers}
+        return snap
+
+    def wait_stats(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> bool:
+        """Wait until the counters satisfy ``predicate`` (notified on each commit); False on timeout."""
+        return self._stats.wait_for(predicate, timeout)
+
+    def __enter__(self) -> Province:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,199 @@
+"""The provincial receiver against a real mosquitto started from its own generated config."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from countersign.protocol import batch, cose
+from countersign.protocol.keystore import new_signing_key
+from province_helpers import (HallClient, World, entry, hall_password, make_world, no_rating, rating,
+                                    signed_batch)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = make_world(tmp_path)
+    yield w
+    w.close()
+
+
+def rows(db: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return list(conn.execute(sql, args).fetchall())
+    finally:
+        conn.close()
+
+
+def test_valid_batch_is_stored_and_acked_with_a_province_signature(world: World) -> None:
+    p = world.province()
+    hall = world.hall_client("hf01")
+    k1, k2 = world.device_key("hf01-w01"), world.device_key("hf01-w02")
+    entries: list[batch.Entry] = [
+        entry(rating(k1, "hf01-w01", 1, 4), clerk="c001", service=2, txn="t1"),
+        entry(no_rating(k1, "hf01-w01", 2), clerk="c001", service=3, txn="t2"),
+        entry(rating(k2, "hf01-w02", 1, 1, time_s=None), window="2", clerk="c002", service=1, txn="t3"),
+        batch.PromptEntry(7, "hf01-w01", "1", "c001", 2, "t1", 1_700_000_000_000, 20),
+    ]
+    hall.publish("hf01", signed_batch(world.gateway_keys["hf01"], "hf01", 1, entries))
+    [(raw, ack)] = hall.wait_acks(1)
+    # The ack verifies with the province's public key (the hall client checked it) and says what was stored.
+    v = cose.sign1_verify(raw, lambda kid: world.province_key.public_key(), expected_kid=b"province")
+    assert batch.decode_batch_ack(v.payload) == ack
+    assert (ack.hall, ack.batch, ack.stored, ack.duplicates, ack.rejected) == ("hf01", 1, 4, 0, [])
+    stored = rows(p.config.db_path, "SELECT device, epoch, seq, kind, score, scale, press_s, hall, window, clerk,"
+                  " service, txn, cose FROM ratings ORDER BY device, seq")
+    assert stored == [
+        ("hf01-w01", 1, 1, "rating", 4, 4, 1_700_000_000, "hf01", "1", "c001", 2, "t1", entries[0].msg),
+        ("hf01-w01", 1, 2, "no-rating", None, None, 1_700_000_000, "hf01", "1", "c001", 3, "t2", entries[1].msg),
+        ("hf01-w02", 1, 1, "rating", 1, 4, None, "hf01", "2", "c002", 1, "t3", entries[2].msg),
+    ]
+    assert rows(p.config.db_path, "SELECT hall, prompt, device, clerk, service FROM prompts") == [
+        ("hf01", 7, "hf01-w01", "c001", 2)]
+
+
+def test_same_batch_twice_is_stored_once_and_acked_twice_with_the_same_ack(world: World) -> None:
+    p = world.province()
+    hall = world.hall_client("hf01")
+    k = world.device_key("hf01-w01")
+    data = signed_batch(world.gateway_keys["hf01"], "hf01", 5,
+                        [entry(rating(k, "hf01-w01", s, 3)) for s in range(1, 4)])
+    hall.publish("hf01", data)
+    hall.wait_acks(1)
+    hall.publish("hf01", data)
+    acks = hall.wait_acks(2)
+    assert acks[0][0] == acks[1][0]
+    assert acks[0][1].stored == 3 and acks[0][1].duplicates == 0
+    assert rows(p.config.db_path, "SELECT COUNT(*) FROM ratings") == [(3,)]
+    assert p.stats()["batches_seen_again"] == 1
+    # The same ratings in a new batch (a gateway re-queued them): acked as duplicates, not stored twice.
+    hall.publish("hf01", signed_batch(world.gateway_keys["hf01"], "hf01", 6,
+                                      [entry(rating(k, "hf01-w01", s, 3)) for s in range(1, 4)]))
+    ack3 = hall.wait_acks(3)[2][1]
+    assert (ack3.batch, ack3.stored, ack3.duplicates) == (6, 0, 3)
+    assert rows(p.config.db_path, "SELECT COUNT(*) FROM ratings") == [(3,)]
+
+
+def test_invented_or_foreign_entries_are_rejected_and_the_rest_stored(world: World) -> None:
+    p = world.province()
+    hall = world.hall_client("hf01")
+    k = world.device_key("hf01-w01")
+    good = rating(k, "hf01-w01", 1, 4)
+    forged = rating(b"\x99" * 32, "hf01-w01", 2, 4)           # the gateway made this one up
+    foreign = rating(world.device_key("hf02-w01"), "hf02-w01", 1, 4)   # a valid rating of another hall
+    # Altering a signed rating: score 1 -> 4 inside the payload ({3: 1, 4: 4, ...}), the tag kept.
+    real = rating(k, "hf01-w01", 3, 1)
+    assert real.count(bytes([0x03, 0x01, 0x04, 0x04])) == 1
+    tampered = real.replace(bytes([0x03, 0x01, 0x04, 0x04]), bytes([0x03, 0x04, 0x04, 0x04]))
+    future = rating(k, "hf01-w01", 4, 4, epoch=2)                    # epoch newer than registered
+    unknown = rating(b"\x55" * 32, "hf01-w99", 1, 4)
+    entries: list[batch.Entry] = [entry(m) for m in (good, forged, foreign, tampered, future, unknown)]
+    entries.append(entry(rating(k, "hf01-w01", 5, 2)))
+    hall.publish("hf01", signed_batch(world.gateway_keys["hf01"], "hf01", 1, entries))
+    [(_, ack)] = hall.wait_acks(1)
+    assert ack.stored == 2 and ack.duplicates == 0
+    assert ack.rejected == [(1, "bad-mac"), (2, "wrong-hall"), (3, "bad-mac"), (4, "future-epoch"),
+                            (5, "unknown-device")]
+    assert rows(p.config.db_path, "SELECT device, seq, score FROM ratings ORDER BY seq") == [
+        ("hf01-w01", 1, 4), ("hf01-w01", 5, 2)]
+    assert p.stats()["rejected_by_reason"] == {"bad-mac": 2, "wrong-hall": 1, "future-epoch": 1,
+                                               "unknown-device": 1}
+    alarms = rows(p.config.db_path, "SELECT kind FROM alarms")
+    assert alarms.count(("rejected-entry",)) == 3    # forged, foreign, tampered: security events
+
+
+def test_batch_signed_by_the_wrong_key_is_quarantined_not_stored_not_acked(world: World) -> None:
+    p = world.province()
+    hall = world.hall_client("hf01")
+    k = world.device_key("hf01-w01")
+    forged = signed_batch(new_signing_key(), "hf01", 1, [entry(rating(k, "hf01-w01", 1, 4))])
+    other_kid = signed_batch(world.gateway_keys["hf02"], "hf01", 2, [entry(rating(k, "hf01-w01", 1, 4))],
+                             kid="hf02")
+    hall.publish("hf01", forged)
+    hall.publish("hf01", other_kid)
+    assert p.wait_stats(lambda s: sum(s["quarantined_by_reason"].values()) == 2)
+    assert p.stats()["quarantined_by_reason"] == {"bad-signature": 1, "kid-mismatch": 1}
+    # A good batch after them is acked; the forged ones were not (the only ack is batch 3's).
+    hall.publish("hf01", signed_batch(world.gateway_keys["hf01"], "hf01", 3,
+                                      [entry(rating(k, "hf01-w01", 2, 4))]))
+    acks = hall.wait_acks(1)
+    assert [a.batch for _, a in acks] == [3]
+    assert rows(p.config.db_path, "SELECT seq FROM ratings") == [(2,)]
+    assert rows(p.config.db_path, "SELECT batch FROM batches") == [(3,)]
+    assert rows(p.config.db_path, "SELECT reason FROM quarantine ORDER BY id") == [("bad-signature",),
+                                                                                  ("kid-mismatch",)]
+
+
+def test_hall_gateway_cannot_publish_on_another_halls_topic(world: World) -> None:
+    p = world.province()
+    intruder = world.hall_client("hf01")
+    hf02 = world.hall_client("hf02")
+    k2 = world.device_key("hf02-w01")
+    # hf01 pushes a batch on hf02's topic (even one with hf02's valid signature, which would be stored
+    # if it got through): the broker's ACL stops it (mosquitto 2.0 drops the message or the connection).
+    intruder.try_publish("hf02", signed_batch(world.gateway_keys["hf02"], "hf02", 1,
+                                              [entry(rating(k2, "hf02-w01", 1, 1))]))
+    # Barrier: hf02's own next batch is processed after the intruder's would have been.
+    hf02.publish("hf02", signed_batch(world.gateway_keys["hf02"], "hf02", 2,
+                                      [entry(rating(k2, "hf02-w01", 2, 4))]))
+    [(_, ack)] = hf02.wait_acks(1)
+    assert ack.batch == 2
+    assert p.stats()["batches"] == 1
+    assert rows(p.config.db_path, "SELECT device, seq FROM ratings") == [("hf02-w01", 2)]
+    assert rows(p.config.db_path, "SELECT batch FROM batches") == [(2,)]
+
+
+def test_hall_user_needs_its_own_password(world: World) -> None:
+    hf02 = HallClient.__new__(HallClient)
+    with pytest.raises(RuntimeError, match="could not connect"):
+        HallClient.__init__(hf02, world, "hf02", "hf02", password=hall_password("hf01"))
+
+
+def test_two_workers_split_200_batches_and_store_every_rating_once(world: World) -> None:
+    p = world.province(workers=2)
+    clients = {h: world.hall_client(h) for h in ("hf01", "hf02")}
+    expected: set[tuple[str, int]] = set()
+    for h, c in clients.items():
+        for b in range(1, 101):
+            msgs = []
+            for i in range(5):
+                dev = f"{h}-w{(i % 3) + 1:02d}"
+                seq = b * 10 + i
+                msgs.append(entry(rating(world.device_key(dev), dev, seq, 1 + (seq % 4))))
+                expected.add((dev, seq))
+            # Every 10th batch is sent twice: a gateway resend that may land on the other worker.
+            data = signed_batch(world.gateway_keys[h], h, b, list(msgs))
+            c.publish(h, data)
+            if b % 10 == 0:
+                c.publish(h, data)
+    for c in clients.values():
+        acks = c.wait_acks(110, timeout=30)
+        assert {a.batch for _, a in acks} == set(range(1, 101))
+        # A resent batch gets the same ack again (stored 5), so count per batch id.
+        assert sum({a.batch: a.stored for _, a in acks}.values()) == 500
+        assert all(a.duplicates == 0 and not a.rejected for _, a in acks)
+    got = rows(p.config.db_path, "SELECT device, seq FROM ratings")
+    assert len(got) == 1000 and set(got) == expected
+    by_worker = p.stats()["batches_by_worker"]
+    assert set(by_worker) == {"province-1", "province-2"} and all(n > 0 for n in by_worker.values())
+    assert sum(by_worker.values()) == 220
+
+
+def test_same_key_different_bytes_raises_a_security_alarm_and_keeps_the_original(world: World) -> None:
+    p = world.province()
+    hall = world.hall_client("hf01")
+    k = world.device_key("hf01-w01")
+    original = rating(k, "hf01-w01", 9, 4)
+    other = rating(k, "hf01-w01", 9, 1)      # validly MACed, same (device, epoch, seq): a replayed counter
+    hall.publish("hf01", signed_batch(world.gateway_keys["hf01"], "hf01", 1, [entry(original)]))
+    hall.wait_acks(1)
+    hall.publish("hf01", signed_batch(world.gateway_keys["hf01"], "hf01", 2, [entry(other)]))
+    ack = hall.wait_acks(2)[1][1]
+    assert (ack.stored, ack.duplicates, ack.rejected) == (0, 0, [(0, "conflicting-duplicate")])
+    assert rows(p.config.db_path, "SELECT score, cose FROM ratings") == [(4, original)]
+    alarms = rows(p.config.db_path, "SELECT kind, hall, device FROM alarms WHERE kind = 'conflicting-rating'")
+    assert alarms == [("conflicting-rating", "hf01", "hf01-w01")]
