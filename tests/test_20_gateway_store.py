@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 from conftest import device_key
-from gw_helpers import rating
-
 from countersign.gateway.store import Outcome, RatingRecord, Store, digest
+from gw_helpers import rating
 
 DEV = "hf01-w01"
 
