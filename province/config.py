@@ -4,7 +4,7 @@ Example::
 
     db = "province.db"                 # SQLite file (WAL, synchronous=FULL)
     registry = "registry.json"         # Keystore JSON: halls (gateway Ed25519 keys) and devices
-    signing_key = "province.key"       # the province's Ed25519 seed (hex); acks are signed with kid "province"
+    signing_key = "province.key"       # the province's Ed25519 seed (hex); acks are signed, kid "province"
     workers = 2                        # MQTT workers sharing $share/province/cs/1/h/+/batch
 
     [broker]

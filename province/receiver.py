@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from countersign.protocol import batch, cose, messages, topics
 from countersign.protocol.errors import ProtocolError
 from countersign.protocol.keystore import Keystore
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
 
 from . import store as st
 from .config import ProvinceConfig
@@ -57,7 +57,8 @@ class ReceiverStats:
         self.quarantined: Counter[str] = Counter()
         self.per_worker: Counter[str] = Counter()
 
-    def add(self, worker: str, counts: Counter[str], rejected: Counter[str], quarantined: Counter[str]) -> None:
+    def add(self, worker: str, counts: Counter[str], rejected: Counter[str],
+            quarantined: Counter[str]) -> None:
         with self._cond:
             self.counts.update(counts)
             self.rejected.update(rejected)
@@ -223,10 +224,10 @@ class Worker:
         self._gen_lock = threading.Lock()
         # clean_session: the broker then only hands batches to connected workers. A persistent session of
         # a worker that is not running would hold its share of batches until the gateway's resend timer.
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.name, clean_session=True,
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.name, clean_session=True,
                                   manual_ack=True)
         self.client.username_pw_set(self.name, cfg.password)
-        self.client.reconnect_delay_set(0.2, 5)
+        self.client.reconnect_delay_set(1, 5)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message

@@ -181,8 +181,8 @@ class Store:
     def record_batch(self, hall: str, batch_id: int, created_ms: int, entries: int, stored: int,
                      duplicates: int, rejected: list[tuple[int, str]], ack: bytes) -> None:
         self.conn.execute(
-            "INSERT INTO batches (hall, batch, created_ms, received_ms, entries, stored, duplicates, rejected,"
-            " ack) VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO batches (hall, batch, created_ms, received_ms, entries, stored, duplicates,"
+            " rejected, ack) VALUES (?,?,?,?,?,?,?,?,?)",
             (hall, batch_id, created_ms, self.now_ms, entries, stored, duplicates,
              json.dumps([[i, r] for i, r in rejected]), ack))
 

@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from countersign.protocol import batch, cose, messages, topics
-from countersign.protocol.keystore import (DeviceKey, Keystore, new_signing_key, public_bytes,
-                                           save_signing_key)
+from countersign.protocol.keystore import DeviceKey, Keystore, new_signing_key, public_bytes, save_signing_key
 from countersign.province.brokerconf import write_province_broker_files
 from countersign.province.config import ProvinceConfig
 from countersign.province.province import Province
 from countersign.sim.broker import Mosquitto, free_port, run_as_clause
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 PROVINCE_PASSWORD = "test-province-password"
 HALLS = ("hf01", "hf02")
@@ -74,8 +72,9 @@ class World:
         self.broker.stop()
 
 
-def make_world(root: Path, devices_per_hall: int = 3, scales: dict[str, int] | None = None,
-               workers: int = 4) -> World:
+def make_registry(root: Path, devices_per_hall: int = 3, scales: dict[str, int] | None = None
+                  ) -> tuple[Keystore, dict[str, Ed25519PrivateKey], Ed25519PrivateKey]:
+    """Registry (saved as root/registry.json), gateway signing keys, province key (root/province.key)."""
     scales = scales or {}
     registry = Keystore()
     gateway_keys: dict[str, Ed25519PrivateKey] = {}
@@ -87,17 +86,22 @@ def make_world(root: Path, devices_per_hall: int = 3, scales: dict[str, int] | N
             device = f"{hall}-w{n:02d}"
             registry.add_device(device, DeviceKey(dev_key(hi, n), epoch=1, window=str(n),
                                                   scale=scales.get(hall, 4), hall=hall))
-    registry_path = root / "registry.json"
-    registry.save(registry_path)
+    registry.save(root / "registry.json")
     province_key = new_signing_key()
-    key_path = root / "province.key"
-    save_signing_key(key_path, province_key)
+    save_signing_key(root / "province.key", province_key)
+    return registry, gateway_keys, province_key
+
+
+def make_world(root: Path, devices_per_hall: int = 3, scales: dict[str, int] | None = None,
+               workers: int = 4) -> World:
+    registry, gateway_keys, province_key = make_registry(root, devices_per_hall, scales)
     port = free_port()
     files = write_province_broker_files(root / "broker", registry, {h: hall_password(h) for h in HALLS},
-                                        PROVINCE_PASSWORD, port=port, bind="127.0.0.1", run_as=run_as_clause(),
-                                        workers=workers)
+                                        PROVINCE_PASSWORD, port=port, bind="127.0.0.1",
+                                        run_as=run_as_clause(), workers=workers)
     broker = Mosquitto(files.conf, port).start()
-    return World(root, registry, gateway_keys, province_key, broker, port, registry_path, key_path)
+    return World(root, registry, gateway_keys, province_key, broker, port, root / "registry.json",
+                 root / "province.key")
 
 
 def rating(key: bytes, device: str, seq: int, score: int = 4, *, scale: int = 4, epoch: int = 1,

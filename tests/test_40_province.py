@@ -7,11 +7,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from countersign.protocol import batch, cose
 from countersign.protocol.keystore import new_signing_key
-from province_helpers import (HallClient, World, entry, hall_password, make_world, no_rating, rating,
-                                    signed_batch)
+from province_helpers import (
+    HallClient,
+    World,
+    entry,
+    hall_password,
+    make_world,
+    no_rating,
+    rating,
+    signed_batch,
+)
 
 
 @pytest.fixture
@@ -45,11 +52,12 @@ def test_valid_batch_is_stored_and_acked_with_a_province_signature(world: World)
     v = cose.sign1_verify(raw, lambda kid: world.province_key.public_key(), expected_kid=b"province")
     assert batch.decode_batch_ack(v.payload) == ack
     assert (ack.hall, ack.batch, ack.stored, ack.duplicates, ack.rejected) == ("hf01", 1, 4, 0, [])
-    stored = rows(p.config.db_path, "SELECT device, epoch, seq, kind, score, scale, press_s, hall, window, clerk,"
-                  " service, txn, cose FROM ratings ORDER BY device, seq")
+    stored = rows(p.config.db_path, "SELECT device, epoch, seq, kind, score, scale, press_s, hall, window,"
+                  " clerk, service, txn, cose FROM ratings ORDER BY device, seq")
     assert stored == [
         ("hf01-w01", 1, 1, "rating", 4, 4, 1_700_000_000, "hf01", "1", "c001", 2, "t1", entries[0].msg),
-        ("hf01-w01", 1, 2, "no-rating", None, None, 1_700_000_000, "hf01", "1", "c001", 3, "t2", entries[1].msg),
+        ("hf01-w01", 1, 2, "no-rating", None, None, 1_700_000_000, "hf01", "1", "c001", 3, "t2",
+         entries[1].msg),
         ("hf01-w02", 1, 1, "rating", 1, 4, None, "hf01", "2", "c002", 1, "t3", entries[2].msg),
     ]
     assert rows(p.config.db_path, "SELECT hall, prompt, device, clerk, service FROM prompts") == [

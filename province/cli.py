@@ -1,0 +1,179 @@
+"""`countersign province ...`: run the receiver, print reports, make the signing key and broker config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sqlite3
+import sys
+import threading
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from countersign.protocol.keystore import (
+    Keystore,
+    KeystoreError,
+    new_signing_key,
+    public_bytes,
+    save_signing_key,
+    write_atomic,
+)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="province_cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the provincial receiver")
+    p.add_argument("--config", required=True, type=Path, help="province TOML config")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="satisfaction and participation report from the province store")
+    p.add_argument("--db", required=True, type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--by", choices=("hall", "clerk", "service", "device"), action="append",
+                   help="grouping (repeatable; default: all four)")
+    p.add_argument("--from", dest="date_from", help="start date/time, inclusive (YYYY-MM-DD or ISO 8601;"
+                   " local time unless an offset is given)")
+    p.add_argument("--to", dest="date_to", help="end date/time; a bare date includes that whole day")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("keygen", help="create the province's Ed25519 signing key (acks)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--force", action="store_true", help="overwrite an existing key file")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("broker-config", help="write the provincial mosquitto config from the registry")
+    p.add_argument("--registry", required=True, type=Path, help="registry JSON (halls and devices)")
+    p.add_argument("--out", required=True, type=Path, help="folder for mosquitto.conf, passwd, acl")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--workers", type=int, default=4, help="province worker users to create")
+    p.add_argument("--username", default="province", help="base username of the province workers")
+    p.add_argument("--province-password-file", type=Path, required=True,
+                   help="read the province password from here; created with a new one if missing")
+    p.add_argument("--hall-passwords", type=Path, required=True,
+                   help="JSON {hall: password}; passwords for new halls are generated and added")
+    p.add_argument("--run-as", default=None, help="mosquitto `user` option")
+    p.add_argument("--no-persistence", action="store_true")
+    p.set_defaults(func=cmd_broker_config)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import ProvinceConfig
+    from .province import Province, ProvinceError
+
+    cfg = ProvinceConfig.load(args.config)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_a: done.set())
+    try:
+        province = Province(cfg).start()
+    except (ProvinceError, KeystoreError) as exc:
+        print(f"province: {exc}", file=sys.stderr)
+        return 1
+    print("province ready", flush=True)
+    try:
+        done.wait()
+    finally:
+        province.stop()
+    print(json.dumps(province.stats(), ensure_ascii=False), flush=True)
+    return 0
+
+
+def parse_when(text: str, *, end: bool) -> int:
+    """A date or ISO datetime -> unix ms. A bare date as ``end`` means the end of that day (exclusive)."""
+    try:
+        if len(text) == 10:
+            d = date.fromisoformat(text)
+            dt = datetime(d.year, d.month, d.day)
+            if end:
+                dt += timedelta(days=1)
+        else:
+            dt = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad date {text!r}: {exc}") from exc
+    if dt.tzinfo is None:
+        dt = dt.astimezone()    # naive: the machine's local time zone
+    return int(dt.timestamp() * 1000)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import GROUPINGS, Range, ReportError, build_report, render_text
+
+    if not args.db.exists():
+        print(f"province report: no database at {args.db}", file=sys.stderr)
+        return 2
+    try:
+        rng = Range(parse_when(args.date_from, end=False) if args.date_from else None,
+                    parse_when(args.date_to, end=True) if args.date_to else None)
+    except argparse.ArgumentTypeError as exc:
+        print(f"province report: {exc}", file=sys.stderr)
+        return 2
+    conn = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True)
+    try:
+        report = build_report(conn, tuple(args.by) if args.by else GROUPINGS, rng)
+    except (ReportError, sqlite3.Error) as exc:
+        print(f"province report: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=1))
+    else:
+        print(render_text(report), end="")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    if args.out.exists() and not args.force:
+        print(f"{args.out} exists; use --force to replace it (gateways pinned the old public key)",
+              file=sys.stderr)
+        return 1
+    key = new_signing_key()
+    save_signing_key(args.out, key)
+    print(public_bytes(key).hex())   # goes into every gateway's config as the province public key
+    return 0
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return data
+
+
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    from .brokerconf import new_password, write_province_broker_files
+    from .config import ConfigError
+
+    try:
+        registry = Keystore.load(args.registry)
+        hall_pw = {str(k): str(v) for k, v in _read_json_object(args.hall_passwords).items()}
+    except (KeystoreError, ValueError) as exc:
+        print(f"broker-config: {exc}", file=sys.stderr)
+        return 1
+    added = [h for h in sorted(registry.halls) if h not in hall_pw]
+    for h in added:
+        hall_pw[h] = new_password()
+    if added:
+        write_atomic(args.hall_passwords, json.dumps(hall_pw, indent=1, sort_keys=True) + "\n")
+    if args.province_password_file.exists():
+        province_pw = args.province_password_file.read_text(encoding="utf-8").strip()
+    else:
+        province_pw = new_password()
+        write_atomic(args.province_password_file, province_pw + "\n")
+    try:
+        files = write_province_broker_files(args.out, registry, hall_pw, province_pw, port=args.port,
+                                            bind=args.bind, run_as=args.run_as, province_user=args.username,
+                                            workers=args.workers, persistence=not args.no_persistence)
+    except ConfigError as exc:
+        print(f"broker-config: {exc}", file=sys.stderr)
+        return 1
+    print(files.conf)
+    if added:
+        print(f"new hall passwords for {', '.join(added)} in {args.hall_passwords}", file=sys.stderr)
+    return 0
