@@ -59,7 +59,7 @@ class Mosquitto:
             for line in proc.stderr:
                 log.write(line)
                 log.flush()
-                if b"running" in line or b"Opening ipv4 listen socket" in line:
+                if b" running" in line:
                     self._ready.set()
                 if b"Error" in line and not self._ready.is_set():
                     self._failed = line.decode(errors="replace").strip()

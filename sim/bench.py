@@ -1,0 +1,167 @@
+"""`make bench`: gateway ingest against plain MQTT pass-through, on the same broker config, in one run.
+
+Both measurements use the hall broker config the gateway generates (per-device passwords, ACLs,
+unlimited queues) and the same publishers: D keypads' credentials, N signed ratings of realistic size.
+
+- pass-through: a plain paho QoS1 subscriber (as the gateway user) receives the ratings; the clock stops
+  at the last one received.
+- gateway ingest: the real Gateway receives them (verify + dedup + durable SQLite commit with
+  synchronous=FULL + MACed ack back to each keypad); the clock stops at the last ack a keypad receives.
+
+The brief's target is a ratio (gateway / pass-through) of at least 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from countersign.gateway.brokerconf import write_broker_files
+from countersign.gateway.config import GatewayConfig
+from countersign.gateway.gateway import Gateway
+from countersign.protocol import cose, messages, topics
+from countersign.protocol.keystore import DeviceKey, Keystore, mqtt_password
+from countersign.sim.broker import Mosquitto, free_port, run_as_clause
+from countersign.sim.loadgen import Counter, Publisher, run_publishers
+
+GW_PASSWORD = "bench-gateway"
+
+
+def _keystore(devices: int) -> Keystore:
+    ks = Keystore(hall="bench")
+    for i in range(devices):
+        ks.add_device(f"bench-w{i:03d}", DeviceKey(bytes([i + 1]) * 32, epoch=1, window=str(i + 1), hall="bench"))
+    return ks
+
+
+def _ratings(ks: Keystore, per_device: int) -> dict[str, list[bytes]]:
+    now = int(time.time())
+    out: dict[str, list[bytes]] = {}
+    for dev, dk in ks.devices.items():
+        out[dev] = [cose.mac0_encode(dk.key, dev.encode(), messages.Rating(
+            epoch=1, seq=s, score=1 + s % 4, scale=4, prompt=0, time=now, mono=1000 * s, delay=3000,
+            boot=1).encode()) for s in range(1, per_device + 1)]
+    return out
+
+
+def _broker(work: Path, ks: Keystore, name: str) -> Mosquitto:
+    port = free_port()
+    files = write_broker_files(work / name, ks, GW_PASSWORD, port=port, bind="127.0.0.1",
+                               run_as=run_as_clause(), persistence=False)
+    return Mosquitto(files.conf, port).start()
+
+
+def passthrough(work: Path, ks: Keystore, msgs: dict[str, list[bytes]], timeout: float) -> dict[str, Any]:
+    total = sum(len(v) for v in msgs.values())
+    broker = _broker(work, ks, "broker-passthrough")
+    got = Counter()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=topics.GATEWAY_USER)
+    sub.username_pw_set(topics.GATEWAY_USER, GW_PASSWORD)
+    subscribed = threading.Event()
+    sub.on_connect = lambda c, *_: c.subscribe(topics.DEVICE_UP_FILTER, qos=1)
+    sub.on_subscribe = lambda *_: subscribed.set()
+    sub.on_message = lambda *_: got.add()
+    try:
+        sub.connect("127.0.0.1", broker.port)
+        sub.loop_start()
+        if not subscribed.wait(10):
+            raise TimeoutError("pass-through subscriber did not subscribe")
+        pubs = [Publisher("127.0.0.1", broker.port, dev, mqtt_password(ks.devices[dev].key),
+                          topics.device_up(dev), payloads) for dev, payloads in msgs.items()]
+        start = run_publishers(pubs)
+        ok = got.wait_for(total, timeout)
+        elapsed = time.perf_counter() - start
+        for p in pubs:
+            p.close()
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+        broker.stop()
+    return {"messages": total, "received": got.value, "complete": ok, "seconds": round(elapsed, 3),
+            "rate": round(got.value / elapsed, 1)}
+
+
+def gateway_ingest(work: Path, ks: Keystore, msgs: dict[str, list[bytes]], timeout: float) -> dict[str, Any]:
+    total = sum(len(v) for v in msgs.values())
+    broker = _broker(work, ks, "broker-gateway")
+    ks_path = work / "gateway-keystore.json"
+    ks.save(ks_path)
+    gw = Gateway(GatewayConfig(hall="bench", db_path=work / "bench-gateway.db", keystore_path=ks_path,
+                               broker_port=broker.port, gateway_password=GW_PASSWORD))
+    acked = Counter()
+
+    def on_ack_for(dev: str, key: bytes) -> Any:
+        def on_reply(data: bytes) -> None:
+            try:
+                v = cose.mac0_verify(data, lambda kid: key, expected_kid=dev.encode())
+                m = messages.decode_payload(v.payload, messages.DEVICE_DOWN)
+            except ValueError:
+                return
+            if isinstance(m, messages.Ack):
+                acked.add(len(m.seqs))
+        return on_reply
+
+    try:
+        gw.start()
+        pubs = [Publisher("127.0.0.1", broker.port, dev, mqtt_password(ks.devices[dev].key),
+                          topics.device_up(dev), payloads, reply_topic=topics.device_down(dev),
+                          on_reply=on_ack_for(dev, ks.devices[dev].key)) for dev, payloads in msgs.items()]
+        start = run_publishers(pubs)
+        ok = acked.wait_for(total, timeout)
+        elapsed = time.perf_counter() - start
+        for p in pubs:
+            p.close()
+        stats = gw.stats()
+    finally:
+        gw.stop()
+        broker.stop()
+    return {"messages": total, "acked": acked.value, "complete": ok, "seconds": round(elapsed, 3),
+            "rate": round(acked.value / elapsed, 1), "gateway_stats": stats}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", type=int, default=20)
+    ap.add_argument("--per-device", type=int, default=1000)
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--json", type=Path, help="write (merge) the figures into this JSON file")
+    args = ap.parse_args(argv)
+    ks = _keystore(args.devices)
+    msgs = _ratings(ks, args.per_device)
+    size = len(next(iter(msgs.values()))[0])
+    with tempfile.TemporaryDirectory(prefix="countersign-bench-") as tmp:
+        work = Path(tmp)
+        base = passthrough(work, ks, msgs, args.timeout)
+        ing = gateway_ingest(work, ks, msgs, args.timeout)
+    ratio = ing["rate"] / base["rate"] if base["rate"] else 0.0
+    print(f"signed rating on the wire: {size} bytes")
+    print(f"plain paho QoS1 pass-through: {base['rate']:>9.0f} msg/s ({base['received']}/{base['messages']} "
+          f"in {base['seconds']} s)")
+    print(f"gateway ingest (verify+dedup+commit+ack): {ing['rate']:>9.0f} msg/s ({ing['acked']}/"
+          f"{ing['messages']} acked in {ing['seconds']} s)")
+    print(f"ratio gateway/pass-through: {ratio:.2f} (target >= 0.5)")
+    if args.json:
+        existing: dict[str, Any] = {}
+        if args.json.exists():
+            try:
+                existing = json.loads(args.json.read_text())
+            except json.JSONDecodeError:
+                existing = {}
+        existing["gateway"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.node(),
+                               "rating_wire_bytes": size, "passthrough": base, "ingest": ing,
+                               "ratio": round(ratio, 3)}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(existing, indent=1, default=str) + "\n")
+    return 0 if base["complete"] and ing["complete"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""A business morning at one hall on the CPython chain: clerks sign in, customers rate, faults happen."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .chain import Chain
+
+CLERK_NAMES = ["张伟", "王芳", "李娜", "刘洋", "陈静", "杨磊", "赵敏", "黄强", "周丽", "吴军"]
+
+
+@dataclass
+class ScenarioConfig:
+    ratings: int = 200          # transactions in all, spread over the windows
+    seed: int = 7
+    ignore_rate: float = 0.03   # customers who walk away: a no-rating after the prompt's timeout
+    double_rate: float = 0.05   # customers who press twice: the second press is ignored
+    uplink_outage: bool = False  # stop the provincial broker for the middle third of the run
+
+
+def run(chain: Chain, sc: ScenarioConfig, progress: Callable[[int, int], None] | None = None) -> None:
+    rng = random.Random(sc.seed)
+    for i, dev in enumerate(chain.device_ids):
+        window = chain.keystore.devices[dev].window
+        chain.sign_in(window, f"{10001 + i}", CLERK_NAMES[i % len(CLERK_NAMES)])
+    per_device = {dev: sc.ratings // len(chain.device_ids) + (1 if i < sc.ratings % len(chain.device_ids)
+                                                              else 0)
+                  for i, dev in enumerate(chain.device_ids)}
+    # Each window's customers are drawn up front from the seed, so a run is reproducible whatever the
+    # threads' interleaving.
+    plans = {dev: [(rng.random() < sc.ignore_rate, rng.random() < sc.double_rate, rng.randrange(1 << 30))
+                   for _ in range(n)] for dev, n in per_device.items()}
+    done = 0
+    lock = threading.Lock()
+    outage_at, restore_at = sc.ratings // 3, 2 * sc.ratings // 3
+    errors: list[BaseException] = []
+
+    def window_loop(dev: str) -> None:
+        nonlocal done
+        for k, (ignore, twice, sub_seed) in enumerate(plans[dev]):
+            try:
+                chain.serve(dev, random.Random(sub_seed), f"{dev}-T{k:05d}", ignore=ignore, press_twice=twice)
+            except BaseException as exc:  # reported after the join, the run fails
+                errors.append(exc)
+                return
+            with lock:
+                done += 1
+                n = done
+            if sc.uplink_outage and n == outage_at:
+                chain.province_broker.stop()
+            if sc.uplink_outage and n == restore_at:
+                chain.province_broker.start()
+            if progress is not None:
+                progress(n, sc.ratings)
+
+    threads = [threading.Thread(target=window_loop, args=(dev,), daemon=True) for dev in chain.device_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"scenario failed: {errors[0]!r}") from errors[0]
+    if sc.uplink_outage and chain.province_broker.proc is None:
+        chain.province_broker.start()
+
+
+def summary(report: dict[str, Any]) -> str:
+    r = report
+    lines = [
+        f"presses {r['presses']}  prompts {r['prompts']}  ratings made {r['ratings_made']}",
+        f"stored at gateway {r['stored_gateway']} (+{r['no_ratings_gateway']} no-ratings)  "
+        f"received by province {r['received_province']}  prompts at province {r['prompts_province']}",
+        f"lost {r['lost']}  duplicated {r['duplicated']}  invented {r['invented']}  altered {r['altered']}",
+        f"rejected {r['rejected'] or 'none'}",
+    ]
+    return "\n".join(lines)
