@@ -124,6 +124,8 @@ def _entry(m: Any) -> Entry:
     if not isinstance(m, Mapping):
         raise SchemaError("batch entry must be a map", "bad-batch")
     kind = m.get(0)
+    if isinstance(kind, bool):   # true == 1 in Python: without this, `true` passed as a device entry
+        raise SchemaError("batch entry kind must be an integer", "bad-batch")
     try:
         if kind == EntryKind.DEVICE_MESSAGE:
             _keys(m, {0, 1, 2, 3, 4, 5, 6, 7}, "device entry")
