@@ -54,21 +54,23 @@ class Device:
     """A device's MQTT side: its own credentials, publishes QoS1, collects (and MAC-checks) downlink."""
 
     def __init__(self, port: int, device: str, key: bytes, *, password: str | None = None,
-                 username: str | None = None) -> None:
+                 username: str | None = None, client_id: str | None = None, anonymous: bool = False) -> None:
         self.device, self.key = device, key
         self.cond = threading.Condition()
         self.down: list[messages.Message] = []
         self.bad_down = 0
         self.connect_rc: Any = None
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, clean_session=True,
-                                  protocol=mqtt.MQTTv311)
-        self.client.username_pw_set(username or device, password if password is not None
-                                    else mqtt_password(key))
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or device,
+                                  clean_session=True, protocol=mqtt.MQTTv311)
+        if not anonymous:
+            self.client.username_pw_set(username or device, password if password is not None
+                                        else mqtt_password(key))
         self.client.max_inflight_messages_set(100)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
         self.connected = False
+        self.disconnects = 0
         self.port = port
 
     def start(self, timeout: float = 10.0, expect_ok: bool = True) -> Device:
@@ -86,18 +88,17 @@ class Device:
     def _on_connect(self, client: mqtt.Client, _u: object, _f: object, rc: Any, _p: object) -> None:
         if not rc.is_failure:
             client.subscribe(topics.device_down(self.device), qos=1)
-            return_rc = rc
         else:
-            return_rc = rc
             client.disconnect()   # a refused device must not keep retrying in the background
         with self.cond:
             self.connected = not rc.is_failure
-            self.connect_rc = return_rc
+            self.connect_rc = rc
             self.cond.notify_all()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: Any, _p: object) -> None:
         with self.cond:
             self.connected = False
+            self.disconnects += 1
             self.cond.notify_all()
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
