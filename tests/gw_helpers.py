@@ -58,6 +58,7 @@ class Device:
         self.device, self.key = device, key
         self.cond = threading.Condition()
         self.down: list[messages.Message] = []
+        self.acked: set[tuple[int, int]] = set()      # (epoch, seq) acked at least once
         self.bad_down = 0
         self.connect_rc: Any = None
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or device,
@@ -113,6 +114,8 @@ class Device:
             return
         with self.cond:
             self.down.append(m)
+            if isinstance(m, messages.Ack):
+                self.acked.update((m.epoch, s) for s in m.seqs)
             self.cond.notify_all()
 
     def publish(self, data: bytes, topic: str | None = None) -> None:
