@@ -163,10 +163,13 @@ class _Stats:
             return dict(self.counts)
 
 
-_STAT_NAMES = ("batches_created", "batches_sent", "batches_resent", "batches_acked", "entries_acked",
-               "entries_rejected", "acks_received", "acks_bad", "acks_wrong_hall", "acks_unknown_batch",
-               "acks_duplicate", "acks_count_mismatch", "entries_held", "publish_failed", "connects",
-               "disconnects", "connect_refused", "db_busy")
+_STAT_NAMES = (
+    "batches_created", "batches_sent", "batches_resent", "batches_acked", "entries_acked",
+    "entries_rejected", "entries_held",
+    "acks_received", "acks_rejected",  # acks_rejected = acks_bad + acks_wrong_hall + acks_unknown_batch
+    "acks_bad", "acks_wrong_hall", "acks_unknown_batch", "acks_duplicate", "acks_count_mismatch",
+    "publish_failed", "connects", "disconnects", "connect_refused", "db_busy",
+)
 
 
 class Forwarder:
@@ -243,6 +246,8 @@ class Forwarder:
         with self._lock:
             s["connected"] = int(self._connected)
         s["backlog_alarm"] = int(self._backlog_alarmed)
+        thread = self._thread
+        s["running"] = int(thread is not None and thread.is_alive())
         return s
 
     @property
@@ -476,16 +481,19 @@ class Forwarder:
             ack = batch.decode_batch_ack(v.payload)
         except ProtocolError as exc:
             self._stats.inc("acks_bad")
+            self._stats.inc("acks_rejected")
             log.warning("hall %s: ignoring a batch ack that does not verify or decode (%s): %s",
                         cfg.hall, exc.reason, exc)
             return
         if ack.hall != cfg.hall:
             self._stats.inc("acks_wrong_hall")
+            self._stats.inc("acks_rejected")
             log.warning("hall %s: ignoring a batch ack for hall %r (batch %d)", cfg.hall, ack.hall, ack.batch)
             return
         row = conn.execute("SELECT entries, acked_ms FROM batches WHERE id = ?", (ack.batch,)).fetchone()
         if row is None:
             self._stats.inc("acks_unknown_batch")
+            self._stats.inc("acks_rejected")
             log.warning("hall %s: ignoring an ack for unknown batch %d", cfg.hall, ack.batch)
             return
         entries, acked_ms = row
@@ -541,12 +549,13 @@ class Forwarder:
 
 
 def _backlog(conn: sqlite3.Connection) -> int:
-    unbatched = conn.execute("SELECT count(*) FROM uplink_entries WHERE batch_id IS NULL").fetchone()[0]
-    held = conn.execute("SELECT count(*) FROM uplink_entries WHERE batch_id = ?",
-                        (HELD_BATCH_ID,)).fetchone()[0]
-    unacked = conn.execute("SELECT coalesce(sum(entries), 0) FROM batches "
-                           "WHERE acked_ms IS NULL").fetchone()[0]
-    return int(unbatched + held + unacked)
+    # One statement, so one snapshot: an entry moving into a batch is never counted twice or not at all.
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM uplink_entries WHERE batch_id IS NULL)"
+        " + (SELECT count(*) FROM uplink_entries WHERE batch_id = ?)"
+        " + (SELECT coalesce(sum(entries), 0) FROM batches WHERE acked_ms IS NULL)",
+        (HELD_BATCH_ID,)).fetchone()
+    return int(row[0])
 
 
 def _decode_entry(blob: bytes) -> batch.Entry:

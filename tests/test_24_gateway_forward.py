@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,9 @@ def write_province_broker(folder: Path, port: int, halls: dict[str, str]) -> Pat
     ]))
     lines = [f"listener {port} 127.0.0.1", "allow_anonymous false", f"password_file {passwd}",
              f"acl_file {acl}", "use_username_as_clientid true", "max_queued_messages 0",
-             "persistence false"]
+             # Sessions survive a broker restart (saved on SIGTERM), so a batch resent on reconnect
+             # reaches the peer even if the peer has not reconnected yet.
+             "persistence true", f"persistence_location {folder}/"]
     run_as = run_as_clause()
     if run_as:
         lines.append(f"user {run_as}")
@@ -97,7 +100,7 @@ class ProvincePeer:
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def __post_init__(self) -> None:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="province", clean_session=True)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="province", clean_session=False)
         c.username_pw_set("province", PROVINCE_PASSWORD)
         c.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
         c.on_connect = lambda cl, *_: cl.subscribe(topics.HALL_BATCH_FILTER, qos=1)
@@ -147,8 +150,8 @@ class ProvincePeer:
                 client.publish(topics.hall_ack(hall), data, qos=1)
             return
         rejected = [(0, "bad-mac")] if mode == "reject-first" else []
-        ack = batch.BatchAck(hall, b.batch, n - len(rejected), 0, rejected)
-        client.publish(topics.hall_ack(hall), cose.sign1_encode(self.key, b"province", ack.encode()), qos=1)
+        good = batch.BatchAck(hall, b.batch, n - len(rejected), 0, rejected)
+        client.publish(topics.hall_ack(hall), cose.sign1_encode(self.key, b"province", good.encode()), qos=1)
 
     def set_mode(self, mode: str) -> None:
         with self.cond:
@@ -333,6 +336,7 @@ def test_prompt_entries_and_rolled_back_entries(env: Env) -> None:
 
 def test_uplink_outage_loses_nothing(env: Env) -> None:
     env.cfg.backlog_threshold = 20
+    env.cfg.retry_s = 60.0                             # only the reconnect itself can trigger the resend
     fwd = env.forwarder()
     env.peer.set_mode("silent")                        # the province takes the batch but never acks
     first = [rating_entry(s) for s in range(1, 6)]
@@ -380,6 +384,7 @@ def test_forged_acks_are_ignored(env: Env) -> None:
 
 
 def test_restart_resends_unacked(env: Env) -> None:
+    env.cfg.retry_s = 60.0                             # the new process resends at once, not on a timer
     fwd1 = env.forwarder()
     env.peer.set_mode("silent")
     first = [rating_entry(s) for s in range(1, 5)]
@@ -426,6 +431,23 @@ def test_config_is_checked(env: Env) -> None:
     bad = forward.ForwarderConfig(**{**env.cfg.__dict__, "batch_size": 5000})
     with pytest.raises(ValueError):
         forward.Forwarder(bad)
-    hexkey = forward.ForwarderConfig(**{**env.cfg.__dict__,
-                                        "province_public_key": bytes(env.cfg.province_public_key).hex()})
+    raw = env.cfg.province_public_key
+    assert isinstance(raw, bytes)
+    hexkey = forward.ForwarderConfig(**{**env.cfg.__dict__, "province_public_key": raw.hex()})
     forward.Forwarder(hexkey)                          # the gateway's config holds the key as hex
+
+
+def test_week_backlog_drains_in_seconds(env: Env) -> None:
+    """A week of a busy hall's ratings (20,000) queued during an outage reaches the province quickly."""
+    env.cfg.batch_size = 500
+    env.cfg.backlog_threshold = 10_000
+    entries = [rating_entry(s) for s in range(1, 20_001)]
+    env.enqueue(entries, per_txn=1000)                 # committed while the forwarder is down
+    t0 = time.monotonic()
+    fwd = env.forwarder()
+    assert fwd.wait_until(backlog_is(0), 60.0), fwd.stats()
+    elapsed = time.monotonic() - t0
+    print(f"\n20000 entries drained in {elapsed:.2f}s ({20000 / elapsed:.0f} entries/s)")
+    assert_each_entry_once(env, entries)
+    assert env.alarms.kinds() == ["backlog", "backlog-cleared"]
+    assert elapsed < 30.0
