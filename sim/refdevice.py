@@ -522,6 +522,7 @@ class RefDevice:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_socket_open = tcp_no_delay
         return c
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: Any, rc: Any, props: Any) -> None:
@@ -575,3 +576,10 @@ class RefDevice:
                     self._timers[slot] = self._later(period_s, tick)
 
         self._timers.append(self._later(period_s, tick))
+
+
+def tcp_no_delay(client: mqtt.Client, userdata: object, sock: Any) -> None:
+    """Send each small packet at once: with Nagle on, a rating waits for the previous packet's TCP ack
+    (up to the 40 ms delayed-ack timer on Linux), which alone would break the 50 ms press-to-stored goal."""
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

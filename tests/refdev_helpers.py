@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from countersign.protocol import cose, messages, topics
 from countersign.protocol.errors import ProtocolError
 from countersign.protocol.keystore import Keystore
 from countersign.protocol.messages import Hello, Message, NoRating, Prompt, Rating, Session, TimeSync
-from countersign.sim.refdevice import DeviceConfig
+from countersign.sim.refdevice import DeviceConfig, tcp_no_delay
+from paho.mqtt.enums import CallbackAPIVersion
 
 GATEWAY_PASSWORD = "test-gateway-password"   # the same as conftest.GATEWAY_PASSWORD
 
@@ -51,6 +50,7 @@ class Peer:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_socket_open = tcp_no_delay
         self.client = c
 
     def start(self) -> Peer:
