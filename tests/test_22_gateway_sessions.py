@@ -136,3 +136,50 @@ def test_status_and_metrics(env: tuple[Gateway, Device, Device]) -> None:
     assert status == 200
     assert 'countersign_gateway_stored_total{hall="hf01"} 1' in text
     assert 'countersign_gateway_devices_online{hall="hf01"} 1' in text
+
+
+def test_prompt_and_rating_forwarded_with_context(tmp_path: Path,
+                                                  hall_broker: Callable[[Keystore], Mosquitto]) -> None:
+    """Gateway with an uplink: the prompt record and the rating (device bytes unchanged, with its
+    context) reach the province in signed batches, and the province's ack empties the backlog."""
+    fwd = pytest.importorskip("countersign.gateway.forward")
+    t24 = pytest.importorskip("test_24_gateway_forward")   # its provincial broker and scripted peer
+    from countersign.protocol import batch
+    from countersign.protocol.keystore import new_signing_key, public_bytes, save_signing_key
+
+    uplink = t24.Uplink(tmp_path / "province-broker")
+    uplink.start()
+    hall_key, province_key = new_signing_key(), new_signing_key()
+    save_signing_key(tmp_path / "hall.key", hall_key)
+    peer = t24.ProvincePeer(uplink.port, {"hf01": hall_key.public_key()}, province_key).start()
+    ks = make_keystore(devices=1)
+    broker = hall_broker(ks)
+    cfg = write_config(tmp_path, ks, broker.port, uplink_host="127.0.0.1", uplink_port=uplink.port,
+                       uplink_password=t24.HALL_PASSWORD, signing_key_path=tmp_path / "hall.key",
+                       province_public_key=public_bytes(province_key).hex(), retry_s=0.5)
+    gw = start_gateway(cfg)
+    a = Device(broker.port, A, KA).start()
+    try:
+        assert isinstance(gw.forwarder, fwd.Forwarder)
+        assert http(gw.http_port, "POST", "/v1/windows/1/signin", {"clerk": "10023"})[0] == 200
+        pid = http(gw.http_port, "POST", "/v1/windows/1/prompt", {"txn": "T-9", "service": 4})[1]["prompt"]
+        msg = rating(KA, A, 1, score=2, prompt=pid)
+        a.publish(msg)
+        assert a.wait_acked({1})
+
+        def entries() -> list[batch.Entry]:
+            return [e for d in peer.deliveries for e in d.batch.entries]
+        assert peer.wait(lambda p: len({repr(e) for e in entries()}) >= 2)
+        by_kind = {type(e).__name__: e for e in entries()}
+        p_entry, d_entry = by_kind["PromptEntry"], by_kind["DeviceEntry"]
+        assert (p_entry.prompt, p_entry.device, p_entry.clerk, p_entry.service, p_entry.txn) == \
+            (pid, A, "10023", 4, "T-9")
+        assert d_entry.msg == msg
+        assert (d_entry.window, d_entry.clerk, d_entry.service, d_entry.txn) == ("1", "10023", 4, "T-9")
+        assert gw.forwarder.wait_until(lambda f: f.backlog() == 0, 20)
+        assert gw.stats()["backlog"] == 0 and gw.status()["backlog"] == 0
+    finally:
+        a.stop()
+        gw.stop()
+        peer.stop()
+        uplink.stop()
