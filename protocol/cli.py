@@ -39,7 +39,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gateway-key", help="a hall gateway's Ed25519 public key (64 hex) for a batch")
     parser.add_argument("--province-key", help="the province's Ed25519 public key (64 hex) for a batch ack")
     parser.add_argument("--direction", choices=("up", "down", "any"), default="any",
-                        help="device message direction to accept (default: any)")
+                        help="the input is a device message of this direction (default: any message)")
     parser.set_defaults(func=run)
 
 
@@ -197,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
-        if data[:1] == b"\xd2":
+        # Tag 18 (0xd2) is a Sign1, unless the user said it is a device message (--direction up/down).
+        if data[:1] == b"\xd2" and args.direction == "any":
             out, bad = decode_sign1(data, keys)
         else:
             out, bad = decode_device(data, keys, args.direction), []
