@@ -318,21 +318,24 @@ class Worker:
                 if self._stop.wait(delay):
                     return False
                 delay = min(delay * 2, 5.0)
+        # Counters first: they describe what is committed, and anyone holding an ack sees them updated.
         counts: Counter[str] = Counter({"commits": 1})
         rejected: Counter[str] = Counter()
         quarantined: Counter[str] = Counter()
+        for res in results:
+            counts.update(res.counts)
+            counts["acks_published"] += res.ack is not None
+            rejected.update(res.rejected)
+            quarantined.update(res.quarantined)
+        self._stats.add(self.name, counts, rejected, quarantined)
         with self._gen_lock:
             gen = self._generation
         for it, res in zip(group, results, strict=True):
             if res.ack is not None and res.ack_topic is not None:
                 self.client.publish(res.ack_topic, res.ack, qos=1)
-                counts["acks_published"] += 1
+            # A PUBACK only on the connection the message came in on: packet ids restart per connection.
             if it.generation == gen:
                 self.client.ack(it.mid, it.qos)
-            counts.update(res.counts)
-            rejected.update(res.rejected)
-            quarantined.update(res.quarantined)
-        self._stats.add(self.name, counts, rejected, quarantined)
         return True
 
 

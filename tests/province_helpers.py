@@ -154,14 +154,19 @@ class HallClient:
         self.client.on_publish = lambda *_a: self._notify()
         self.client.on_disconnect = self._on_disconnect
         self.disconnected = False
+        self.refused = False
         self.client.connect("127.0.0.1", world.port)
         self.client.loop_start()
-        if not self.connected.wait(5):
+        if not self.connected.wait(5) or self.refused:
             self.close()
             raise RuntimeError(f"hall client {username} could not connect")
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if not rc.is_failure:
+        if rc.is_failure:
+            self.refused = True
+            self.connected.set()
+            client.disconnect()
+        else:
             client.subscribe(topics.hall_ack(self.hall), qos=1)
 
     def _notify(self) -> None:

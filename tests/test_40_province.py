@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import queue
 import sqlite3
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from countersign.protocol import batch, cose
-from countersign.protocol.keystore import new_signing_key
+from countersign.protocol.keystore import load_signing_key, new_signing_key, public_bytes
+from countersign.sim.broker import Mosquitto, free_port, run_as_clause
 from province_helpers import (
     HallClient,
     World,
     entry,
     hall_password,
+    make_registry,
     make_world,
     no_rating,
     rating,
@@ -121,10 +128,15 @@ def test_batch_signed_by_the_wrong_key_is_quarantined_not_stored_not_acked(world
     forged = signed_batch(new_signing_key(), "hf01", 1, [entry(rating(k, "hf01-w01", 1, 4))])
     other_kid = signed_batch(world.gateway_keys["hf02"], "hf01", 2, [entry(rating(k, "hf01-w01", 1, 4))],
                              kid="hf02")
-    hall.publish("hf01", forged)
-    hall.publish("hf01", other_kid)
-    assert p.wait_stats(lambda s: sum(s["quarantined_by_reason"].values()) == 2)
-    assert p.stats()["quarantined_by_reason"] == {"bad-signature": 1, "kid-mismatch": 1}
+    # Signed by hf01 but claiming to be hf02's batch inside; and bytes that are not COSE at all.
+    mismatch = signed_batch(world.gateway_keys["hf01"], "hf01", 4, [entry(rating(k, "hf01-w01", 1, 4))],
+                            body_hall="hf02")
+    for data in (forged, other_kid, mismatch, b"\xff\x00 not cbor"):
+        hall.publish("hf01", data)
+    assert p.wait_stats(lambda s: sum(s["quarantined_by_reason"].values()) == 4)
+    quarantined = p.stats()["quarantined_by_reason"]
+    assert quarantined.pop("bad-signature") == 1 and quarantined.pop("kid-mismatch") == 1
+    assert quarantined.pop("hall-mismatch") == 1 and len(quarantined) == 1   # + the CBOR error's reason
     # A good batch after them is acked; the forged ones were not (the only ack is batch 3's).
     hall.publish("hf01", signed_batch(world.gateway_keys["hf01"], "hf01", 3,
                                       [entry(rating(k, "hf01-w01", 2, 4))]))
@@ -132,8 +144,9 @@ def test_batch_signed_by_the_wrong_key_is_quarantined_not_stored_not_acked(world
     assert [a.batch for _, a in acks] == [3]
     assert rows(p.config.db_path, "SELECT seq FROM ratings") == [(2,)]
     assert rows(p.config.db_path, "SELECT batch FROM batches") == [(3,)]
-    assert rows(p.config.db_path, "SELECT reason FROM quarantine ORDER BY id") == [("bad-signature",),
-                                                                                  ("kid-mismatch",)]
+    reasons = rows(p.config.db_path, "SELECT reason FROM quarantine ORDER BY id")
+    assert reasons[:3] == [("bad-signature",), ("kid-mismatch",), ("hall-mismatch",)]
+    assert p.stats()["stored"] == 1
 
 
 def test_hall_gateway_cannot_publish_on_another_halls_topic(world: World) -> None:
@@ -205,3 +218,49 @@ def test_same_key_different_bytes_raises_a_security_alarm_and_keeps_the_original
     assert rows(p.config.db_path, "SELECT score, cose FROM ratings") == [(4, original)]
     alarms = rows(p.config.db_path, "SELECT kind, hall, device FROM alarms WHERE kind = 'conflicting-rating'")
     assert alarms == [("conflicting-rating", "hf01", "hf01-w01")]
+
+
+def test_cli_broker_config_keygen_and_run(tmp_path: Path) -> None:
+    """The operator's path: `broker-config`, `keygen`, a TOML config, `run` prints `province ready`."""
+    registry, gateway_keys, _ = make_registry(tmp_path)
+    exe = [sys.executable, "-m", "countersign.cli", "province"]
+    pub_hex = subprocess.run([*exe, "keygen", "--out", str(tmp_path / "p.key")], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    port = free_port()
+    cmd = [*exe, "broker-config", "--registry", str(tmp_path / "registry.json"), "--out",
+           str(tmp_path / "broker"), "--port", str(port), "--bind", "127.0.0.1", "--workers", "2",
+           "--province-password-file", str(tmp_path / "province.pass"),
+           "--hall-passwords", str(tmp_path / "halls.json")]
+    if run_as_clause():
+        cmd += ["--run-as", str(run_as_clause())]
+    subprocess.run(cmd, check=True, capture_output=True)
+    hall_pw = json.loads((tmp_path / "halls.json").read_text())
+    assert set(hall_pw) == {"hf01", "hf02"}
+    acl = (tmp_path / "broker" / "acl").read_text()
+    assert "pattern write cs/1/h/%u/batch" in acl and "user province-2" in acl
+    (tmp_path / "province.toml").write_text(
+        'db = "p.db"\nregistry = "registry.json"\nsigning_key = "p.key"\nworkers = 2\n'
+        f'[broker]\nhost = "127.0.0.1"\nport = {port}\npassword_file = "province.pass"\n')
+    with Mosquitto(tmp_path / "broker" / "mosquitto.conf", port):
+        proc = subprocess.Popen([*exe, "run", "--config", str(tmp_path / "province.toml")],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or []], daemon=True).start()
+        try:
+            assert lines.get(timeout=20).strip() == "province ready"
+            world = World(tmp_path, registry, gateway_keys, load_signing_key(tmp_path / "p.key"),
+                          Mosquitto(tmp_path / "broker" / "mosquitto.conf", port), port,
+                          tmp_path / "registry.json", tmp_path / "p.key")
+            hall = HallClient(world, "hf01", "hf01", password=hall_pw["hf01"])
+            k = registry.devices["hf01-w01"].key
+            hall.publish("hf01", signed_batch(gateway_keys["hf01"], "hf01", 1,
+                                              [entry(rating(k, "hf01-w01", 1, 4))]))
+            [(_, ack)] = hall.wait_acks(1)
+            assert public_bytes(world.province_key) == bytes.fromhex(pub_hex)
+            assert ack.stored == 1
+            hall.close()
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    assert proc.returncode == 0
+    assert rows(tmp_path / "p.db", "SELECT device, seq FROM ratings") == [("hf01-w01", 1)]
