@@ -43,13 +43,13 @@ def _run(args: argparse.Namespace) -> int:
     from .config import GatewayConfig
     from .gateway import Gateway
 
+    stop = threading.Event()
     try:
         cfg = GatewayConfig.load(args.config)
-        gw = Gateway(cfg)
+        gw = Gateway(cfg, on_fatal=lambda _exc: stop.set())
     except (ProtocolError, OSError) as exc:
         print(f"countersign gateway: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping", signum)
@@ -70,6 +70,9 @@ def _run(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         gw.stop()
+    if gw.failed.is_set():
+        print("countersign gateway: ingest failed, exiting for a restart", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -29,8 +29,12 @@ STORAGE_CHECK_MS = 10_000
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig,
+                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
+        """``on_fatal`` is called (from a worker thread) if ingest dies of a bug; the daemon then exits."""
         self.cfg = config
+        self.failed = threading.Event()
+        self._on_fatal_cb = on_fatal
         self._ks_lock = threading.Lock()
         self._ks = self._load_keystore()
         self._stats = Stats()
@@ -48,7 +52,7 @@ class Gateway:
                     uplink_password=config.uplink_password, batch_size=config.batch_size,
                     retry_s=config.retry_s, backlog_threshold=config.backlog_threshold,
                     now_ms=config.now_ms, on_alarm=self._on_alarm))
-        self.ingest = Ingest(config, self.store, self.keystore, self._stats, self._committed)
+        self.ingest = Ingest(config, self.store, self.keystore, self._stats, self._committed, self._fatal)
         self.api = ApiServer(self, config.http_bind, config.http_port)
         self._last_storage_check = -STORAGE_CHECK_MS
         self._started = False
@@ -116,6 +120,11 @@ class Gateway:
         raise NotFound(f"unknown window {window!r}")
 
     # --- after every commit; alarms -----------------------------------------------------------------------
+
+    def _fatal(self, exc: BaseException) -> None:
+        self.failed.set()
+        if self._on_fatal_cb is not None:
+            self._on_fatal_cb(exc)
 
     def _committed(self) -> None:
         if self.forwarder is not None:

@@ -79,9 +79,9 @@ class _ContextError(SchemaError):
 
 class Ingest:
     def __init__(self, cfg: GatewayConfig, store: Store, keystore: Callable[[], Keystore], stats: Stats,
-                 on_commit: Callable[[], None]) -> None:
+                 on_commit: Callable[[], None], on_fatal: Callable[[BaseException], None]) -> None:
         self.cfg, self.store, self.keystore, self.stats = cfg, store, keystore, stats
-        self.on_commit = on_commit
+        self.on_commit, self.on_fatal = on_commit, on_fatal
         self.ready = threading.Event()          # subscribed (the broker now queues for us)
         self._q: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         self._pause_at = os.environ.get(PAUSE_ENV) or None
@@ -142,6 +142,16 @@ class Ingest:
     # --- the worker -----------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            # A bug, not bad input (that is quarantined). Nothing un-committed was PUBACKed, so the safe
+            # reaction is to stop and let the supervisor (systemd Restart=always) start us again.
+            log.critical("ingest worker died: %r", exc, exc_info=True)
+            self.on_fatal(exc)
+            raise
+
+    def _loop(self) -> None:
         while True:
             first = self._q.get()
             if first is None:

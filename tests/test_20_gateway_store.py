@@ -100,3 +100,32 @@ def test_forward_queue_written_with_the_rating(store: Store) -> None:
         store.store_rating(c, record(3, m))
     with store.read() as c:
         assert c.execute("SELECT count(*) FROM uplink_entries").fetchone()[0] == 1
+
+
+def test_config_load_and_clear_errors(tmp_path: Path) -> None:
+    from countersign.gateway.config import ConfigError, GatewayConfig
+
+    example = Path(__file__).resolve().parent.parent / "gateway" / "gateway.example.toml"
+    (tmp_path / "up").write_text("secret\n")
+    text = example.read_text(encoding="utf-8").replace('"/etc/countersign/uplink-password"', '"up"') \
+        .replace('"/etc/countersign/gateway-password"', '"up"')
+    (tmp_path / "gw.toml").write_text(text, encoding="utf-8")
+    cfg = GatewayConfig.load(tmp_path / "gw.toml")
+    assert cfg.hall == "hf01" and cfg.forwarding and cfg.uplink_password == "secret"
+    assert cfg.group_max == 256 and cfg.prompt_timeout_default == 20
+    bad = {
+        'db = "x.db"\nkeystore = "k.json"\n': "hall is required",
+        'hall = "HF 01"\ndb = "x.db"\nkeystore = "k.json"\n': "hall id",
+        'hall = "hf01"\ndb = "x.db"\nkeystore = "k.json"\n[http]\nport = "80"\n':
+            "http.port has the wrong type",
+        'hall = "hf01"\ndb = "x.db"\nkeystore = "k.json"\ncolour = 1\n': "unknown config key(s): colour",
+        'hall = "hf01"\ndb = "x.db"\nkeystore = "k.json"\n[uplink]\nhost = "p"\n': "uplink.signing_key",
+        'hall = "hf01"\ndb = "x.db"\nkeystore = "k.json"\n[broker]\npassword_file = "nope"\n': "cannot read",
+        'hall = "hf01"\nhall = "hf02"\n': "not valid TOML",
+    }
+    for body, message in bad.items():
+        (tmp_path / "bad.toml").write_text(body, encoding="utf-8")
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            GatewayConfig.load(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="cannot read config"):
+        GatewayConfig.load(tmp_path / "missing.toml")

@@ -156,3 +156,21 @@ def test_conflicting_duplicate_raises_security_alarm(setup: dict[str, object]) -
     assert stored(gw) == [(A, 1, 5, 4)]
     alarms = gw.store.open_alarms()
     assert [(al["kind"], al["device"]) for al in alarms] == [("security", A)]
+
+
+def test_storage_alarm_raised_and_ratings_still_kept(tmp_path: Path,
+                                                     hall_broker: Callable[[Keystore], Mosquitto]) -> None:
+    ks = make_keystore(devices=1)
+    broker = hall_broker(ks)
+    # a threshold no disk meets: the alarm is raised at start-up, and nothing is refused or dropped
+    gw = start_gateway(write_config(tmp_path, ks, broker.port, storage_min_free_bytes=2**62))
+    a = Device(broker.port, A, KA).start()
+    try:
+        assert [al["kind"] for al in gw.status()["alarms"]] == ["storage"]
+        a.publish(rating(KA, A, 1))
+        assert a.wait_acked({1})
+        assert stored(gw) == [(A, 1, 1, 4)]
+        assert [al["kind"] for al in gw.store.open_alarms()] == ["storage"]   # raised once, not per commit
+    finally:
+        a.stop()
+        gw.stop()
