@@ -167,6 +167,13 @@ def process_message(s: st.Store, registry: Keystore, province_key: Ed25519Privat
     rejected: list[tuple[int, str]] = []
     for i, e in enumerate(b.entries):
         if isinstance(e, batch.PromptEntry):
+            dk = registry.devices.get(e.device)
+            if dk is None or dk.hall != hall:
+                # A prompt counts in the participation rate's denominator: only for this hall's keypads.
+                rejected.append((i, "wrong-hall" if dk else "unknown-device"))
+                log.warning("hall %s batch %d entry %d: prompt for device %s not of this hall", hall,
+                            b.batch, i, e.device)
+                continue
             outcome = s.insert_prompt(st.PromptRow(hall, e.prompt, e.device, e.window, e.clerk, e.service,
                                                    e.txn, e.prompt_ms, e.timeout, b.batch))
         else:

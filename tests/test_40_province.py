@@ -108,14 +108,16 @@ def test_invented_or_foreign_entries_are_rejected_and_the_rest_stored(world: Wor
     unknown = rating(b"\x55" * 32, "hf01-w99", 1, 4)
     entries: list[batch.Entry] = [entry(m) for m in (good, forged, foreign, tampered, future, unknown)]
     entries.append(entry(rating(k, "hf01-w01", 5, 2)))
+    # A prompt record for another hall's keypad would inflate that denominator: rejected too.
+    entries.append(batch.PromptEntry(3, "hf02-w01", "1", "c001", 2, "t9", 1_700_000_000_000, 20))
     hall.publish("hf01", signed_batch(world.gateway_keys["hf01"], "hf01", 1, entries))
     [(_, ack)] = hall.wait_acks(1)
     assert ack.stored == 2 and ack.duplicates == 0
     assert ack.rejected == [(1, "bad-mac"), (2, "wrong-hall"), (3, "bad-mac"), (4, "future-epoch"),
-                            (5, "unknown-device")]
+                            (5, "unknown-device"), (7, "wrong-hall")]
     assert rows(p.config.db_path, "SELECT device, seq, score FROM ratings ORDER BY seq") == [
         ("hf01-w01", 1, 4), ("hf01-w01", 5, 2)]
-    assert p.stats()["rejected_by_reason"] == {"bad-mac": 2, "wrong-hall": 1, "future-epoch": 1,
+    assert p.stats()["rejected_by_reason"] == {"bad-mac": 2, "wrong-hall": 2, "future-epoch": 1,
                                                "unknown-device": 1}
     alarms = rows(p.config.db_path, "SELECT kind FROM alarms")
     assert alarms.count(("rejected-entry",)) == 3    # forged, foreign, tampered: security events
