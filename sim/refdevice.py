@@ -15,6 +15,7 @@ Prompt flow (state machine)::
 
     READY --Prompt (id > last seen) / invite key with a clerk signed in (id 0)--> PROMPT_OPEN
     PROMPT_OPEN --first press--> RATED --window ends--> READY  (further presses: "ignored", counted)
+    RATED --Prompt / invite key--> PROMPT_OPEN                  (the next customer need not wait)
     PROMPT_OPEN --window ends without a press--> EXPIRED  (a NoRating is outboxed and sent)
     EXPIRED --Prompt / invite / Session--> ...      (presses in READY/EXPIRED: "no-prompt", counted)
 
@@ -283,6 +284,12 @@ class RefDevice:
             return self._connected
 
     @property
+    def prompt_id(self) -> int | None:
+        """Id of the prompt open for a press (0 = invite key), None when no press would be a rating."""
+        with self._cond:
+            return self._prompt_id if self._state == State.PROMPT_OPEN else None
+
+    @property
     def clerk(self) -> str | None:
         with self._cond:
             return self._clerk
@@ -349,12 +356,12 @@ class RefDevice:
             return PressResult(Outcome.RATED, seq)
 
     def invite(self) -> bool:
-        """The invite key: opens a prompt (id 0) if a clerk is signed in and no prompt is open."""
+        """The invite key: opens a prompt (id 0) if a clerk is signed in and no unrated prompt is open."""
         with self._cond:
             if not (self._running and self.cfg.invite_key and self._clerk is not None):
                 return False
-            if self._state in (State.PROMPT_OPEN, State.RATED):
-                return False
+            if self._state == State.PROMPT_OPEN:
+                return False        # a customer is still to rate; a rated prompt may be followed at once
             self._open_prompt(0, self.cfg.invite_timeout_s)
             return True
 

@@ -63,7 +63,7 @@ def hall(hall_broker: Callable[[Keystore], Mosquitto], tmp_path: Path) -> Iterat
 
 def open_prompt(hall: Hall, dev: RefDevice, prompt_id: int, timeout: int = 20, **kw: Any) -> None:
     hall.peer.prompt(dev.cfg.device_id, prompt_id, timeout, **kw)
-    assert dev.wait_for(lambda: dev.state == State.PROMPT_OPEN and dev._prompt_id == prompt_id, T)
+    assert dev.wait_for(lambda: dev.prompt_id == prompt_id, T)
 
 
 def on_disk(dev: RefDevice, tmp: Path) -> list[int]:
@@ -137,8 +137,9 @@ def test_invite_key_opens_prompt_zero_only_with_a_clerk(hall: Hall) -> None:
     assert dev.wait_for(lambda: dev.clerk == "1001", T)
     assert dev.invite()
     assert dev.state == State.PROMPT_OPEN
-    assert not dev.invite()                                   # already open
+    assert not dev.invite()                                   # already open, not yet rated
     assert dev.press(4) == "rated"
+    assert dev.prompt_id is None and dev.state == State.RATED
     assert hall.peer.wait(lambda: len(hall.peer.of(DEV, Rating)) == 1, T)
     assert hall.peer.of(DEV, Rating)[0].prompt == 0
     hall.peer.session(DEV, None)
@@ -160,6 +161,14 @@ def test_newer_prompt_replaces_an_unrated_one_and_old_prompts_are_ignored(hall: 
     hall.peer.prompt(DEV, 4)                                   # older than the last one seen
     assert dev.wait_for(lambda: dev.stats()["stale_prompts"] == 1, T)
     assert dev.state == State.RATED
+    # With the clock set (the peer answered the Hello), a prompt whose window closed long ago (queued
+    # at the broker while the device was away) is not opened; a recent one is.
+    assert dev.wait_for(lambda: dev.now() is not None, T)
+    now = dev.now() or 0
+    hall.peer.prompt(DEV, 10, timeout=20, time=now - 100)
+    assert dev.wait_for(lambda: dev.stats()["stale_prompts"] == 2, T)
+    assert dev.state == State.RATED
+    open_prompt(hall, dev, 11, timeout=20, time=now - 5)
 
 
 # -- time ----------------------------------------------------------------------------------------------
@@ -240,7 +249,7 @@ def test_broker_outage_presses_continue_then_all_delivered_in_order(hall: Hall) 
         r = dev.press(score)
         assert r == "rated"
         seqs.append(r.seq)
-        dev._window_end(dev._prompt_opened)    # the customer walks away: close the window now
+        assert dev.press(score) == "ignored"
     assert dev.outbox_depth() == 5
     hall.broker.start()
     assert dev.wait_for(lambda: dev.outbox_depth() == 0, 30)
