@@ -169,7 +169,7 @@ class RefDevice:
     def start(self) -> RefDevice:
         with self._cond:
             if self._running or self._dead:
-                raise RuntimeError("a RefDevice starts once; make a new one on the same state_dir")
+                raise RuntimeError("device is running or was power-cut; make a new one on the same state_dir")
             cfg = self.cfg
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
             self._outbox = Outbox(cfg.state_dir / "outbox.log", capacity=cfg.outbox_capacity)
@@ -200,6 +200,7 @@ class RefDevice:
             client.loop_stop()
         if self._own_scheduler is not None:
             self._own_scheduler.close()
+            self._own_scheduler, self._sched = None, self.cfg.scheduler   # a later start() makes a new one
 
     def power_cut(self) -> None:
         """Everything stops at once: no further write to disk, no DISCONNECT (the broker's will fires)."""
