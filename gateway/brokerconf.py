@@ -79,6 +79,9 @@ def conf_text(files: BrokerFiles, *, port: int, bind: str = "0.0.0.0", data_dir:
         # oversized one; small enough that a flood of huge packets is cut off at the broker.
         f"max_packet_size {max_packet_size}",
         "persistent_client_expiration 90d",
+        # Nagle's algorithm holds small packets (a rating, its ack) for up to ~40 ms: measured press to
+        # "stored" p99 96 ms with it, 4 ms without. The brief's target is 50 ms.
+        "set_tcp_nodelay true",
     ]
     if data_dir is not None:
         lines += ["persistence true", f"persistence_location {data_dir}/",
