@@ -74,6 +74,7 @@ def conf_text(files: BrokerFiles, *, port: int, bind: str = "0.0.0.0", data_dir:
         "use_username_as_clientid true",
         # 0 = no limit: the default (1000) silently drops QoS1 messages past a client's queue.
         "max_queued_messages 0",
+        "set_tcp_nodelay true",   # small acks otherwise wait on Nagle (~40 ms each)
         "max_queued_bytes 0",
         # Un-PUBACKed messages the broker sends one client at once. The province PUBACKs after its commit,
         # so this bounds how many batches one worker can group into one transaction.
