@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from countersign.protocol import messages, topics
+from countersign.protocol import messages
 from countersign.protocol.keystore import Keystore
 
 from .api import ApiServer
@@ -272,4 +272,4 @@ def _no_extra(body: dict[str, Any], allowed: set[str]) -> None:
         raise BadRequest(f"unknown field(s): {', '.join(sorted(extra))}")
 
 
-__all__ = ["Gateway", "GatewayConfig", "topics"]
+__all__ = ["Gateway", "GatewayConfig"]

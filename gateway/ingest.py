@@ -34,7 +34,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from .config import GatewayConfig
 from .stats import Stats
-from .store import Outcome, RatingRecord, Store, digest
+from .store import Outcome, RatingRecord, Store
 
 log = logging.getLogger("countersign.gateway.ingest")
 
@@ -262,12 +262,11 @@ class Ingest:
             return
         Store.update_health(c, v.device, now, None)
         acks[(v.device, msg.epoch)].append(msg.seq)     # every outcome below is durable: ack it
-        existing = c.execute("SELECT digest FROM ratings WHERE device=? AND epoch=? AND seq=?",
-                             (v.device, msg.epoch, msg.seq)).fetchone()
-        if existing is not None:
-            if bytes(existing[0]) == digest(payload):
-                self.stats.incr("duplicates")
-                return
+        prior = Store.seen(c, v.device, msg.epoch, msg.seq, payload)
+        if prior is Outcome.DUPLICATE:
+            self.stats.incr("duplicates")
+            return
+        if prior is Outcome.CONFLICT:
             self._conflict(c, now, topic, v.device, msg, payload)
             return
         try:
@@ -283,11 +282,8 @@ class Ingest:
             prompt=msg.prompt, press_time=msg.time, mono_ms=msg.mono, boot=msg.boot, delay_ms=msg.delay,
             received_ms=now, window=ctx.window, clerk=ctx.clerk, clerk_name=ctx.clerk_name,
             service=ctx.service, txn=ctx.txn, prompt_ms=ctx.prompt_ms, msg=payload)
-        outcome = self.store.store_rating(c, rec)
-        if outcome is Outcome.STORED:
-            self.stats.incr("stored")
-        else:   # cannot happen: checked above in the same transaction
-            self.stats.incr("duplicates")
+        self.store.store_rating(c, rec)     # STORED: checked just above in the same transaction
+        self.stats.incr("stored")
 
     def _context(self, c: sqlite3.Connection, v: _Up, msg: messages.Rating | messages.NoRating) -> _Ctx:
         if msg.prompt == 0:

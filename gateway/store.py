@@ -162,20 +162,27 @@ class Store:
 
     # --- writes, each inside the caller's transaction -------------------------------------------------
 
+    @staticmethod
+    def seen(c: sqlite3.Connection, device: str, epoch: int, seq: int, msg: bytes) -> Outcome | None:
+        """DUPLICATE or CONFLICT if (device, epoch, seq) is stored already, else None."""
+        row = c.execute("SELECT digest FROM ratings WHERE device=? AND epoch=? AND seq=?",
+                        (device, epoch, seq)).fetchone()
+        if row is None:
+            return None
+        return Outcome.DUPLICATE if bytes(row[0]) == digest(msg) else Outcome.CONFLICT
+
     def store_rating(self, c: sqlite3.Connection, r: RatingRecord) -> Outcome:
         """Dedup and insert in the caller's transaction; queue the entry for the province."""
-        d = digest(r.msg)
-        row = c.execute("SELECT digest FROM ratings WHERE device=? AND epoch=? AND seq=?",
-                        (r.device, r.epoch, r.seq)).fetchone()
-        if row is not None:
-            return Outcome.DUPLICATE if bytes(row[0]) == d else Outcome.CONFLICT
+        prior = self.seen(c, r.device, r.epoch, r.seq, r.msg)
+        if prior is not None:
+            return prior
         c.execute(
             "INSERT INTO ratings (device, epoch, seq, kind, score, scale, prompt, press_time, mono_ms, boot,"
             " delay_ms, received_ms, window, clerk, clerk_name, service, txn, prompt_ms, msg, digest)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (r.device, r.epoch, r.seq, r.kind, r.score, r.scale, r.prompt, r.press_time, r.mono_ms, r.boot,
              r.delay_ms, r.received_ms, r.window, r.clerk, r.clerk_name, r.service, r.txn, r.prompt_ms,
-             r.msg, d))
+             r.msg, digest(r.msg)))
         if self.forward is not None:
             self.forward.enqueue(c, r.uplink_entry())
         return Outcome.STORED
