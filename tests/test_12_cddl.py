@@ -274,3 +274,20 @@ def _batch_ok(data: bytes) -> bool:
     except ProtocolError:
         return False
     return True
+
+
+def test_protocol_md_names_every_field_and_reason() -> None:
+    """PROTOCOL.md is the same contract: every field key, message type and reason the code raises is in it."""
+    doc = (ROOT / "protocol" / "PROTOCOL.md").read_text(encoding="utf-8")
+    for k in messages.K:
+        assert f"| {int(k)} | {k.name.lower()} |" in doc, k
+        assert f"k-{k.name.lower().replace('_', '-')} = {int(k)}" in CDDL, k
+    for t in messages.T:
+        assert f"| {int(t)} |" in doc, t
+    sources = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "protocol").glob("*.py"))
+    reasons = set(re.findall(r'reason = "([a-z-]+)"', sources))
+    reasons |= set(re.findall(r'(?:Error|ProtocolError)\(f?"[^"]*",\s*"([a-z-]+)"\)', sources))
+    reasons |= set(re.findall(r'"\s*,\s*\n\s*"([a-z-]+)"\)', sources))     # message and reason on two lines
+    assert len(reasons) >= 30
+    missing = sorted(r for r in reasons if f"`{r}`" not in doc)
+    assert not missing
