@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +35,8 @@ def _progress(n: int, total: int) -> None:
 
 
 def _chain(args: argparse.Namespace) -> int:
+    if not args.verbose:   # the report is the output; the parts' INFO logs would bury it
+        logging.getLogger().setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="countersign-chain-") as tmp:
         workdir = args.workdir or Path(tmp)
         with Chain(ChainConfig(workdir=workdir, devices=args.devices, retry_s=2.0)) as chain:
