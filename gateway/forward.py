@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from countersign.protocol import batch, cbor, cose, keystore, limits, topics
-from countersign.protocol.errors import ProtocolError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
+
+from countersign.protocol import batch, cbor, cose, keystore, limits, topics
+from countersign.protocol.errors import ProtocolError
+from countersign.protocol.transport import tcp_no_delay
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +275,7 @@ class Forwarder:
         # Persistent session: acks the province publishes while we are away are queued for us.
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=hall, clean_session=False,
                         protocol=mqtt.MQTTv311)
+        c.on_socket_open = tcp_no_delay
         c.username_pw_set(hall, self.cfg.uplink_password)
         c.reconnect_delay_set(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)  # type: ignore[arg-type]
         c.max_inflight_messages_set(max(20, self.cfg.max_inflight * 2))

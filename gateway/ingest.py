@@ -26,11 +26,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
 from countersign.protocol import cose, limits, messages, topics
 from countersign.protocol.errors import LimitError, ProtocolError, SchemaError
 from countersign.protocol.keystore import DeviceKey, Keystore
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
+from countersign.protocol.transport import tcp_no_delay
 
 from .config import GatewayConfig
 from .stats import Stats
@@ -88,6 +90,7 @@ class Ingest:
         self._worker = threading.Thread(target=self._run, name=f"ingest-{cfg.hall}", daemon=True)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.mqtt_client_id,
                                   clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
+        self.client.on_socket_open = tcp_no_delay
         self.client.username_pw_set(topics.GATEWAY_USER, cfg.gateway_password)
         self.client.reconnect_delay_set(1, 10)
         self.client.max_inflight_messages_set(200)

@@ -7,7 +7,7 @@ tables here, PROTOCOL.md and countersign.cddl are the same contract; tests check
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from enum import IntEnum
 from typing import Any, ClassVar
 
@@ -205,7 +205,8 @@ _HEALTH = ((K.EPOCH, "epoch", "u16", True), (K.BOOT, "boot", "u32", True), (K.NO
            (K.FW, "fw", "text", True), (K.RESET, "reset", "u16", True), (K.HEAP, "heap", "u32", True),
            (K.OUTBOX, "outbox", "u32", True), (K.OUTBOX_FREE, "outbox_free", "u32", True),
            (K.UPTIME, "uptime", "u32", True), (K.RSSI, "rssi", "int", True),
-           (K.IGNORED, "ignored", "u32", True), (K.STUCK, "stuck", "u16", True), (K.TIME, "time", "time", True))
+           (K.IGNORED, "ignored", "u32", True), (K.STUCK, "stuck", "u16", True),
+           (K.TIME, "time", "time", True))
 
 
 @dataclass
@@ -306,7 +307,3 @@ def decode_payload(payload: bytes, allowed: dict[T, type[Message]] = ALL_DEVICE)
     m = cbor.loads(payload, max_size=limits.MAX_DEVICE_PAYLOAD, max_depth=2, max_items=limits.MAX_ITEMS,
                    max_text=limits.MAX_TEXT)
     return from_map(m, allowed)
-
-
-__all__ = ["ALL_DEVICE", "DEVICE_DOWN", "DEVICE_UP", "K", "Message", "T", "decode_payload", "fields",
-           "field"]

@@ -31,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
+
 from countersign.protocol import batch, cose, messages, topics
 from countersign.protocol.errors import ProtocolError
 from countersign.protocol.keystore import Keystore
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from paho.mqtt.enums import CallbackAPIVersion
+from countersign.protocol.transport import tcp_no_delay
 
 from . import store as st
 from .config import ProvinceConfig
@@ -233,6 +235,7 @@ class Worker:
         # a worker that is not running would hold its share of batches until the gateway's resend timer.
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.name, clean_session=True,
                                   manual_ack=True)
+        self.client.on_socket_open = tcp_no_delay
         self.client.username_pw_set(self.name, cfg.password)
         self.client.reconnect_delay_set(1, 5)
         self.client.on_connect = self._on_connect

@@ -38,7 +38,8 @@ GW_PASSWORD = "bench-gateway"
 def _keystore(devices: int) -> Keystore:
     ks = Keystore(hall="bench")
     for i in range(devices):
-        ks.add_device(f"bench-w{i:03d}", DeviceKey(bytes([i + 1]) * 32, epoch=1, window=str(i + 1), hall="bench"))
+        ks.add_device(f"bench-w{i:03d}",
+                      DeviceKey(bytes([i + 1]) * 32, epoch=1, window=str(i + 1), hall="bench"))
     return ks
 
 

@@ -118,7 +118,8 @@ class Chain:
                              keystore_path=self.keystore_path, broker_port=self.hall_port,
                              gateway_password=self.gateway_password, uplink_host="127.0.0.1",
                              uplink_port=self.prov_port, uplink_password=self.uplink_password,
-                             signing_key_path=self.gw_key_path, province_public_key=self.province_public.hex(),
+                             signing_key_path=self.gw_key_path,
+                             province_public_key=self.province_public.hex(),
                              retry_s=self.cfg.retry_s, batch_size=self.cfg.batch_size,
                              prompt_timeout_min=10)
 
@@ -249,7 +250,8 @@ class Chain:
         w = self.cfg.workdir
         with self._db(w / "gateway" / "gateway.db") as g:
             gw_rows = g.execute("SELECT device, epoch, seq, kind, score FROM ratings").fetchall()
-            quarantined = dict(g.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall())
+            quarantined = dict(g.execute(
+                "SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall())
         with self._db(w / "province" / "province.db") as p:
             pr_rows = p.execute("SELECT device, epoch, seq, kind, score FROM ratings").fetchall()
             pr_prompts = p.execute("SELECT COUNT(*) FROM prompts").fetchone()[0]

@@ -40,7 +40,8 @@ def _chain(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="countersign-chain-") as tmp:
         workdir = args.workdir or Path(tmp)
         with Chain(ChainConfig(workdir=workdir, devices=args.devices, retry_s=2.0)) as chain:
-            print(f"hall {chain.hall}: {args.devices} keypads, gateway http port {chain.gateway.http_port if chain.gateway else '-'}, "
+            http = chain.gateway.http_port if chain.gateway else "-"
+            print(f"hall {chain.hall}: {args.devices} keypads, gateway http port {http}, "
                   f"hall broker :{chain.hall_port}, provincial broker :{chain.prov_port}")
             run(chain, ScenarioConfig(ratings=args.ratings, seed=args.seed, uplink_outage=args.uplink_outage),
                 progress=_progress if sys.stderr.isatty() else None)

@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
 from countersign.protocol import cose, messages, topics
 from countersign.protocol.errors import ProtocolError
 from countersign.protocol.keystore import mqtt_password, write_atomic
@@ -53,7 +55,7 @@ from countersign.protocol.messages import (
     Session,
     TimeSync,
 )
-from paho.mqtt.enums import CallbackAPIVersion
+from countersign.protocol.transport import tcp_no_delay
 
 from .devclock import Cancellable, Scheduler, TimerLike
 from .devclock import mono_ms as _default_mono_ms
@@ -584,10 +586,3 @@ class RefDevice:
                     self._timers[slot] = self._later(period_s, tick)
 
         self._timers.append(self._later(period_s, tick))
-
-
-def tcp_no_delay(client: mqtt.Client, userdata: object, sock: Any) -> None:
-    """Send each small packet at once: with Nagle on, a rating waits for the previous packet's TCP ack
-    (up to the 40 ms delayed-ack timer on Linux), which alone would break the 50 ms press-to-stored goal."""
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -13,11 +13,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from conftest import GATEWAY_PASSWORD
+from paho.mqtt.enums import CallbackAPIVersion
+
 from countersign.gateway.config import GatewayConfig
 from countersign.gateway.gateway import Gateway
 from countersign.protocol import cose, messages, topics
 from countersign.protocol.keystore import Keystore, mqtt_password
-from paho.mqtt.enums import CallbackAPIVersion
 
 
 def rating(key: bytes, device: str, seq: int, *, score: int = 4, scale: int = 4, prompt: int = 0,

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from countersign.protocol import batch, cose, messages, topics
 from countersign.protocol.keystore import DeviceKey, Keystore, new_signing_key, public_bytes, save_signing_key
 from countersign.province.brokerconf import write_province_broker_files
 from countersign.province.config import ProvinceConfig
 from countersign.province.province import Province
 from countersign.sim.broker import Mosquitto, free_port, run_as_clause
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 PROVINCE_PASSWORD = "test-province-password"
 HALLS = ("hf01", "hf02")

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
 from countersign.protocol import cose, messages, topics
 from countersign.protocol.errors import ProtocolError
 from countersign.protocol.keystore import Keystore
 from countersign.protocol.messages import Hello, Message, NoRating, Prompt, Rating, Session, TimeSync
 from countersign.sim.refdevice import DeviceConfig, tcp_no_delay
-from paho.mqtt.enums import CallbackAPIVersion
 
 GATEWAY_PASSWORD = "test-gateway-password"   # the same as conftest.GATEWAY_PASSWORD
 

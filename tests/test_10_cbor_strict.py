@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from countersign.protocol import cbor
 from countersign.protocol.errors import DecodeError, LimitError
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from countersign.protocol import cose, make_vectors, messages
 from countersign.protocol.errors import ProtocolError
 

@@ -23,6 +23,7 @@ from typing import Any
 import cbor2
 import pycddl
 import pytest
+
 from countersign.protocol import batch, cbor, cose, messages
 from countersign.protocol.errors import ProtocolError
 from countersign.protocol.messages import (

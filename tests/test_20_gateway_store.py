@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from conftest import device_key
-from countersign.gateway.store import Outcome, RatingRecord, Store, digest
 from gw_helpers import rating
+
+from countersign.gateway.store import Outcome, RatingRecord, Store, digest
 
 DEV = "hf01-w01"
 

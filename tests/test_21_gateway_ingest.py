@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 from conftest import device_key, make_keystore
+from gw_helpers import Device, hello, rating, rows, start_gateway, write_config
+
 from countersign.gateway.gateway import Gateway
 from countersign.protocol import cbor, cose, messages, topics
 from countersign.protocol.keystore import DeviceKey, Keystore
 from countersign.sim.broker import Mosquitto
-from gw_helpers import Device, hello, rating, rows, start_gateway, write_config
 
 A, B, C = "hf01-w01", "hf01-w02", "hf01-w03"   # C is in the broker's password file, not the keystore
 KA, KB, KC = device_key(1), device_key(2), device_key(3)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 from conftest import device_key, make_keystore
+from gw_helpers import Device, http, no_rating, rating, rows, start_gateway, write_config
+
 from countersign.gateway.gateway import Gateway
 from countersign.protocol import messages
 from countersign.protocol.keystore import Keystore
 from countersign.sim.broker import Mosquitto
-from gw_helpers import Device, http, no_rating, rating, rows, start_gateway, write_config
 
 A, B = "hf01-w01", "hf01-w02"
 KA, KB = device_key(1), device_key(2)

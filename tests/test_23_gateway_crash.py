@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 from conftest import GATEWAY_PASSWORD, device_key, make_keystore
+from gw_helpers import Device, rating, wait_for
+
 from countersign.protocol.keystore import Keystore
 from countersign.sim.broker import Mosquitto
-from gw_helpers import Device, rating, wait_for
 
 A = "hf01-w01"
 KA = device_key(1)

@@ -17,13 +17,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import device_key
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from paho.mqtt.enums import CallbackAPIVersion
+
 from countersign.gateway import forward
 from countersign.gateway.brokerconf import password_hash
 from countersign.protocol import batch, cose, keystore, messages, topics
 from countersign.protocol.errors import ProtocolError
 from countersign.sim.broker import Mosquitto, free_port, run_as_clause
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from paho.mqtt.enums import CallbackAPIVersion
 
 HALL = "hf01"
 HALL_PASSWORD = "test-hall-uplink-password"

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from conftest import device_key, make_keystore
+from gw_helpers import Device, rating, rows, start_gateway, write_config
+
 from countersign.protocol.keystore import Keystore
 from countersign.sim.broker import Mosquitto
-from gw_helpers import Device, rating, rows, start_gateway, write_config
 
 DEVICES = 20
 PER_DEVICE = 1000

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from conftest import make_keystore
+from refdev_helpers import Peer, device_config
+
 from countersign.protocol import cose, messages
 from countersign.protocol.keystore import Keystore
 from countersign.protocol.messages import Heartbeat, Hello, NoRating, Rating, TimeSync
@@ -20,7 +22,6 @@ from countersign.sim.broker import Mosquitto
 from countersign.sim.devclock import Scheduler
 from countersign.sim.outbox import Outbox, OutboxFull
 from countersign.sim.refdevice import Outcome, RefDevice, State
-from refdev_helpers import Peer, device_config
 
 DEV = "hf01-w01"
 DEV2 = "hf01-w02"

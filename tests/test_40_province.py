@@ -12,9 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from countersign.protocol import batch, cose
-from countersign.protocol.keystore import load_signing_key, new_signing_key, public_bytes
-from countersign.sim.broker import Mosquitto, free_port, run_as_clause
 from province_helpers import (
     HallClient,
     World,
@@ -26,6 +23,10 @@ from province_helpers import (
     rating,
     signed_batch,
 )
+
+from countersign.protocol import batch, cose
+from countersign.protocol.keystore import load_signing_key, new_signing_key, public_bytes
+from countersign.sim.broker import Mosquitto, free_port, run_as_clause
 
 
 @pytest.fixture

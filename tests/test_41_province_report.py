@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from province_helpers import entry, make_registry, no_rating, rating, signed_batch
+
+from countersign.cli import main as countersign_main
 from countersign.protocol import batch
 from countersign.province import receiver
 from countersign.province import store as st
 from countersign.province.report import Range, build_report, render_text
-from province_helpers import entry, make_registry, no_rating, rating, signed_batch
-
-from countersign.cli import main as countersign_main
 
 CST = timezone(timedelta(hours=8))
 DAY1 = datetime(2024, 3, 1, tzinfo=CST)
