@@ -49,9 +49,15 @@ bench: deps
 	@mkdir -p out
 	$(PY) -m countersign.sim.bench --json out/bench.json
 
+# mypy cannot follow setuptools' folder mapping (protocol/ -> countersign.protocol, ...), so it checks a
+# tree of symlinks laid out as the installed package.
+TYPECHECK := out/typecheck/countersign
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy
+	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)
+	@ln -s $(CURDIR)/countersign/__init__.py $(CURDIR)/countersign/cli.py $(TYPECHECK)/
+	@for d in protocol gateway province sim; do ln -s $(CURDIR)/$$d $(TYPECHECK)/$$d; done
+	cd out/typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p countersign
 
 clean:
 	rm -rf $(VENV) $(XCHECK) out .pytest_cache

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from countersign.gateway.brokerconf import write_broker_files
 from countersign.gateway.config import GatewayConfig
@@ -64,7 +65,7 @@ def passthrough(work: Path, ks: Keystore, msgs: dict[str, list[bytes]], timeout:
     total = sum(len(v) for v in msgs.values())
     broker = _broker(work, ks, "broker-passthrough")
     got = Counter()
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=topics.GATEWAY_USER)
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=topics.GATEWAY_USER)
     sub.username_pw_set(topics.GATEWAY_USER, GW_PASSWORD)
     subscribed = threading.Event()
     sub.on_connect = lambda c, *_: c.subscribe(topics.DEVICE_UP_FILTER, qos=1)

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 
 @dataclass
@@ -34,7 +36,7 @@ class Publisher:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def connect(self, timeout: float = 10.0) -> None:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.username, clean_session=True)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.username, clean_session=True)
         c.username_pw_set(self.username, self.password)
         c.max_inflight_messages_set(self.inflight)
         c.max_queued_messages_set(0)
@@ -47,7 +49,7 @@ class Publisher:
         if not self.connected.wait(timeout):
             raise TimeoutError(f"{self.username} did not connect to {self.host}:{self.port}")
 
-    def _on_connect(self, c: mqtt.Client, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object) -> None:
+    def _on_connect(self, c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
         if rc.is_failure:
             return
         if self.reply_topic:
@@ -62,7 +64,7 @@ class Publisher:
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         if self.on_reply is not None:
-            self.on_reply(msg.payload)
+            self.on_reply(bytes(msg.payload))
 
     def publish_all(self) -> None:
         assert self._client is not None, "connect() first"

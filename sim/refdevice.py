@@ -463,7 +463,7 @@ class RefDevice:
             if not self._running:
                 return
             try:
-                v = cose.mac0_verify(m.payload, lambda kid: self.cfg.key if kid == self._kid else None,
+                v = cose.mac0_verify(bytes(m.payload), lambda kid: self.cfg.key if kid == self._kid else None,
                                      expected_kid=self._kid)
                 msg = messages.decode_payload(v.payload, messages.DEVICE_DOWN)
             except (ProtocolError, ValueError) as exc:
