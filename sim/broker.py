@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -16,10 +17,32 @@ class BrokerError(RuntimeError):
     pass
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port on loopback, below the ephemeral range.
+
+    A port from the ephemeral range (what binding to port 0 gives) can be taken, while a broker is down
+    for a fault test, by a client's own outgoing socket: a reconnecting client may even connect to itself
+    (TCP simultaneous open on loopback), and the broker then cannot listen there again.
+    """
+    lo, _hi = _ephemeral_range()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(10000, max(lo, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise BrokerError("no free port below the ephemeral range")
 
 
 def run_as_clause() -> str | None:

@@ -38,6 +38,23 @@ def run(chain: Chain, sc: ScenarioConfig, progress: Callable[[int, int], None] |
     lock = threading.Lock()
     outage_at, restore_at = sc.ratings // 3, 2 * sc.ratings // 3
     errors: list[BaseException] = []
+    # Faults run on their own thread, one after the other: window threads only signal the moments, so a
+    # restart can never overlap a stop still in progress.
+    outage, restore = threading.Event(), threading.Event()
+
+    def fault_loop() -> None:
+        try:
+            if not outage.wait(600):
+                return
+            chain.province_broker.stop()
+            restore.wait(600)
+            chain.province_broker.start()
+        except BaseException as exc:
+            errors.append(exc)
+
+    fault_thread = threading.Thread(target=fault_loop, daemon=True)
+    if sc.uplink_outage:
+        fault_thread.start()
 
     def window_loop(dev: str) -> None:
         nonlocal done
@@ -50,10 +67,10 @@ def run(chain: Chain, sc: ScenarioConfig, progress: Callable[[int, int], None] |
             with lock:
                 done += 1
                 n = done
-            if sc.uplink_outage and n == outage_at:
-                chain.province_broker.stop()
-            if sc.uplink_outage and n == restore_at:
-                chain.province_broker.start()
+            if n == outage_at:
+                outage.set()
+            if n == restore_at:
+                restore.set()
             if progress is not None:
                 progress(n, sc.ratings)
 
@@ -62,10 +79,12 @@ def run(chain: Chain, sc: ScenarioConfig, progress: Callable[[int, int], None] |
         t.start()
     for t in threads:
         t.join()
+    outage.set()
+    restore.set()
+    if sc.uplink_outage:
+        fault_thread.join()
     if errors:
         raise RuntimeError(f"scenario failed: {errors[0]!r}") from errors[0]
-    if sc.uplink_outage and chain.province_broker.proc is None:
-        chain.province_broker.start()
 
 
 def summary(report: dict[str, Any]) -> str:
