@@ -50,13 +50,17 @@ SCORE_MIX_4 = {4: 70, 3: 20, 2: 7, 1: 3}
 @dataclass
 class ChainConfig:
     workdir: Path
-    hall: str = "hf01"
-    devices: int = 4
+    hall: str = "hf01"          # the hall id when there is one hall; with several: hf01, hf02, ...
+    halls: int = 1
+    devices: int = 4            # keypads per hall
     epoch: int = 1
     province_workers: int = 2
     retry_s: float = 5.0
     batch_size: int = 500
     heartbeat_s: float = 30.0
+
+    def hall_ids(self) -> list[str]:
+        return [self.hall] if self.halls == 1 else [f"hf{n:02d}" for n in range(1, self.halls + 1)]
 
 
 @dataclass
@@ -64,11 +68,31 @@ class Ledger:
     """What the keypads did, as the simulator saw it: the truth the stores are reconciled against."""
 
     ratings: dict[tuple[str, int, int], int] = field(default_factory=dict)     # (dev, epoch, seq) -> score
-    no_ratings: set[tuple[str, int, int]] = field(default_factory=set)
     prompts: int = 0
     presses: int = 0
     ignored: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Hall:
+    """One hall's own parts: keystore, broker, gateway (embedded: several gateways run in one process)."""
+
+    hall: str
+    dir: Path
+    keystore: Keystore
+    keystore_path: Path
+    signing_key_path: Path
+    gateway_public: bytes
+    gateway_password: str
+    uplink_password: str
+    port: int
+    broker: Mosquitto
+    gateway: Gateway | None = None
+
+    @property
+    def db_path(self) -> Path:
+        return self.dir / "gateway" / "gateway.db"
 
 
 class Chain:
@@ -78,55 +102,101 @@ class Chain:
         self.cfg = cfg
         w = cfg.workdir
         w.mkdir(parents=True, exist_ok=True)
-        self.hall = cfg.hall
-        self.keystore = Keystore(hall=cfg.hall)
-        self.device_ids = [f"{cfg.hall}-w{i:02d}" for i in range(1, cfg.devices + 1)]
-        for i, dev in enumerate(self.device_ids, 1):
-            self.keystore.add_device(dev, DeviceKey(secrets.token_bytes(32), epoch=cfg.epoch, window=str(i),
-                                                    hall=cfg.hall))
-        self.keystore_path = w / "gateway" / "keystore.json"
-        self.keystore.save(self.keystore_path)
-        gw_key, prov_key = new_signing_key(), new_signing_key()
-        self.gw_key_path, self.prov_key_path = w / "gateway" / "signing.key", w / "province" / "signing.key"
-        save_signing_key(self.gw_key_path, gw_key)
+        prov_key = new_signing_key()
+        self.prov_key_path = w / "province" / "signing.key"
         save_signing_key(self.prov_key_path, prov_key)
-        self.gateway_public, self.province_public = public_bytes(gw_key), public_bytes(prov_key)
-        self.registry = Keystore(devices=dict(self.keystore.devices), halls={cfg.hall: self.gateway_public})
+        self.province_public = public_bytes(prov_key)
+        self.registry = Keystore()
+        self.halls: dict[str, Hall] = {}
+        self.hall_of: dict[str, str] = {}          # device id -> hall id
+        for hall in cfg.hall_ids():
+            self.halls[hall] = self._make_hall(hall, w / "halls" / hall if cfg.halls > 1 else w)
         self.registry_path = w / "province" / "registry.json"
         self.registry.save(self.registry_path)
-        self.gateway_password = secrets.token_urlsafe(16)
-        self.uplink_password = secrets.token_urlsafe(16)
         self.province_password = secrets.token_urlsafe(16)
-        self.hall_port, self.prov_port = free_port(), free_port()
-        hall_files = write_broker_files(w / "hall-broker", self.keystore, self.gateway_password,
-                                        port=self.hall_port, bind="127.0.0.1", run_as=run_as_clause())
+        self.prov_port = free_port()
         prov_files = write_province_broker_files(
-            w / "province-broker", self.registry, {cfg.hall: self.uplink_password}, self.province_password,
-            port=self.prov_port, bind="127.0.0.1", run_as=run_as_clause(), workers=cfg.province_workers)
-        self.hall_broker = Mosquitto(hall_files.conf, self.hall_port)
+            w / "province-broker", self.registry, {h.hall: h.uplink_password for h in self.halls.values()},
+            self.province_password, port=self.prov_port, bind="127.0.0.1", run_as=run_as_clause(),
+            workers=cfg.province_workers)
         self.province_broker = Mosquitto(prov_files.conf, self.prov_port)
         self.scheduler = Scheduler("chain-devices")
-        self.gateway: Gateway | None = None
         self.province: Province | None = None
         self.devices: dict[str, RefDevice] = {}
         self.ledger = Ledger()
 
+    def _make_hall(self, hall: str, d: Path) -> Hall:
+        ks = Keystore(hall=hall)
+        for i in range(1, self.cfg.devices + 1):
+            dev = f"{hall}-w{i:02d}"
+            key = secrets.token_bytes(32)
+            ks.add_device(dev, DeviceKey(key, epoch=self.cfg.epoch, window=str(i), hall=hall))
+            self.hall_of[dev] = hall
+            self.registry.devices[dev] = ks.devices[dev]
+        ks_path = d / "gateway" / "keystore.json"
+        ks.save(ks_path)
+        gw_key = new_signing_key()
+        key_path = d / "gateway" / "signing.key"
+        save_signing_key(key_path, gw_key)
+        self.registry.halls[hall] = public_bytes(gw_key)
+        gw_password = secrets.token_urlsafe(16)
+        port = free_port()
+        files = write_broker_files(d / "hall-broker", ks, gw_password, port=port, bind="127.0.0.1",
+                                   run_as=run_as_clause())
+        return Hall(hall, d, ks, ks_path, key_path, public_bytes(gw_key), gw_password,
+                    secrets.token_urlsafe(16), port, Mosquitto(files.conf, port))
+
+    # The first hall's parts, for the common one-hall case.
+    @property
+    def first(self) -> Hall:
+        return next(iter(self.halls.values()))
+
+    @property
+    def hall(self) -> str:
+        return self.first.hall
+
+    @property
+    def keystore(self) -> Keystore:
+        return self.first.keystore
+
+    @property
+    def hall_port(self) -> int:
+        return self.first.port
+
+    @property
+    def hall_broker(self) -> Mosquitto:
+        return self.first.broker
+
+    @property
+    def gateway(self) -> Gateway | None:
+        return self.first.gateway
+
+    @property
+    def device_ids(self) -> list[str]:
+        return list(self.hall_of)
+
     # -- parts -------------------------------------------------------------------------------------
-    def gateway_config(self) -> GatewayConfig:
-        w = self.cfg.workdir
-        return GatewayConfig(hall=self.hall, db_path=w / "gateway" / "gateway.db",
-                             keystore_path=self.keystore_path, broker_port=self.hall_port,
-                             gateway_password=self.gateway_password, uplink_host="127.0.0.1",
-                             uplink_port=self.prov_port, uplink_password=self.uplink_password,
-                             signing_key_path=self.gw_key_path,
+    def gateway_config(self, hall: str | None = None) -> GatewayConfig:
+        h = self.halls[hall or self.hall]
+        return GatewayConfig(hall=h.hall, db_path=h.db_path, keystore_path=h.keystore_path,
+                             broker_port=h.port, gateway_password=h.gateway_password, uplink_host="127.0.0.1",
+                             uplink_port=self.prov_port, uplink_password=h.uplink_password,
+                             signing_key_path=h.signing_key_path,
                              province_public_key=self.province_public.hex(),
                              retry_s=self.cfg.retry_s, batch_size=self.cfg.batch_size,
                              prompt_timeout_min=10)
 
-    def start_gateway(self) -> Gateway:
-        self.gateway = Gateway(self.gateway_config())
-        self.gateway.start()
-        return self.gateway
+    def start_gateway(self, hall: str | None = None) -> Gateway:
+        h = self.halls[hall or self.hall]
+        h.gateway = Gateway(self.gateway_config(h.hall))
+        h.gateway.start()
+        return h.gateway
+
+    def stop_gateway(self, hall: str | None = None) -> None:
+        h = self.halls[hall or self.hall]
+        if h.gateway is not None:
+            h.gateway.stop()
+            h.gateway = None
 
     def start_province(self) -> Province:
         w = self.cfg.workdir
@@ -137,8 +207,9 @@ class Chain:
         return self.province
 
     def device_config(self, dev: str) -> DeviceConfig:
-        dk = self.keystore.devices[dev]
-        return DeviceConfig(device_id=dev, key=dk.key, epoch=dk.epoch, host="127.0.0.1", port=self.hall_port,
+        h = self.halls[self.hall_of[dev]]
+        dk = h.keystore.devices[dev]
+        return DeviceConfig(device_id=dev, key=dk.key, epoch=dk.epoch, host="127.0.0.1", port=h.port,
                             state_dir=self.cfg.workdir / "devices" / dev, scheduler=self.scheduler,
                             heartbeat_s=self.cfg.heartbeat_s, ack_timeout_s=5.0)
 
@@ -150,8 +221,9 @@ class Chain:
     def start(self) -> Chain:
         self.province_broker.start()
         self.start_province()
-        self.hall_broker.start()
-        self.start_gateway()
+        for h in self.halls.values():
+            h.broker.start()
+            self.start_gateway(h.hall)
         for dev in self.device_ids:
             self.start_device(dev)
         return self
@@ -160,13 +232,13 @@ class Chain:
         for d in self.devices.values():
             d.stop()
         self.devices.clear()
-        if self.gateway is not None:
-            self.gateway.stop()
-            self.gateway = None
+        for h in self.halls.values():
+            self.stop_gateway(h.hall)
         if self.province is not None:
             self.province.stop()
             self.province = None
-        self.hall_broker.stop()
+        for h in self.halls.values():
+            h.broker.stop()
         self.province_broker.stop()
         self.scheduler.close()
 
@@ -176,12 +248,14 @@ class Chain:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- the counter system, through the gateway's real HTTP API --------------------------------------
-    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-        if self.gateway is None:
+    # -- the counter system, through each gateway's real HTTP API -------------------------------------
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None,
+            hall: str | None = None) -> tuple[int, dict[str, Any]]:
+        gw = self.halls[hall or self.hall].gateway
+        if gw is None:
             raise RuntimeError("gateway is not running")
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.gateway.http_port}{path}", data=data,
+        req = urllib.request.Request(f"http://127.0.0.1:{gw.http_port}{path}", data=data,
                                      method=method, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
@@ -189,14 +263,15 @@ class Chain:
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
 
-    def sign_in(self, window: str, clerk: str, name: str) -> None:
-        code, body = self.api("POST", f"/v1/windows/{window}/signin", {"clerk": clerk, "name": name})
+    def sign_in(self, window: str, clerk: str, name: str, hall: str | None = None) -> None:
+        code, body = self.api("POST", f"/v1/windows/{window}/signin", {"clerk": clerk, "name": name}, hall)
         if code != 200:
             raise RuntimeError(f"sign-in failed: {code} {body}")
 
-    def open_prompt(self, window: str, txn: str, service: int, timeout: int = 10) -> int:
+    def open_prompt(self, window: str, txn: str, service: int, timeout: int = 10,
+                    hall: str | None = None) -> int:
         code, body = self.api("POST", f"/v1/windows/{window}/prompt",
-                              {"txn": txn, "service": service, "timeout": timeout})
+                              {"txn": txn, "service": service, "timeout": timeout}, hall)
         if code != 200:
             raise RuntimeError(f"prompt failed: {code} {body}")
         with self.ledger.lock:
@@ -207,10 +282,11 @@ class Chain:
     def serve(self, dev: str, rng: random.Random, txn: str, *, ignore: bool = False,
               press_twice: bool = False) -> None:
         """One transaction at a window: prompt -> customer presses (or not) -> wait for the outcome."""
-        window = self.keystore.devices[dev].window
+        hall = self.hall_of[dev]
+        window = self.halls[hall].keystore.devices[dev].window
         device = self.devices[dev]
         service = rng.choices(list(SERVICE_MIX), weights=list(SERVICE_MIX.values()))[0]
-        pid = self.open_prompt(window, txn, int(service))
+        pid = self.open_prompt(window, txn, int(service), hall=hall)
         if not device.wait_for(lambda: device.prompt_id == pid and device.state == State.PROMPT_OPEN, 10):
             raise RuntimeError(f"{dev}: prompt {pid} did not reach the keypad")
         if ignore:   # the customer walks away: the keypad sends a no-rating when the prompt expires
@@ -229,12 +305,15 @@ class Chain:
                 self.ledger.ignored += again.outcome != Outcome.RATED
 
     def wait_settled(self, timeout: float = 120.0) -> bool:
-        """Every keypad's outbox empty and the gateway's backlog to the province drained."""
+        """Every keypad's outbox empty and every gateway's backlog to the province drained."""
         for d in self.devices.values():
             if not d.wait_for(lambda d=d: d.outbox_depth() == 0, timeout):   # type: ignore[misc]
                 return False
-        gw = self.gateway
-        return gw is not None and gw.wait_until(lambda: gw.backlog() == 0, timeout)
+        for h in self.halls.values():
+            gw = h.gateway
+            if gw is None or not gw.wait_until(lambda gw=gw: gw.backlog() == 0, timeout):  # type: ignore[misc]
+                return False
+        return True
 
     # -- reconciliation -----------------------------------------------------------------------------
     @contextmanager
@@ -248,10 +327,13 @@ class Chain:
     def reconcile(self) -> dict[str, Any]:
         """Per-hop counts and what was lost, duplicated, invented or altered (0 is the only good value)."""
         w = self.cfg.workdir
-        with self._db(w / "gateway" / "gateway.db") as g:
-            gw_rows = g.execute("SELECT device, epoch, seq, kind, score FROM ratings").fetchall()
-            quarantined = dict(g.execute(
-                "SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall())
+        gw_rows: list[tuple[Any, ...]] = []
+        quarantined: dict[str, int] = {}
+        for h in self.halls.values():
+            with self._db(h.db_path) as g:
+                gw_rows += g.execute("SELECT device, epoch, seq, kind, score FROM ratings").fetchall()
+                for reason, n in g.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason"):
+                    quarantined[reason] = quarantined.get(reason, 0) + n
         with self._db(w / "province" / "province.db") as p:
             pr_rows = p.execute("SELECT device, epoch, seq, kind, score FROM ratings").fetchall()
             pr_prompts = p.execute("SELECT COUNT(*) FROM prompts").fetchone()[0]

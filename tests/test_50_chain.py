@@ -75,7 +75,7 @@ def test_gateway_restart_while_customers_rate(chain: Chain) -> None:
     chain.open_prompt("1", "A-3", 2)
     assert prompt_ready.wait_for(lambda: prompt_ready.state == "prompt_open", 10)
     assert chain.gateway is not None
-    chain.gateway.stop()
+    chain.stop_gateway()
     res = prompt_ready.press(4)
     assert res == "rated" and prompt_ready.outbox_depth() >= 1
     with chain.ledger.lock:
@@ -85,3 +85,26 @@ def test_gateway_restart_while_customers_rate(chain: Chain) -> None:
     report = chain.reconcile()
     assert report["ratings_made"] == 4
     assert (report["lost"], report["duplicated"]) == (0, 0)
+
+
+def test_two_halls_two_embedded_gateways_one_province(tmp_path: Path) -> None:
+    """Several gateways run in one process (as the province simulation needs), each with its own broker,
+    database and HTTP port; the province keeps every rating under the hall it came from."""
+    with Chain(ChainConfig(workdir=tmp_path / "chain2", halls=2, devices=2, retry_s=1.0)) as chain:
+        assert sorted(chain.halls) == ["hf01", "hf02"]
+        ports = {h.gateway.http_port for h in chain.halls.values() if h.gateway is not None}
+        assert len(ports) == 2
+        for hall in chain.halls:
+            chain.sign_in("1", f"{hall}-c1", "张伟", hall=hall)
+            chain.sign_in("2", f"{hall}-c2", "王芳", hall=hall)
+        rng = random.Random(11)
+        for k in range(3):
+            for dev in chain.device_ids:
+                chain.serve(dev, rng, f"{dev}-T{k}")
+        assert chain.wait_settled(60)
+        report = chain.reconcile()
+        assert report["ratings_made"] == 12 and report["received_province"] == 12
+        assert (report["lost"], report["duplicated"], report["invented"], report["altered"]) == (0, 0, 0, 0)
+        for device, _seq, _kind, _score, hall, window, clerk, _service, _txn in _province_rows(chain):
+            assert str(device).startswith(f"{hall}-w")
+            assert clerk == f"{hall}-c{window}"
