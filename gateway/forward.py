@@ -306,7 +306,9 @@ class Forwarder:
             self._connected = False
         if was:
             self._stats.inc("disconnects")
-            log.warning("hall %s: uplink disconnected: %s", self.cfg.hall, rc)
+            # Our own stop() is not news; a dropped link is (the backlog grows until it is back).
+            level = logging.INFO if self._stopping.is_set() else logging.WARNING
+            log.log(level, "hall %s: uplink disconnected: %s", self.cfg.hall, rc)
             self._wakeup.set()   # a round re-checks the backlog alarm and tells wait_until() callers
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

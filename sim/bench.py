@@ -31,6 +31,7 @@ from countersign.gateway.gateway import Gateway
 from countersign.protocol import cose, messages, topics
 from countersign.protocol.keystore import DeviceKey, Keystore, mqtt_password
 from countersign.sim.broker import Mosquitto, free_port, run_as_clause
+from countersign.sim.chain import Chain, ChainConfig
 from countersign.sim.loadgen import Counter, Publisher, run_publishers
 
 GW_PASSWORD = "bench-gateway"
@@ -129,11 +130,40 @@ def gateway_ingest(work: Path, ks: Keystore, msgs: dict[str, list[bytes]], timeo
             "rate": round(acked.value / elapsed, 1), "gateway_stats": stats}
 
 
+def press_to_stored(work: Path, presses: int) -> dict[str, Any]:
+    """Reference keypad -> real gateway: key press to outbox commit (fsync) and to the verified ack."""
+    commit_ms: list[float] = []
+    stored_ms: list[float] = []
+    with Chain(ChainConfig(workdir=work / "latency", devices=1, retry_s=1.0)) as chain:
+        chain.sign_in("1", "10001", "张伟")
+        dev = chain.devices[chain.device_ids[0]]
+        for k in range(presses):
+            pid = chain.open_prompt("1", f"L-{k}", 2)
+            if not dev.wait_for(lambda pid=pid: dev.prompt_id == pid and dev.state == "prompt_open", 10):
+                raise TimeoutError("prompt did not reach the keypad")
+            t0 = time.perf_counter()
+            res = dev.press(4)
+            t1 = time.perf_counter()
+            if res.seq is None or not dev.wait_for(lambda seq=res.seq: seq in dev.acked_seqs(), 10):
+                raise TimeoutError("no ack for the rating")
+            t2 = time.perf_counter()
+            commit_ms.append((t1 - t0) * 1000)
+            stored_ms.append((t2 - t0) * 1000)
+
+    def pct(xs: list[float], q: float) -> float:
+        xs = sorted(xs)
+        return round(xs[min(len(xs) - 1, int(q * len(xs)))], 2)
+
+    return {"presses": presses, "commit_p50_ms": pct(commit_ms, 0.5), "commit_p99_ms": pct(commit_ms, 0.99),
+            "stored_p50_ms": pct(stored_ms, 0.5), "stored_p99_ms": pct(stored_ms, 0.99)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, default=20)
     ap.add_argument("--per-device", type=int, default=1000)
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--presses", type=int, default=300, help="presses for the latency figure")
     ap.add_argument("--json", type=Path, help="write (merge) the figures into this JSON file")
     args = ap.parse_args(argv)
     ks = _keystore(args.devices)
@@ -143,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         base = passthrough(work, ks, msgs, args.timeout)
         ing = gateway_ingest(work, ks, msgs, args.timeout)
+        lat = press_to_stored(work, args.presses)
     ratio = ing["rate"] / base["rate"] if base["rate"] else 0.0
     print(f"signed rating on the wire: {size} bytes")
     print(f"plain paho QoS1 pass-through: {base['rate']:>9.0f} msg/s ({base['received']}/{base['messages']} "
@@ -150,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gateway ingest (verify+dedup+commit+ack): {ing['rate']:>9.0f} msg/s ({ing['acked']}/"
           f"{ing['messages']} acked in {ing['seconds']} s)")
     print(f"ratio gateway/pass-through: {ratio:.2f} (target >= 0.5)")
+    print(f"reference keypad, {lat['presses']} presses: press -> outbox commit "
+          f"p50 {lat['commit_p50_ms']} ms, p99 {lat['commit_p99_ms']} ms")
+    print(f"reference keypad: press -> 'stored' (gateway ack) p50 {lat['stored_p50_ms']} ms, "
+          f"p99 {lat['stored_p99_ms']} ms (target p99 < 50)")
     if args.json:
         existing: dict[str, Any] = {}
         if args.json.exists():
@@ -159,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 existing = {}
         existing["gateway"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.node(),
                                "rating_wire_bytes": size, "passthrough": base, "ingest": ing,
-                               "ratio": round(ratio, 3)}
+                               "ratio": round(ratio, 3), "press_latency": lat}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(existing, indent=1, default=str) + "\n")
     return 0 if base["complete"] and ing["complete"] else 1
