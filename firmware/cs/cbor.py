@@ -1,0 +1,206 @@
+# Minimal CBOR (RFC 8949) for the keypad: a deterministic encoder that writes into a caller's
+# preallocated bytearray, and a strict, bounded decoder for untrusted downlink input.
+# The rules are PROTOCOL.md section 4; reason strings are those of section 12.
+from micropython import const
+import struct
+
+_BSTR = const(2)
+_TSTR = const(3)
+_ARRAY = const(4)
+_MAP = const(5)
+_TAG = const(6)
+_SIMPLE = const(7)
+
+
+class Tag:
+    def __init__(self, tag, value):
+        self.tag = tag
+        self.value = value
+
+
+# ---- encoder: every put_* writes at buf[pos] and returns the position after what it wrote.
+# Heads are always the shortest form (deterministic encoding). Multi-byte arguments go through
+# struct.pack_into, which reads a big integer in place: shifting and masking a u32 such as a unix time
+# would allocate a long int on a 32-bit port, pack_into does not.
+
+def put_head(buf, pos, major, n):
+    mt = major << 5
+    if n < 0:
+        raise ValueError("bad-field")
+    if n < 24:
+        buf[pos] = mt | n
+        return pos + 1
+    if n < 0x100:
+        buf[pos] = mt | 24
+        buf[pos + 1] = n
+        return pos + 2
+    if n < 0x10000:
+        struct.pack_into(">BH", buf, pos, mt | 25, n)
+        return pos + 3
+    if n < 0x100000000:
+        struct.pack_into(">BI", buf, pos, mt | 26, n)
+        return pos + 5
+    if n < 0x10000000000000000:
+        struct.pack_into(">BQ", buf, pos, mt | 27, n)
+        return pos + 9
+    raise ValueError("bad-field")
+
+
+def put_uint(buf, pos, n):
+    return put_head(buf, pos, 0, n)
+
+
+def put_int(buf, pos, n):
+    if n >= 0:
+        return put_head(buf, pos, 0, n)
+    return put_head(buf, pos, 1, -1 - n)
+
+
+def put_bytes(buf, pos, data, major=_BSTR):
+    n = len(data)
+    pos = put_head(buf, pos, major, n)
+    end = pos + n
+    # A slice assignment past the end would silently grow the bytearray: refuse instead.
+    if end > len(buf):
+        raise ValueError("oversized")
+    buf[pos:end] = data
+    return end
+
+
+def put_text(buf, pos, s):
+    # s may be given as UTF-8 bytes already (no allocation); a str is encoded here.
+    if isinstance(s, str):
+        s = s.encode()
+    return put_bytes(buf, pos, s, _TSTR)
+
+
+def put_null(buf, pos):
+    buf[pos] = 0xF6
+    return pos + 1
+
+
+def put_bool(buf, pos, v):
+    buf[pos] = 0xF5 if v else 0xF4
+    return pos + 1
+
+
+# ---- strict decoder. Errors are found in input order, like the CPython walk; duplicate keys and
+# keys out of order are remembered and raised only once the whole item is known well-formed, because
+# the CPython reference reports those after every well-formedness error (and duplicates first).
+
+_DUP = const(1)
+_ORDER = const(2)
+
+
+def _head(d, pos, n):
+    if pos >= n:
+        raise ValueError("truncated")
+    ib = d[pos]
+    major = ib >> 5
+    ai = ib & 31
+    pos += 1
+    if ai < 24:
+        return major, ai, ai, pos
+    if ai < 28:
+        k = 1 << (ai - 24)
+        if pos + k > n:
+            raise ValueError("truncated")
+        arg = d[pos] if k == 1 else int.from_bytes(d[pos:pos + k], "big")
+        # A longer head than needed is a second encoding of the same value.
+        if major != _SIMPLE and ((k == 1 and arg < 24) or (k > 1 and arg < (1 << (4 * k)))):
+            raise ValueError("non-deterministic")
+        return major, ai, arg, pos + k
+    if ai == 31:
+        raise ValueError("indefinite-length")
+    raise ValueError("malformed-cbor")
+
+
+def _less(d, a0, a1, b0, b1):
+    # Canonical key order of the CPython encoder: shorter encoding first, then bytewise.
+    if a1 - a0 != b1 - b0:
+        return a1 - a0 < b1 - b0
+    while a0 < a1:
+        if d[a0] != d[b0]:
+            return d[a0] < d[b0]
+        a0 += 1
+        b0 += 1
+    return False
+
+
+def _item(d, pos, n, depth, lim, flags, tag):
+    major, ai, arg, pos = _head(d, pos, n)
+    if major == 0:
+        return arg, pos
+    if major == 1:
+        return -1 - arg, pos
+    if major == _BSTR or major == _TSTR:
+        end = pos + arg
+        if end > n:
+            raise ValueError("truncated")
+        if major == _BSTR:
+            return bytes(d[pos:end]), end
+        if lim[2] is not None and arg > lim[2]:
+            raise ValueError("over-limit")
+        try:
+            s = str(d[pos:end], "utf-8")
+        except UnicodeError:
+            raise ValueError("malformed-cbor")
+        return s, end
+    if major == _ARRAY or major == _MAP:
+        if depth + 1 > lim[0]:
+            raise ValueError("too-deep")
+        if arg > lim[1]:
+            raise ValueError("over-limit")
+        if major == _ARRAY:
+            out = []
+            for _ in range(arg):
+                v, pos = _item(d, pos, n, depth + 1, lim, flags, None)
+                out.append(v)
+            return out, pos
+        out = {}
+        p0 = p1 = -1
+        for _ in range(arg):
+            k0 = pos
+            k, pos = _item(d, pos, n, depth + 1, lim, flags, None)
+            if d[k0] >> 5 > _TSTR:
+                # Keys are integers (text and bytes accepted so the layers above refuse them by name).
+                raise ValueError("unexpected-type")
+            if k in out:
+                flags[0] |= _DUP
+            elif p0 >= 0 and not _less(d, p0, p1, k0, pos):
+                flags[0] |= _ORDER
+            p0 = k0
+            p1 = pos
+            v, pos = _item(d, pos, n, depth + 1, lim, flags, None)
+            out[k] = v
+        return out, pos
+    if major == _TAG:
+        if arg != tag:
+            raise ValueError("unexpected-tag")
+        v, pos = _item(d, pos, n, depth, lim, flags, None)
+        return Tag(arg, v), pos
+    # major 7: only false, true, null in their one-byte form; no floats, no undefined
+    if ai >= 24 or arg < 20 or arg > 22:
+        raise ValueError("unexpected-type")
+    return (False, True, None)[arg - 20], pos
+
+
+def decode(data, max_depth=4, max_items=40, max_len=256, max_text=None, allow_tag=None):
+    """Exactly one item of `data` (bytes, bytearray or memoryview), or ValueError(reason).
+
+    max_depth counts nested arrays/maps (a top-level map is depth 1), max_items bounds each
+    container, max_len the whole input, max_text each text string (bytes). allow_tag: the one tag
+    number allowed, only as the outermost item.
+    """
+    n = len(data)
+    if n > max_len:
+        raise ValueError("oversized")
+    flags = [0]
+    v, pos = _item(data, 0, n, 0, (max_depth, max_items, max_text), flags, allow_tag)
+    if pos != n:
+        raise ValueError("trailing-bytes")
+    if flags[0] & _DUP:
+        raise ValueError("duplicate-key")
+    if flags[0]:
+        raise ValueError("non-deterministic")
+    return v
