@@ -199,6 +199,7 @@ check(raises(lambda: Keys([Pin()], Clock(), debounce_ms=50, stuck_ms=40)), "stuc
 # -- scan() allocates nothing ---------------------------------------------------------------------------
 pins, clk, keys = make(stuck=200)
 presses = 0
+ok = False      # globals made before the lock: creating one would allocate
 micropython.heap_lock()
 try:
     for i in range(400):
