@@ -20,6 +20,8 @@ from micropython import const
 from . import pkt
 
 _TX = const(192)      # CONNECT / SUBSCRIBE / QoS 0 scratch buffer
+_IPPROTO_TCP = const(6)
+_TCP_NODELAY = const(1)
 
 
 class Client:
@@ -134,6 +136,12 @@ class Client:
         self._dead.clear()
         r, w = await asyncio.wait_for_ms(asyncio.open_connection(self.host, self.port), self.conn_ms)
         self._w = w
+        try:
+            # Nagle would hold a small PUBLISH up to ~40 ms behind an unacked one. Best effort: not every
+            # port exposes the option (the constants are the same on Linux and lwIP).
+            w.s.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
         self._p.reset()
         self._t0 = self._rx_at = self._tx_at = self._ticks()
         self._pinging = False
