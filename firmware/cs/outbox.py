@@ -106,6 +106,8 @@ class Outbox:
             raise ValueError("msg-size")
         if seq <= self.max_seq(epoch):
             raise ValueError("seq-not-increasing")      # a reused or backward seq is never stored
+        if epoch < self._last()[0]:
+            raise ValueError("epoch-goes-back")         # keeps the file in (epoch, seq) order
         if self._live >= self.capacity:
             raise OutboxFull("outbox-full")
         newrun = not self._extends(epoch, seq)
@@ -164,35 +166,53 @@ class Outbox:
         return done
 
     def pending(self, buf=None):
-        """Yield (epoch, seq, msg) of every unacked item in file (= seq) order, read from the file.
+        """Yield (epoch, seq, msg) of every unacked item in (epoch, seq) order, read from the file.
 
         msg is a fresh bytes object, or, when `buf` (a bytearray of 269 bytes) is given, a memoryview
-        into it valid until the next step. Stops early if a compaction runs meanwhile (call again).
+        into it valid until the next step. Appends and acks may run between steps (items appended
+        after the call are not yielded); after a compaction it reopens the new file and goes on
+        after the last item it gave (the file is in (epoch, seq) order: append enforces it).
         """
-        gen, end = self._gen, self._size
         pb = self._pbuf if buf is None else buf
         pmv = memoryview(pb)
-        f = open(self.path, "rb")
-        try:
-            pos = 0
-            j = 0
-            while pos < end and gen == self._gen:
-                ln = self._read_rec(f, pb, pmv)
-                if ln < -1:
-                    pos -= ln
-                    continue
-                if ln <= 0:
-                    break
-                pos += ln
-                if pb[0] != _ITEM:
-                    continue
-                if not self._bit(j):
+        le = ls = -1                            # last (epoch, seq) given
+        stop_e, stop_s = self._last()           # the newest item when called: nothing after it
+        while True:
+            gen = self._gen
+            f = open(self.path, "rb")
+            try:
+                pos = j = 0
+                while pos < self._size and gen == self._gen:
+                    ln = self._read_rec(f, pb, pmv)
+                    if ln < -1:
+                        pos -= ln
+                        continue
+                    if ln <= 0:
+                        return
+                    pos += ln
+                    if pb[0] != _ITEM:
+                        continue
+                    j += 1
+                    if self._bit(j - 1):
+                        continue
                     epoch, seq = struct.unpack_from(">HI", pb, _HEAD)
+                    if epoch < le or (epoch == le and seq <= ls):
+                        continue                # given before the compaction
+                    if epoch > stop_e or (epoch == stop_e and seq > stop_s):
+                        return
+                    le, ls = epoch, seq
                     m = pmv[_IHEAD:ln - 4]
                     yield epoch, seq, (m if buf is not None else bytes(m))
-                j += 1
-        finally:
-            f.close()
+                if gen == self._gen:
+                    return
+            finally:
+                f.close()
+
+    def _last(self):
+        r = len(self._rep) - 1
+        if r < 0:
+            return -1, -1
+        return self._rep[r], self._rseq[r] + self._runlen(r) - 1
 
     def compact(self):
         """Rewrite the log with only the unacked items: copy to a temp file, then rename over."""

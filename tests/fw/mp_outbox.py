@@ -121,6 +121,25 @@ check(ob.compactions >= 1 and whole(ob, [(1, s) for s in range(21, 31)]),
       "ack compacts automatically once dead records outweigh live ones")
 ob.close()
 
+# pending() while acks, appends and a compaction happen between its steps (a resend loop in asyncio)
+ob = Outbox(fresh("iter"), capacity=100, compact_min=4)
+for s in range(1, 21):
+    ob.append(1, s, msg(s))
+got = []
+for e, s, m in ob.pending():
+    got.append(s)
+    if s == 5:
+        n0 = ob.compactions
+        ob.ack(1, list(range(1, 13)))           # outweighs the rest: compacts under the iterator
+        ob.append(1, 21, msg(21))               # appended after the call: not part of this pass
+check(ob.compactions > n0 and got == [1, 2, 3, 4, 5] + list(range(13, 21)),
+      "pending goes on after a compaction from where it was, without repeats", got)
+check(raises(lambda: ob.append(0, 99, msg(99)), "epoch-goes-back"), "an older epoch is refused")
+ob.append(2, 1, msg(1))
+check([(e, s) for e, s, _ in ob.pending()] == [(1, s) for s in range(13, 22)] + [(2, 1)],
+      "a new epoch's seq 1 follows the old epoch's items")
+ob.close()
+
 # -- torn record: truncate mid-record, reopen -----------------------------------------------------------
 p = fresh("torn")
 ob = Outbox(p)
