@@ -16,7 +16,11 @@
 # file systems, a torn last record that fails its length or CRC check on load and is dropped (it was
 # never reported as taken). Compaction copies the unacked items into a temp file, flushes and closes
 # it, then os.rename()s it over the log: littlefs renames atomically, so the log on flash is either
-# the old one or the complete new one; a leftover temp file is removed on load.
+# the old one or the complete new one; a leftover temp file is removed on load. (MicroPython cannot
+# fsync a folder; littlefs needs none, its rename is committed when it returns. On the unix port the
+# rename is POSIX-atomic but, after an OS crash, durable only once the kernel writes the folder.)
+# Compaction needs free flash for a second copy of the live items: ~100 bytes per rating, so 900 KB
+# for a full outbox of 9000.
 #
 # Full: when `capacity` unacked items are held (or the run table is full), append() raises
 # OutboxFull and writes nothing; an unacked record is never overwritten or aged out.
@@ -62,7 +66,7 @@ class Outbox:
         self._buf = bytearray(_BUF)             # record being written / read by load and compact
         self._mv = memoryview(self._buf)
         self._pbuf = bytearray(_BUF)            # pending()'s own, so append/ack may run meanwhile
-        self._gen = 0                           # bumped by compaction: pending() stops on a change
+        self._gen = 0                           # bumped by compaction: pending() reopens the file
         self._f = None
         self._dirty = False                     # a failed write may have left bytes: rewrite first
         self.torn = 0                           # bytes dropped at load (torn tail)
