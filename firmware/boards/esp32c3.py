@@ -1,0 +1,197 @@
+# ESP32-C3 DevKitM-1 keypad board (and, by subclassing with other PINS, every ESP32 board: esp32s3.py).
+#
+# Pin numbers: PINS below is the "pins" object of hardware/esp32c3-devkitm-1/pins.json, embedded rather
+# than read from /pins.json at boot: nothing to copy or lose on the device, no file read or JSON parse
+# before the keys work. tests/test_65_board_pins.py checks the two agree, that every Pin() here takes its
+# number from PINS, and that every number is valid and not reserved on the board (the json says why).
+#
+# Keys: inputs with pull-up, active low. Feedback: green and red LEDs (active high), a passive buzzer on
+# PWM, and an SSD1306 on I2C if the `ssd1306` driver (micropython-lib, `mip install ssd1306`) is on the
+# device and the display answers at 0x3C; without it show() does nothing. Patterns: boards/__init__.py.
+# Network: Wi-Fi station; connect_network() starts joining and returns, poll() rejoins with backoff and
+# jitter while it is down. Watchdog: machine.WDT, armed at the first watchdog_feed() (so boot work such
+# as loading the outbox is not raced against it), wdt_ms in the config (default 8000).
+import random
+import time
+
+import network
+from machine import I2C, PWM, WDT, Pin
+from machine import reset_cause as _machine_reset_cause
+
+from boards import (INVITE_KEY, PAT_BEEP, PAT_ERROR_BLINK, PAT_LOW, PAT_PRESSED, PAT_STORED, SCORE_KEYS,
+                    Player, cfg_get)
+
+PINS = {
+    "key1": 0,
+    "key2": 1,
+    "key3": 3,
+    "key4": 4,
+    "key5": 5,
+    "invite": 2,
+    "sda": 6,
+    "scl": 7,
+    "buzzer": 10,
+    "led_green": 18,
+    "led_red": 19,
+}
+
+_OLED_ADDR = 0x3C
+_BEEP_HZ = 2700         # near a typical passive buzzer's resonance: loud for little current
+_LOW_HZ = 1000
+_RETRY_MIN_MS = 1000
+_RETRY_MAX_MS = 30000
+
+
+class _Buzzer:
+    """A Player output: .value(1) sounds the current tone, .value(0) silences it."""
+
+    def __init__(self, pin):
+        self._pwm = PWM(pin, freq=_BEEP_HZ, duty_u16=0)
+
+    def tone(self, hz):
+        self._pwm.freq(hz)
+
+    def value(self, v):
+        self._pwm.duty_u16(32768 if v else 0)
+
+
+class Feedback:
+    def __init__(self, green, red, buzzer, oled, ticks_ms):
+        self._green = Player(green, ticks_ms)
+        self._red = Player(red, ticks_ms)
+        self._buzzer = buzzer
+        self._buz = Player(buzzer, ticks_ms)
+        self._oled = oled
+
+    def pressed(self, score):
+        self._red.stop()
+        self._green.start(PAT_PRESSED)
+        self._buzzer.tone(_BEEP_HZ)
+        self._buz.start(PAT_BEEP)
+
+    def stored(self):
+        self._green.start(PAT_STORED)
+
+    def error(self, code):
+        self._green.stop()
+        self._red.start(PAT_ERROR_BLINK, code)
+        self._buzzer.tone(_LOW_HZ)
+        self._buz.start(PAT_LOW)
+
+    def idle(self):
+        self._green.stop()
+        self._red.stop()
+        self._buz.stop()
+
+    def show(self, text):
+        d = self._oled
+        if d is None:
+            return
+        d.fill(0)
+        text = str(text)
+        for row in range(6):                # 8x8 font: 16 characters a line, 6 lines of 10 px
+            part = text[row * 16:(row + 1) * 16]
+            if not part:
+                break
+            d.text(part, 0, row * 10)
+        d.show()                            # ~25 ms of I2C at 400 kHz: only on a change of screen
+
+    def poll(self):
+        self._green.poll()
+        self._red.poll()
+        self._buz.poll()
+
+
+class Board:
+    name = "esp32c3"
+    PINS = PINS
+
+    def __init__(self, cfg):
+        p = self.PINS
+        self._keys = [Pin(p[n], Pin.IN, Pin.PULL_UP) for n in SCORE_KEYS + (INVITE_KEY,)]
+        self.ticks_ms = time.ticks_ms
+        self.feedback = Feedback(Pin(p["led_green"], Pin.OUT, value=0), Pin(p["led_red"], Pin.OUT, value=0),
+                                 _Buzzer(Pin(p["buzzer"], Pin.OUT, value=0)),
+                                 self._oled(p, cfg), time.ticks_ms)
+        self._wlan = network.WLAN(network.STA_IF)
+        self._wifi = None               # (ssid, password) once connect_network() was called
+        self._retry_ms = _RETRY_MIN_MS
+        self._next_try = time.ticks_ms()
+        self._wdt = None
+        self._wdt_ms = cfg_get(cfg, "wdt_ms", 8000)
+
+    @staticmethod
+    def _oled(p, cfg):
+        if not cfg_get(cfg, "oled", True):
+            return None
+        try:
+            import ssd1306
+        except ImportError:
+            return None
+        i2c = I2C(0, sda=Pin(p["sda"]), scl=Pin(p["scl"]), freq=400000)
+        if _OLED_ADDR not in i2c.scan():
+            return None                 # display optional: the keypad works without one
+        return ssd1306.SSD1306_I2C(128, 64, i2c, addr=_OLED_ADDR)
+
+    # -- the board interface (boards/__init__.py) ------------------------------------------------------
+
+    def keys(self, scale=4, invite=True):
+        if scale != 4 and scale != 5:
+            raise ValueError("bad-scale")
+        pins = self._keys[:scale]
+        if invite:
+            pins.append(self._keys[5])
+        return pins
+
+    def poll(self):
+        self.feedback.poll()
+        if self._wifi is None or self._wlan.isconnected():
+            self._retry_ms = _RETRY_MIN_MS
+            return
+        now = time.ticks_ms()
+        if time.ticks_diff(now, self._next_try) < 0:
+            return
+        # Rejoin with exponential backoff and jitter: after an access-point restart a hall's keypads
+        # must not all ask at the same instant.
+        self._join()
+        self._next_try = time.ticks_add(now, self._retry_ms + random.getrandbits(10))
+        self._retry_ms = min(self._retry_ms * 2, _RETRY_MAX_MS)
+
+    def network_up(self):
+        return self._wlan.isconnected()
+
+    def connect_network(self, cfg):
+        ssid = cfg_get(cfg, "wifi_ssid")
+        if not ssid:
+            raise ValueError("wifi_ssid")
+        self._wifi = (ssid, cfg_get(cfg, "wifi_password", ""))
+        self._wlan.active(True)
+        self._join()
+        self._next_try = time.ticks_add(time.ticks_ms(), self._retry_ms)
+
+    def _join(self):
+        try:
+            self._wlan.disconnect()
+            self._wlan.connect(self._wifi[0], self._wifi[1])    # returns at once; joins in the background
+        except OSError:
+            pass                        # the driver is busy: the next poll() tries again
+
+    def watchdog_feed(self):
+        if self._wdt is None:
+            self._wdt = WDT(timeout=self._wdt_ms)
+        self._wdt.feed()
+
+    def reset_cause(self):
+        return _machine_reset_cause()
+
+    def rssi(self):
+        if not self._wlan.isconnected():
+            return None
+        try:
+            r = self._wlan.status("rssi")
+        except (OSError, ValueError):
+            return None
+        return r if -200 <= r <= 200 else None
+
+    def close(self):
+        self.feedback.idle()

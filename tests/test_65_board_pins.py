@@ -1,0 +1,160 @@
+"""Board pin maps (hardware/<board>/pins.json) against the board modules that use them (read with ast).
+
+Every pin a board module drives comes from its map, no two functions share a pin, every pin is a valid
+GPIO of that board and not reserved there (restricted pins only in the roles their entry allows), and
+the ESP32-S3 board is the ESP32-C3 board with other numbers and nothing else.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BOARDS = ROOT / "firmware" / "boards"
+HW = ROOT / "hardware"
+MAPS = {"esp32c3": HW / "esp32c3-devkitm-1" / "pins.json", "esp32s3": HW / "esp32s3-devkitc-1" / "pins.json"}
+ROLES = {"key1", "key2", "key3", "key4", "key5", "invite", "led_green", "led_red", "buzzer", "sda", "scl"}
+MACHINE_CLASSES = {"Pin", "PWM", "I2C", "SoftI2C", "ADC", "Signal"}
+
+
+def pin_map(board: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(MAPS[board].read_text())
+    return data
+
+
+def module(board: str) -> ast.Module:
+    return ast.parse((BOARDS / f"{board}.py").read_text())
+
+
+def embedded_pins(tree: ast.Module) -> dict[str, int]:
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == "PINS"):
+            value: dict[str, int] = ast.literal_eval(node.value)
+            return value
+    raise AssertionError("no module-level PINS dict")
+
+
+def in_ranges(n: int, ranges: list[list[int]]) -> bool:
+    return any(lo <= n <= hi for lo, hi in ranges)
+
+
+@pytest.mark.parametrize("board", sorted(MAPS))
+def test_pin_map_is_valid_and_safe(board: str) -> None:
+    m = pin_map(board)
+    pins: dict[str, int] = m["pins"]
+    assert set(pins) == ROLES, f"{board}: roles {sorted(pins)}"
+    numbers = list(pins.values())
+    assert len(set(numbers)) == len(numbers), f"{board}: two functions share a pin: {pins}"
+    reserved = {int(k) for k in m["reserved"]}
+    restricted = {int(k): v for k, v in m["restricted"].items()}
+    assert not reserved & set(restricted), "a pin is both reserved and restricted"
+    for role, n in pins.items():
+        assert isinstance(n, int) and in_ranges(n, m["gpio_valid"]), f"{board} {role}: GPIO{n} does not exist"
+        assert n not in reserved, f"{board} {role}: GPIO{n} is reserved: {m['reserved'][str(n)]}"
+        if n in restricted:
+            allowed = restricted[n]["allowed"]
+            assert role in allowed, f"{board} {role}: GPIO{n} only for {allowed}"
+        assert m["why"].get(role), f"{board} {role}: no reason given for its pin"
+    for k, why in [*m["reserved"].items(), *((k, v["why"]) for k, v in restricted.items())]:
+        assert in_ranges(int(k), m["gpio_valid"]) and why, f"{board}: reserved GPIO{k} needs a reason"
+
+
+def test_the_c3_keeps_clear_of_flash_console_and_boot_pins() -> None:
+    """The specific hazards of the ESP32-C3 DevKitM-1, independent of what its json claims."""
+    used = set(pin_map("esp32c3")["pins"].values())
+    assert not used & {8, 9}, "GPIO9 is the BOOT strap (download mode when low), GPIO8 a strap + RGB LED"
+    assert not used & set(range(11, 18)), "GPIO11-17 are the SPI flash"
+    assert not used & {20, 21}, "GPIO20/21 are UART0: the console and flashing"
+    assert pin_map("esp32c3")["pins"]["invite"] == 2, "the only strap used is GPIO2, for the invite key"
+
+
+def test_the_s3_uses_no_special_pin_at_all() -> None:
+    used = set(pin_map("esp32s3")["pins"].values())
+    assert not used & {0, 3, 45, 46}, "strapping pins"
+    assert not used & {19, 20}, "USB"
+    assert not used & set(range(26, 38)), "flash and octal PSRAM"
+    assert not used & {43, 44}, "UART0 console"
+    assert not pin_map("esp32s3")["restricted"]
+
+
+@pytest.mark.parametrize("board", sorted(MAPS))
+def test_board_module_embeds_its_pin_map(board: str) -> None:
+    assert embedded_pins(module(board)) == pin_map(board)["pins"]
+
+
+def test_every_pin_the_c3_module_drives_comes_from_the_map() -> None:
+    tree = module("esp32c3")
+    pins = pin_map("esp32c3")["pins"]
+    used: set[str] = set()
+    calls = key_loops = 0
+    source = (BOARDS / "esp32c3.py").read_text()
+    assert "p = self.PINS" in source and "for n in SCORE_KEYS + (INVITE_KEY,)]" in source
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            key = node.slice.value
+            if isinstance(key, str) and key in ROLES | set(pins):
+                used.add(key)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in MACHINE_CLASSES:
+            calls += 1
+            if node.func.id == "Pin":
+                assert node.args, f"line {node.lineno}: Pin() without a pin"
+                arg = node.args[0]
+                # p = self.PINS; p["role"], or p[n] for n in the shared key role names
+                assert isinstance(arg, ast.Subscript) and ast.unparse(arg.value) == "p", \
+                    f"line {node.lineno}: pin number not from PINS: {ast.unparse(arg)}"
+                if isinstance(arg.slice, ast.Constant):
+                    assert arg.slice.value in pins, f"line {node.lineno}: {arg.slice.value!r} not in the map"
+                else:
+                    assert ast.unparse(arg.slice) == "n", ast.unparse(arg)
+                    key_loops += 1
+            for kw in node.keywords:
+                if kw.arg in {"sda", "scl", "pin"}:
+                    assert not isinstance(kw.value, ast.Constant), f"line {node.lineno}: literal {kw.arg}"
+    assert calls >= 5 and key_loops == 1
+    # The key pins come from the shared role names (SCORE_KEYS + INVITE_KEY in boards/__init__.py).
+    shared = ast.parse((BOARDS / "__init__.py").read_text())
+    names: dict[str, Any] = {}
+    for node in shared.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            with contextlib.suppress(ValueError):
+                names[node.targets[0].id] = ast.literal_eval(node.value)
+    key_roles = {*names["SCORE_KEYS"], names["INVITE_KEY"]}
+    assert used | key_roles == ROLES, f"roles never driven: {sorted(ROLES - used - key_roles)}"
+    assert names["SCORE_KEYS"] == ("key1", "key2", "key3", "key4", "key5"), "keys in score order"
+
+
+def test_only_board_modules_import_machine_or_network() -> None:
+    fw = ROOT / "firmware"
+    for path in fw.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        mods |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        if mods & {"machine", "network"}:
+            assert path.parent == BOARDS and path.name not in {"__init__.py", "sim.py"}, \
+                f"{path.relative_to(ROOT)} imports machine/network"
+
+
+def test_the_s3_board_differs_from_the_c3_only_in_pin_numbers() -> None:
+    c3, s3 = pin_map("esp32c3"), pin_map("esp32s3")
+    assert set(c3["pins"]) == set(s3["pins"]), "same functions on both boards"
+    assert c3["pins"] != s3["pins"]
+    tree = module("esp32s3")
+    body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    kinds = [type(n).__name__ for n in body]
+    assert kinds == ["ImportFrom", "Assign", "ClassDef"], kinds
+    imp, _, cls = body
+    assert isinstance(imp, ast.ImportFrom) and imp.module == "boards.esp32c3"
+    assert [a.name for a in imp.names] == ["Board"]
+    assert isinstance(cls, ast.ClassDef) and cls.name == "Board"
+    assert [ast.unparse(b) for b in cls.bases] == [imp.names[0].asname or "Board"]
+    members = {t.id: ast.unparse(n.value) for n in cls.body if isinstance(n, ast.Assign)
+               for t in n.targets if isinstance(t, ast.Name)}
+    assert members == {"name": "'esp32s3'", "PINS": "PINS"}, members
+    assert all(isinstance(n, ast.Assign) for n in cls.body), "no methods of its own"
