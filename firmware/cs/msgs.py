@@ -132,8 +132,9 @@ def health(buf, typ, epoch, boot, nonce, fw, reset, heap, outbox, outbox_free, u
     return _u(buf, p, K_OUTBOX_FREE, outbox_free, 0, _U32)
 
 
-# ---- decoder. A field table per type: (key, kind, required), checked like
-# messages.from_map: type, then unknown keys, then each field in table order, then score <= scale.
+# ---- decoder. A field table per type, checked like messages.from_map: the type, then unknown keys,
+# then each field in table order (missing-field / bad-field), then score <= scale. A table is bytes
+# (2 per field: key, kind | _OPT): a few bytes of RAM instead of a tuple per field.
 
 _KU16 = const(0)
 _KU32 = const(1)
@@ -145,33 +146,36 @@ _KTIME = const(6)
 _KTEXT = const(7)
 _KINT = const(8)
 _KSEQS = const(9)
+_OPT = const(0x10)
 
-_HEALTH = ((K_EPOCH, _KU16, 1), (K_BOOT, _KU32, 1), (K_NONCE, _KU32, 1),
-           (K_FW, _KTEXT, 1), (K_RESET, _KU16, 1), (K_HEAP, _KU32, 1),
-           (K_OUTBOX, _KU32, 1), (K_OUTBOX_FREE, _KU32, 1),
-           (K_UPTIME, _KU32, 1), (K_RSSI, _KINT, 1),
-           (K_IGNORED, _KU32, 1), (K_STUCK, _KU16, 1),
-           (K_TIME, _KTIME, 1))
+_HEALTH = (b"\x01\x00"      # epoch u16
+           b"\x09\x01"      # boot u32
+           b"\x0c\x01"      # nonce u32
+           b"\x0d\x07"      # fw text
+           b"\x0e\x00"      # reset u16
+           b"\x0f\x01"      # heap u32
+           b"\x10\x01"      # outbox u32
+           b"\x1a\x01"      # outbox_free u32
+           b"\x11\x01"      # uptime u32
+           b"\x12\x08"      # rssi int / null
+           b"\x13\x01"      # ignored u32
+           b"\x19\x00"      # stuck u16
+           b"\x06\x06")     # time
 
 _UP = {
-    T_RATING: ((K_EPOCH, _KU16, 1), (K_SEQ, _KSEQ, 1), (K_SCORE, _KSCORE, 1),
-             (K_SCALE, _KSCALE, 1), (K_PROMPT, _KU32, 1),
-             (K_TIME, _KTIME, 1), (K_MONO, _KU32, 1), (K_DELAY, _KU32, 1),
-             (K_BOOT, _KU32, 1)),
-    T_NO_RATING: ((K_EPOCH, _KU16, 1), (K_SEQ, _KSEQ, 1),
-                (K_PROMPT, _KU32, 1), (K_TIME, _KTIME, 1),
-                (K_MONO, _KU32, 1), (K_DELAY, _KU32, 1), (K_BOOT, _KU32, 1)),
+    # epoch u16, seq, score, scale, prompt u32, time, mono u32, delay u32, boot u32
+    T_RATING: b"\x01\x00\x02\x03\x03\x04\x04\x05\x05\x01\x06\x06\x07\x01\x08\x01\x09\x01",
+    # epoch u16, seq, prompt u32, time, mono u32, delay u32, boot u32
+    T_NO_RATING: b"\x01\x00\x02\x03\x05\x01\x06\x06\x07\x01\x08\x01\x09\x01",
     T_HELLO: _HEALTH,
     T_HEARTBEAT: _HEALTH,
 }
 
 _DOWN = {
-    T_ACK: ((K_EPOCH, _KU16, 1), (K_SEQS, _KSEQS, 1)),
-    T_PROMPT: ((K_PROMPT, _KU32, 1), (K_CLERK, _KTEXT, 1),
-             (K_SERVICE, _KU16, 1), (K_TXN, _KTEXT, 1),
-             (K_TIMEOUT, _KU16, 1), (K_TIME, _KTIME, 1)),
-    T_TIME: ((K_NOW_MS, _KU64, 1), (K_NONCE, _KU32, 1)),
-    T_SESSION: ((K_CLERK, _KTEXT, 0), (K_CLERK_NAME, _KTEXT, 0)),
+    T_ACK: b"\x01\x00\x0a\x09",                            # epoch u16, seqs
+    T_PROMPT: b"\x05\x01\x14\x07\x15\x00\x16\x07\x17\x00\x06\x06",  # prompt clerk service txn timeout time
+    T_TIME: b"\x0b\x02\x0c\x01",                           # now_ms u64, nonce u32
+    T_SESSION: b"\x14\x17\x18\x17",                        # clerk, clerk_name: optional text
 }
 
 
@@ -221,15 +225,17 @@ def _decode(payload, table):
     spec = table[t]
     for k in m:
         if k != K_TYPE:
-            for f in spec:
-                if f[0] == k:
+            for i in range(0, len(spec), 2):
+                if spec[i] == k:
                     break
             else:
                 raise ValueError("bad-field")
-    for key, kind, req in spec:
+    for i in range(0, len(spec), 2):
+        key = spec[i]
+        kind = spec[i + 1]
         if key in m:
-            _check(kind, m[key])
-        elif req:
+            _check(kind & 0x0F, m[key])
+        elif not kind & _OPT:
             raise ValueError("missing-field")
     if t == T_RATING and m[K_SCORE] > m[K_SCALE]:
         raise ValueError("bad-field")
