@@ -57,6 +57,14 @@ def test_module_compiles_with_mpy_cross(module: str, tmp_path: Path) -> None:
     assert out.stat().st_size > 0
 
 
+def test_esp32_boards_on_a_fake_machine() -> None:
+    out = assert_mpy_ok("mp_board_sim.py", "esp32")
+    for name in ("keys in score order, then invite", "watchdog armed once at the first feed, fed",
+                 "error(2): red blinks twice", "rejoins back off while down",
+                 "esp32s3: the same board on its own pins"):
+        assert f"ok {name}" in out
+
+
 # -- the sim board over its socket ------------------------------------------------------------------------
 
 class Sim:
