@@ -90,6 +90,7 @@ def put_bool(buf, pos, v):
 
 _DUP = const(1)
 _ORDER = const(2)
+_CKEY = object()    # marks the stand-in for an array or map used as a map key
 
 
 def _head(d, pos, n):
@@ -162,9 +163,10 @@ def _item(d, pos, n, depth, lim, flags, tag):
         for _ in range(arg):
             k0 = pos
             k, pos = _item(d, pos, n, depth + 1, lim, flags, None)
-            if d[k0] >> 5 > _TSTR:
-                # Keys are integers (text and bytes accepted so the layers above refuse them by name).
-                raise ValueError("unexpected-type")
+            if type(k) is list or type(k) is dict:
+                # Unhashable here; like the CPython decoder, accept it and let the layer above refuse
+                # the unknown key. The stand-in equals only an identical encoding (duplicate check).
+                k = (_CKEY, bytes(d[k0:pos]))
             if k in out:
                 flags[0] |= _DUP
             elif p0 >= 0 and not _less(d, p0, p1, k0, pos):

@@ -93,7 +93,7 @@ def decoder():
         ("a2 01 00 01 00", "duplicate-key"), ("a3 02 00 01 00 02 00", "duplicate-key"),
         ("f9 3c 00", "unexpected-type"), ("fb 00 00 00 00 00 00 00 00", "unexpected-type"),
         ("f7", "unexpected-type"), ("f8 20", "unexpected-type"), ("f8 14", "unexpected-type"),
-        ("e0", "unexpected-type"), ("a1 80 00", "unexpected-type"),
+        ("e0", "unexpected-type"), ("a2 81 01 00 81 01 00", "duplicate-key"),
         ("1c", "malformed-cbor"), ("3e", "malformed-cbor"), ("62 c3 28", "malformed-cbor"),
         ("c1 00", "unexpected-tag"), ("d2 80", "unexpected-tag"), ("81 d1 80", "unexpected-tag"),
         ("d1 d1 80", "unexpected-tag"),
@@ -303,7 +303,8 @@ def down_decoder():
         r = reason_of(lambda: msgs.decode_down(enc(m)))
         check(r == want, "decode_down refuses %s: %s" % (name, want), "got %r" % r)
     check(raises(lambda: msgs.decode_down(x("83 01 02 03")), "bad-payload"), "array payload: bad-payload")
-    check(raises(lambda: msgs.decode_down(x("a1 f5 00")), "unexpected-type"), "bool key refused")
+    check(raises(lambda: msgs.decode_down(x("a2 00 13 81 00 00")), "bad-field"), "array key: bad-field")
+    check(raises(lambda: msgs.decode_down(x("a2 00 13 f6 00")), "bad-field"), "null key: bad-field")
     check(raises(lambda: msgs.decode_down(x("a2 00 13 61 61 00")), "bad-field"), "text key: bad-field")
     check(raises(lambda: msgs.decode_down(x("a2 00 13 14 78 c9") + b"a" * 201), "oversized"),
           "payload over 200 bytes: oversized")
