@@ -93,24 +93,33 @@ _ORDER = const(2)
 _CKEY = object()    # marks the stand-in for an array or map used as a map key
 
 
-def _head(d, pos, n):
+def _head(d, s, n):
+    # Reads the head at s[0]: returns its argument, leaves the major type in s[1] and the additional
+    # info in s[2], moves s[0] past it. (State in one list, not returned tuples: less garbage per item.)
+    pos = s[0]
     if pos >= n:
         raise ValueError("truncated")
     ib = d[pos]
     major = ib >> 5
     ai = ib & 31
+    s[1] = major
+    s[2] = ai
     pos += 1
     if ai < 24:
-        return major, ai, ai, pos
+        s[0] = pos
+        return ai
     if ai < 28:
         k = 1 << (ai - 24)
         if pos + k > n:
             raise ValueError("truncated")
-        arg = d[pos] if k == 1 else int.from_bytes(d[pos:pos + k], "big")
+        arg = 0
+        for i in range(pos, pos + k):
+            arg = (arg << 8) | d[i]
         # A longer head than needed is a second encoding of the same value.
         if major != _SIMPLE and ((k == 1 and arg < 24) or (k > 1 and arg < (1 << (4 * k)))):
             raise ValueError("non-deterministic")
-        return major, ai, arg, pos + k
+        s[0] = pos + k
+        return arg
     if ai == 31:
         raise ValueError("indefinite-length")
     raise ValueError("malformed-cbor")
@@ -128,25 +137,28 @@ def _less(d, a0, a1, b0, b1):
     return False
 
 
-def _item(d, pos, n, depth, lim, flags, tag):
-    major, ai, arg, pos = _head(d, pos, n)
+def _item(d, s, n, depth, lim, tag):
+    # One item at s[0]; returns its value and leaves s[0] after it. s[3] collects _DUP / _ORDER.
+    arg = _head(d, s, n)
+    major = s[1]
     if major == 0:
-        return arg, pos
+        return arg
     if major == 1:
-        return -1 - arg, pos
+        return -1 - arg
     if major == _BSTR or major == _TSTR:
+        pos = s[0]
         end = pos + arg
         if end > n:
             raise ValueError("truncated")
+        s[0] = end
         if major == _BSTR:
-            return bytes(d[pos:end]), end
+            return bytes(d[pos:end])
         if lim[2] is not None and arg > lim[2]:
             raise ValueError("over-limit")
         try:
-            s = str(d[pos:end], "utf-8")
+            return str(d[pos:end], "utf-8")
         except UnicodeError:
             raise ValueError("malformed-cbor")
-        return s, end
     if major == _ARRAY or major == _MAP:
         if depth + 1 > lim[0]:
             raise ValueError("too-deep")
@@ -155,36 +167,34 @@ def _item(d, pos, n, depth, lim, flags, tag):
         if major == _ARRAY:
             out = []
             for _ in range(arg):
-                v, pos = _item(d, pos, n, depth + 1, lim, flags, None)
-                out.append(v)
-            return out, pos
+                out.append(_item(d, s, n, depth + 1, lim, None))
+            return out
         out = {}
         p0 = p1 = -1
         for _ in range(arg):
-            k0 = pos
-            k, pos = _item(d, pos, n, depth + 1, lim, flags, None)
+            k0 = s[0]
+            k = _item(d, s, n, depth + 1, lim, None)
+            k1 = s[0]
             if type(k) is list or type(k) is dict:
                 # Unhashable here; like the CPython decoder, accept it and let the layer above refuse
                 # the unknown key. The stand-in equals only an identical encoding (duplicate check).
-                k = (_CKEY, bytes(d[k0:pos]))
+                k = (_CKEY, bytes(d[k0:k1]))
             if k in out:
-                flags[0] |= _DUP
-            elif p0 >= 0 and not _less(d, p0, p1, k0, pos):
-                flags[0] |= _ORDER
+                s[3] |= _DUP
+            elif p0 >= 0 and not _less(d, p0, p1, k0, k1):
+                s[3] |= _ORDER
             p0 = k0
-            p1 = pos
-            v, pos = _item(d, pos, n, depth + 1, lim, flags, None)
-            out[k] = v
-        return out, pos
+            p1 = k1
+            out[k] = _item(d, s, n, depth + 1, lim, None)
+        return out
     if major == _TAG:
         if arg != tag:
             raise ValueError("unexpected-tag")
-        v, pos = _item(d, pos, n, depth, lim, flags, None)
-        return Tag(arg, v), pos
+        return Tag(arg, _item(d, s, n, depth, lim, None))
     # major 7: only false, true, null in their one-byte form; no floats, no undefined
-    if ai >= 24 or arg < 20 or arg > 22:
+    if s[2] >= 24 or arg < 20 or arg > 22:
         raise ValueError("unexpected-type")
-    return (False, True, None)[arg - 20], pos
+    return (False, True, None)[arg - 20]
 
 
 def decode(data, max_depth=4, max_items=40, max_len=256, max_text=None, allow_tag=None):
@@ -197,12 +207,12 @@ def decode(data, max_depth=4, max_items=40, max_len=256, max_text=None, allow_ta
     n = len(data)
     if n > max_len:
         raise ValueError("oversized")
-    flags = [0]
-    v, pos = _item(data, 0, n, 0, (max_depth, max_items, max_text), flags, allow_tag)
-    if pos != n:
+    s = [0, 0, 0, 0]    # position, major type, additional info, deferred faults
+    v = _item(data, s, n, 0, (max_depth, max_items, max_text), allow_tag)
+    if s[0] != n:
         raise ValueError("trailing-bytes")
-    if flags[0] & _DUP:
+    if s[3] & _DUP:
         raise ValueError("duplicate-key")
-    if flags[0]:
+    if s[3]:
         raise ValueError("non-deterministic")
     return v

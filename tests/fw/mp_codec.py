@@ -374,7 +374,7 @@ def no_allocation():
     open_b = cost(lambda: msgs.decode_down(cose.open(KEY, KID, ack)))
     print("heap per seal: %d bytes, per open+decode_down of an ack: %d bytes" % (seal_b, open_b))
     check(seal_b <= 1024, "seal allocates at most 1 KB (garbage, collected)", str(seal_b))
-    check(open_b <= 4096, "open + decode_down allocates at most 4 KB (garbage, collected)", str(open_b))
+    check(open_b <= 2048, "open + decode_down allocates at most 2 KB (garbage, collected)", str(open_b))
 
 
 # ---- differential cases from the CPython reference (env CS_CODEC_CASES)
