@@ -377,7 +377,7 @@ def no_allocation():
     check(open_b <= 2048, "open + decode_down allocates at most 2 KB (garbage, collected)", str(open_b))
 
 
-# ---- differential cases from the CPython reference (env CS_CODEC_CASES)
+# ---- differential cases from the CPython reference (env CS_CODEC_CASES, CS_CODEC_UP)
 def differential():
     CASES = os.getenv("CS_CODEC_CASES")
     if CASES:
@@ -393,6 +393,27 @@ def differential():
                     print("differs:", s, "cpython", want, "firmware", got)
         print("differential cases:", len(cases))
         check(bad == 0, "same verdict as CPython on %d mutated messages" % len(cases), "%d differ" % bad)
+    # env CS_CODEC_UP: [[kind, key hex, kid, [args], message hex from CPython mac0_encode], ...]
+    UPS = os.getenv("CS_CODEC_UP")
+    if UPS:
+        import json
+        with open(UPS) as fh:
+            ups = json.load(fh)
+        bad = 0
+        for kind, key, kid, a, want in ups:
+            if kind == "rating":
+                n = msgs.rating(buf, *a)
+            elif kind == "no_rating":
+                n = msgs.no_rating(buf, *a)
+            else:
+                n = msgs.health(buf, *a)
+            m = cose.seal(unhexlify(key), kid.encode(), memoryview(buf)[:n], out)
+            if h(out[:m]) != want:
+                bad += 1
+                if bad <= 5:
+                    print("differs:", kind, kid, a, h(out[:m]), want)
+        print("up messages:", len(ups))
+        check(bad == 0, "%d up messages byte-identical to CPython mac0_encode" % len(ups), "%d differ" % bad)
 
 
 
