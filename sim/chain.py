@@ -218,14 +218,15 @@ class Chain:
         self.devices[dev] = d
         return d
 
-    def start(self) -> Chain:
+    def start(self, devices: bool = True) -> Chain:
         self.province_broker.start()
         self.start_province()
         for h in self.halls.values():
             h.broker.start()
             self.start_gateway(h.hall)
-        for dev in self.device_ids:
-            self.start_device(dev)
+        if devices:
+            for dev in self.device_ids:
+                self.start_device(dev)
         return self
 
     def stop(self) -> None:

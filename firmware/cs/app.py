@@ -1,0 +1,190 @@
+# The keypad application: wires keys, flow, outbox, clock and the MQTT client as asyncio tasks.
+#
+# Order that keeps invariant 1 (no rating lost): a press becomes a signed message, the message is
+# appended to the outbox (durable when append returns), only then the customer gets "pressed" feedback
+# and the message is offered to the MQTT client. It leaves the outbox only when an ack whose MAC
+# verifies names its (epoch, seq).
+import asyncio
+import gc
+
+from micropython import const
+
+from . import VERSION, cose, msgs
+from .clock import Clock
+from .flow import Flow
+from .keys import Keys
+from .mqtt.client import Client
+from .outbox import Outbox, OutboxFull
+from .state import State
+
+_SCAN_MS = const(10)             # key scan and board service period
+_ACK_TIMEOUT_MS = const(10000)   # no ack progress for this long while up: offer the whole outbox again
+_ERR_FULL = const(2)             # red blinks when the outbox is full
+
+
+def _hex16(b):
+    return "".join("%02x" % x for x in b[:16])
+
+
+class App:
+    def __init__(self, board, cfg, folder=""):
+        self.board = board
+        self.cfg = cfg
+        self.kid = cfg.device_id.encode()
+        self.key = cfg.key
+        self.outbox = Outbox(folder + "outbox.bin", cfg.capacity)
+        # Counters continue after the reservation on flash AND after the highest seq still in the outbox.
+        self.state = State(folder + "state.json", epoch=cfg.epoch, max_seq=self.outbox.max_seq(cfg.epoch))
+        self.clock = Clock(board.ticks_ms)
+        self.flow = Flow(cfg.scale, cfg.invite_key, self.clock.mono, cfg.invite_timeout)
+        self.keys = Keys(board.keys(cfg.scale, cfg.invite_key), board.ticks_ms)
+        self.fb = board.feedback
+        self.bad_downlink = 0
+        # Preallocated: a payload and a sealed message (a rating is under 100 bytes on the wire).
+        self._payload = bytearray(160)
+        self._sealed = bytearray(256)
+        self._up = "cs/1/d/%s/up" % cfg.device_id
+        self._kick = asyncio.Event()      # something to send: a new record, a free slot, a reconnect
+        self._sent_upto = 0               # highest seq offered since the last (re)connect or timeout
+        self._progress_at = 0             # mono ms of the last ack (or of the last full resend)
+        password = _hex16(cose.hmac_sha256(self.key, b"countersign mqtt password"))
+        self.client = Client(cfg.broker_host, cfg.broker_port, cfg.device_id, cfg.device_id, password,
+                             "cs/1/d/%s/will" % cfg.device_id, keepalive=30, on_msg=self._on_msg,
+                             on_link=self._on_link, on_puback=self._on_puback)
+        self.client.subscribe("cs/1/d/%s/down" % cfg.device_id, 1)
+
+    # -- making records --------------------------------------------------------------------------
+    def _seal(self, n):
+        m = cose.seal(self.key, self.kid, memoryview(self._payload)[:n], self._sealed)
+        return memoryview(self._sealed)[:m]
+
+    def _record(self, rating, score, prompt, delay):
+        """Rating or no-rating: seal, append to the outbox (durable), then let the sender offer it."""
+        if self.outbox.full:
+            self.fb.error(_ERR_FULL)
+            print("CS:FULL")
+            return False
+        seq = self.state.next_seq()
+        mono = self.clock.mono()
+        t = self.clock.unix_s(mono)
+        if rating:
+            n = msgs.rating(self._payload, self.state.epoch, seq, score, self.cfg.scale, prompt, t,
+                            mono & 0xFFFFFFFF, delay, self.state.boot)
+        else:
+            n = msgs.no_rating(self._payload, self.state.epoch, seq, prompt, t, mono & 0xFFFFFFFF, delay,
+                               self.state.boot)
+        try:
+            self.outbox.append(self.state.epoch, seq, self._seal(n))
+        except OutboxFull:
+            self.fb.error(_ERR_FULL)
+            print("CS:FULL")
+            return False
+        print("CS:%s seq=%d%s" % ("RATED" if rating else "NORATING", seq,
+                                  " score=%d" % score if rating else ""))
+        self._kick.set()
+        return True
+
+    def _health(self, typ):
+        n = msgs.health(self._payload, typ, self.state.epoch, self.state.boot, self.clock.new_nonce(),
+                        VERSION, self.board.reset_cause(), gc.mem_free(), self.outbox.depth,
+                        self.outbox.free, self.clock.mono() // 1000, self.board.rssi(), self.flow.ignored,
+                        self.keys.stuck, self.clock.unix_s())
+        self.client.publish(self._up, self._seal(n), 1)
+
+    # -- MQTT events -----------------------------------------------------------------------------
+    def _on_link(self, up):
+        print("CS:LINK", "up" if up else "down")
+        if up:
+            self._sent_upto = 0
+            self._progress_at = self.clock.mono()
+            self._health(msgs.T_HELLO)
+            self._kick.set()
+
+    def _on_puback(self, _pid):
+        self._kick.set()
+
+    def _on_msg(self, _topic, data):
+        try:
+            typ, f = msgs.decode_down(cose.open(self.key, self.kid, data))
+        except ValueError as e:
+            self.bad_downlink += 1
+            print("CS:BADDOWN", e.args[0] if e.args else "?")
+            return
+        if typ == msgs.T_ACK:
+            seqs = f[msgs.K_SEQS]
+            if f[msgs.K_EPOCH] == self.state.epoch and self.outbox.ack(self.state.epoch, seqs):
+                self._progress_at = self.clock.mono()
+                for seq in seqs:
+                    print("CS:STORED seq=%d" % seq)
+                self.fb.stored()
+        elif typ == msgs.T_PROMPT:
+            r = self.flow.on_prompt(f[msgs.K_PROMPT], f[msgs.K_CLERK], f[msgs.K_SERVICE], f[msgs.K_TXN],
+                                    f[msgs.K_TIMEOUT], f.get(msgs.K_TIME), self.clock.unix_s())
+            if r[0] == "replaced":
+                self._record(False, 0, r[1], self.flow.delay)
+            if r[0] != "stale":
+                print("CS:PROMPT id=%d" % f[msgs.K_PROMPT])
+                self.fb.show(self.flow.screen())
+        elif typ == msgs.T_TIME:
+            if self.clock.sync(f[msgs.K_NOW_MS], f[msgs.K_NONCE]):
+                print("CS:TIME %d" % (f[msgs.K_NOW_MS] // 1000))
+        elif typ == msgs.T_SESSION:
+            self.flow.on_session(f.get(msgs.K_CLERK), f.get(msgs.K_CLERK_NAME))
+            self.fb.show(self.flow.screen())
+
+    # -- tasks -----------------------------------------------------------------------------------
+    async def _keys(self):
+        board, flow, keys = self.board, self.flow, self.keys
+        while True:
+            board.poll()
+            r = flow.tick()
+            if r is not None:
+                self._record(False, 0, r[1], flow.delay)
+                self.fb.show(flow.screen())
+            k = keys.scan()
+            if k >= 0:
+                r = flow.press(k)
+                if r[0] == "rated":
+                    if self._record(True, r[1], flow.prompt, flow.delay):
+                        self.fb.pressed(r[1])
+                elif r[0] == "opened":
+                    print("CS:INVITE")
+                    self.fb.show(flow.screen())
+            board.watchdog_feed()
+            await asyncio.sleep_ms(_SCAN_MS)
+
+    async def _sender(self):
+        # Offers outbox records to the client in seq order, as slots free up; never blocks the keys.
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            if not self.client.up:
+                continue
+            if self.outbox.depth and self.clock.mono() - self._progress_at > _ACK_TIMEOUT_MS:
+                self._sent_upto = 0                       # no ack for a while: offer everything again
+                self._progress_at = self.clock.mono()
+            for _epoch, seq, msg in self.outbox.pending():
+                if seq <= self._sent_upto:
+                    continue
+                if self.client.publish(self._up, msg, 1) is None:
+                    break                                 # no free slot (or link down): the next kick
+                self._sent_upto = seq
+                await asyncio.sleep_ms(0)
+
+    async def _timer(self):
+        hb = self.cfg.heartbeat_s * 1000
+        last_hb = self.clock.mono()
+        while True:
+            await asyncio.sleep_ms(1000)
+            now = self.clock.mono()
+            if self.outbox.depth:
+                self._kick.set()                          # lets the sender notice an ack timeout
+            if self.client.up and now - last_hb >= hb:
+                last_hb = now
+                self._health(msgs.T_HEARTBEAT)
+
+    async def run(self):
+        print("CS:BOOT fw=%s boot=%d epoch=%d" % (VERSION, self.state.boot, self.state.epoch))
+        print("CS:PROVISIONED id=%s hall=%s window=%s outbox=%d" % (
+            self.cfg.device_id, self.cfg.hall, self.cfg.window, self.outbox.depth))
+        await asyncio.gather(self.client.run(), self._keys(), self._sender(), self._timer())

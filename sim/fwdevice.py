@@ -1,0 +1,170 @@
+"""A keypad running the real firmware on the MicroPython unix port, driven like a bench device.
+
+The process runs ``firmware/main.py`` in its own folder (its "flash": config.json, device.key, the
+outbox and counters). Its console (stdout) carries the firmware's ``CS:`` markers, which this class
+collects so tests and the simulator wait on events instead of sleeping; keys are pressed through the sim
+board's local TCP socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import bundle
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BUNDLE = ROOT / "out" / "firmware-bundle"
+
+
+def micropython_exe() -> str:
+    exe = Path(sys.executable).parent / "micropython"
+    return str(exe) if exe.exists() else "micropython"
+
+
+@dataclass
+class FirmwareConfig:
+    device_id: str
+    key: bytes
+    folder: Path
+    broker_port: int
+    sim_port: int
+    epoch: int = 1
+    hall: str = ""
+    window: str = ""
+    scale: int = 4
+    invite_key: bool = True
+    heartbeat_s: int = 60
+    capacity: int = 9000
+    broker_host: str = "127.0.0.1"
+    heap: int | None = bundle.DEVICE_HEAP   # the keypad's RAM budget (the ROM image is added on top)
+    bundle: Path = DEFAULT_BUNDLE           # the compiled application (sim/bundle.py), as on a keypad
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def write(self) -> None:
+        """What provisioning writes: the key first, the config last (its presence = provisioned)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "device.key").write_bytes(self.key)
+        cfg = {"device_id": self.device_id, "epoch": self.epoch, "hall": self.hall, "window": self.window,
+               "scale": self.scale, "invite_key": self.invite_key, "broker_host": self.broker_host,
+               "broker_port": self.broker_port, "heartbeat_s": self.heartbeat_s, "sim_port": self.sim_port,
+               "capacity": self.capacity, **self.extra}
+        tmp = self.folder / "config.json.new"
+        tmp.write_text(json.dumps(cfg))
+        os.replace(tmp, self.folder / "config.json")
+
+
+class FirmwareDevice:
+    def __init__(self, cfg: FirmwareConfig) -> None:
+        self.cfg = cfg
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._cv = threading.Condition()
+        self._sock: socket.socket | None = None
+
+    # -- process ---------------------------------------------------------------------------------
+    def start(self, write_config: bool = True) -> FirmwareDevice:
+        if write_config and not (self.cfg.folder / "config.json").exists():
+            self.cfg.write()
+        self.install()
+        cmd = [micropython_exe()]
+        if self.cfg.heap:
+            cmd += ["-X", f"heapsize={bundle.heap_for(self.cfg.folder / bundle.IMAGE, self.cfg.heap)}"]
+        cmd.append("main.py")
+        with self._cv:
+            self.lines = []
+        self.proc = subprocess.Popen(cmd, cwd=self.cfg.folder, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        return self
+
+    def install(self) -> None:
+        """What flashing does: the application image and main.py onto the device's filesystem."""
+        built = bundle.build(self.cfg.bundle)
+        for name in (bundle.ENTRY, bundle.IMAGE):
+            src, dest = built / name, self.cfg.folder / name
+            if not dest.exists() or dest.read_bytes() != src.read_bytes():
+                tmp = dest.with_suffix(".new")
+                tmp.write_bytes(src.read_bytes())
+                os.replace(tmp, dest)
+
+    def _pump(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        with open(self.cfg.folder / "console.log", "a", encoding="utf-8") as log:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                with self._cv:
+                    self.lines.append(line.rstrip("\n"))
+                    self._cv.notify_all()
+        with self._cv:
+            self._cv.notify_all()
+
+    def kill(self) -> None:
+        """Power cut: SIGKILL, nothing flushed beyond what the firmware already wrote."""
+        self._close_sock()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    stop = kill   # the unix port has no clean shutdown path; the device's state is on "flash" anyway
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- console markers ----------------------------------------------------------------------------
+    def wait_line(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match[str] | None:
+        """First console line (from index ``start``) matching ``pattern``, waiting up to ``timeout``."""
+        rx = re.compile(pattern)
+        found: list[re.Match[str]] = []
+
+        def ready() -> bool:
+            for line in self.lines[start:]:
+                m = rx.search(line)
+                if m:
+                    found.append(m)
+                    return True
+            return not self.running
+
+        with self._cv:
+            self._cv.wait_for(ready, timeout)
+        return found[0] if found else None
+
+    def count(self, pattern: str) -> int:
+        rx = re.compile(pattern)
+        with self._cv:
+            return sum(1 for line in self.lines if rx.search(line))
+
+    def wait_until(self, predicate: Callable[[list[str]], bool], timeout: float) -> bool:
+        with self._cv:
+            return self._cv.wait_for(lambda: predicate(self.lines), timeout)
+
+    def mark(self) -> int:
+        with self._cv:
+            return len(self.lines)
+
+    # -- keys over the sim board's socket -----------------------------------------------------------
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            self._sock = socket.create_connection(("127.0.0.1", self.cfg.sim_port), timeout=5)
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return self._sock
+
+    def _close_sock(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def tap(self, key: int) -> None:
+        self._connect().sendall(f"T {key}\n".encode())
