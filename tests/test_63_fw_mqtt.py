@@ -126,8 +126,11 @@ class Peer:
             data += chunk
         return data
 
-    def packet(self) -> tuple[int, bytes]:
+    def packet(self, timeout: float = 10.0) -> tuple[int, bytes]:
+        deadline = time.monotonic() + timeout
         while True:
+            if time.monotonic() > deadline:   # only PINGREQs for `timeout` seconds
+                pytest.fail(f"no packet but PINGREQ from the device in {timeout}s")
             first = self._read(1)[0]
             n, shift = 0, 0
             while True:
@@ -171,6 +174,7 @@ class Peer:
 
 PASSWORD = "p4ss"
 KEEPALIVE = 2
+RETRY = 0.6   # seconds without PUBACK before a resend
 # flags 0xCC: user, password, will QoS 1, will; clean session 0. The will payload is empty (PROTOCOL.md).
 CONNECT_BODY = (_s(b"MQTT") + b"\x04\xcc" + KEEPALIVE.to_bytes(2, "big") + _s(DEV.encode())
                 + _s(WILL.encode()) + _s(b"") + _s(DEV.encode()) + _s(PASSWORD.encode()))
@@ -180,8 +184,8 @@ def test_client_against_a_scripted_broker(firmware: Callable[..., Firmware]) -> 
     server = socket.create_server(("127.0.0.1", free_port()))
     server.settimeout(10)
     port = server.getsockname()[1]
-    fw = firmware(port, f"password={PASSWORD}", f"keepalive={KEEPALIVE}", "retry=300", "bmin=200",
-                  "bmax=5000")
+    fw = firmware(port, f"password={PASSWORD}", f"keepalive={KEEPALIVE}", f"retry={int(RETRY * 1000)}",
+                  "bmin=200", "bmax=5000")
     with server:
         # Session 1: connect, subscribe, a command in at QoS 1, its PUBLISH out, DUP resend, PUBACK.
         p = Peer(server)
@@ -199,13 +203,14 @@ def test_client_against_a_scripted_broker(firmware: Callable[..., Firmware]) -> 
         t_first = time.monotonic()
         first, again = p.packet()           # PUBACK withheld: the same packet, DUP set, after retry_ms
         assert first == 0x3A and again == body
-        assert time.monotonic() - t_first >= 0.25
+        assert time.monotonic() - t_first >= RETRY - 0.05
         p.send(b"\x40\x02" + pid.to_bytes(2, "big"))
         assert fw.expect("PUBACK") == f"PUBACK {pid}"
 
         # A QoS 0 command (no PUBACK), then its publish is left unacked and the link dropped.
         p.send(publish_pkt(DOWN, b"pub two"))
         first, body2 = p.packet()
+        t_two = time.monotonic()
         assert first == 0x32 and body2.endswith(b"two")
         pid2 = int.from_bytes(body2[2 + len(UP):4 + len(UP)], "big")
         assert pid2 == pid + 1
@@ -213,7 +218,30 @@ def test_client_against_a_scripted_broker(firmware: Callable[..., Firmware]) -> 
         assert fw.expect("LINK down").startswith("LINK down")
         assert fw.expect("DOWNPUB") == "DOWNPUB None"     # publish() while down: None at once
 
+        # Session 2 (session present), after a first backoff in [bmin/2, bmin]: resubscribe, then the
+        # unacked publish again at once (well before retry_ms), same pid, DUP set.
+        p = Peer(server)
+        assert 0.1 - 0.02 <= p.accepted - closed <= 0.2 + 0.3
+        p.session(present=1)
+        fw.expect("LINK up")
+        first, again = p.packet()
+        assert first == 0x3A and again == body2
+        assert time.monotonic() - t_two < RETRY - 0.1, "resent on reconnect, not by the retry timer"
+        p.send(b"\x40\x02" + pid2.to_bytes(2, "big"))
+        assert fw.expect("PUBACK") == f"PUBACK {pid2}"
+
+        # Keepalive: PINGREQ after keepalive/2 idle; no PINGRESP -> the device drops the link.
+        p.answer_pings = False
+        t0 = time.monotonic()
+        assert p.packet() == (0xC0, b"")
+        t_ping = time.monotonic()
+        assert 0.6 <= t_ping - t0 <= 1.6
+        t_drop = p.eof()
+        assert 0.8 <= t_drop - t_ping <= 1.6
+        assert fw.expect("LINK down") == "LINK down no-pingresp"
+
         # Reconnects fail (no CONNACK, then a refused CONNACK): the backoff grows, with jitter in [d/2, d].
+        closed = t_drop
         gaps = []
         for k in range(3):
             p = Peer(server)
@@ -227,30 +255,13 @@ def test_client_against_a_scripted_broker(firmware: Callable[..., Firmware]) -> 
         for gap, d in zip(gaps, (0.2, 0.4, 0.8), strict=True):
             assert d / 2 - 0.02 <= gap <= d + 0.3, gaps
 
-        # Session 2 (session present): resubscribe, then the unacked publish again, same pid, DUP.
-        p = Peer(server)
-        assert p.accepted - closed >= 0.8     # 4th failure in a row: d = 1.6 s, at least 0.8 s
-        p.session(present=1)
-        fw.expect("LINK up")
-        first, again = p.packet()
-        assert first == 0x3A and again == body2
-        p.send(b"\x40\x02" + pid2.to_bytes(2, "big"))
-        assert fw.expect("PUBACK") == f"PUBACK {pid2}"
-
-        # Keepalive: PINGREQ after keepalive/2 idle; no PINGRESP -> the device drops the link.
-        p.answer_pings = False
-        t0 = time.monotonic()
-        assert p.packet() == (0xC0, b"")
-        t_ping = time.monotonic()
-        assert 0.8 <= t_ping - t0 <= 1.6
-        t_drop = p.eof()
-        assert 0.8 <= t_drop - t_ping <= 1.6
-        assert fw.expect("LINK down") == "LINK down no-pingresp"
-
         # SUBACK refused (0x80): dropped. Then a 5-byte remaining length, then an oversize packet.
-        for bad, reason in ((None, "mqtt-suback"), (b"\x30\xff\xff\xff\xff\x01", "mqtt-rlen"),
-                            (b"\x30\x81\x08", "mqtt-too-big")):
+        bad_inputs = ((None, "mqtt-suback"), (b"\x30\xff\xff\xff\xff\x01", "mqtt-rlen"),
+                      (b"\x30\x81\x08", "mqtt-too-big"))
+        for i, (bad, reason) in enumerate(bad_inputs):
             p = Peer(server)
+            if i == 0:   # 4th failure in a row: d = 1.6 s, so at least 0.8 s
+                assert p.accepted - closed >= 0.8 - 0.02
             p.session(suback=0x80 if bad is None else 1)
             fw.expect("LINK up")
             if bad is not None:
