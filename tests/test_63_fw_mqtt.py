@@ -324,7 +324,8 @@ def test_client_against_mosquitto(hall_broker: Callable[[Keystore], Mosquitto],
 
         # 100 QoS 1 publishes through a 4-slot window: every one reaches the subscriber.
         gw.send("burst 100")
-        fw.expect("BURST done 100", timeout=30)
+        done = fw.expect("BURST done 100", timeout=30)
+        assert int(done.split()[-1]) < 512, f"heap grew over the burst: {done}"   # no per-message leak
         got = set()
         while len(got) < 100:
             topic, payload = gw.take()

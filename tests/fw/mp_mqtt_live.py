@@ -3,11 +3,13 @@
 # argv: host port [key=value ...]  (id, user, password, keepalive, retry, bmin, bmax)
 # Prints one marker per event for the pytest side to read:
 #   LINK up | LINK down <reason> | DOWNPUB <result of publish() while down>
-#   PUB <pid> <payload> | PUBACK <pid> | MSG <topic> <payload> | BURST done <n> | STOPPED
+#   PUB <pid> <payload> | PUBACK <pid> | MSG <topic> <payload> | STOPPED
+#   BURST done <n> heap <bytes still allocated after a collect, against before the burst>
 # Commands arrive as messages on the device's downlink topic:
 #   "pub <text>" publishes <text> on the uplink; "burst <n>" publishes m0..m<n-1> as fast as slots free;
 #   "stop" ends the client cleanly (DISCONNECT).
 import mpyboot  # noqa: F401 (sys.path)
+import gc
 import sys
 import asyncio
 from cs.mqtt.client import Client
@@ -61,6 +63,8 @@ def on_msg(topic, payload):
 async def burst(n):
     # The application's side of a full window: publish() returns None, wait for a PUBACK, offer again.
     base = acked[0]
+    gc.collect()
+    heap0 = gc.mem_alloc()
     for i in range(n):
         body = b"m%d" % i
         while True:
@@ -72,7 +76,8 @@ async def burst(n):
     while acked[0] - base < n:
         freed.clear()
         await freed.wait()
-    say("BURST done", n)
+    gc.collect()
+    say("BURST done", n, "heap", gc.mem_alloc() - heap0)
 
 
 c = Client(host, port, dev, opt["user"], opt["password"], "cs/1/d/%s/will" % dev,

@@ -258,7 +258,8 @@ class Client:
         try:
             while True:
                 await asyncio.sleep_ms(self._tick_ms)
-                await w.drain()
+                if w.out_buf:   # only when the socket refused part of a write (drain() allocates)
+                    await w.drain()
                 now = self._ticks()
                 if not self.up:
                     if dif(now, self._t0) >= self.conn_ms:
