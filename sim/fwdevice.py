@@ -16,11 +16,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import bundle
+
+_TAP_GAP_S = 0.1 + 2 * 0.03 + 0.02    # the sim board's hold + twice the debounce + scan slack
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = ROOT / "out" / "firmware-bundle"
@@ -70,6 +73,7 @@ class FirmwareDevice:
         self.lines: list[str] = []
         self._cv = threading.Condition()
         self._sock: socket.socket | None = None
+        self._last_tap = 0.0
 
     # -- process ---------------------------------------------------------------------------------
     def start(self, write_config: bool = True) -> FirmwareDevice:
@@ -80,8 +84,8 @@ class FirmwareDevice:
         if self.cfg.heap:
             cmd += ["-X", f"heapsize={bundle.heap_for(self.cfg.folder / bundle.IMAGE, self.cfg.heap)}"]
         cmd.append("main.py")
-        with self._cv:
-            self.lines = []
+        # Console lines are kept across restarts (a power cut does not erase what was seen); use mark()
+        # to wait for something after a point.
         self.proc = subprocess.Popen(cmd, cwd=self.cfg.folder, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
@@ -166,5 +170,25 @@ class FirmwareDevice:
             self._sock.close()
             self._sock = None
 
-    def tap(self, key: int) -> None:
+    def tap(self, key: int | str) -> None:
+        """Press and release a key: 1..5 = the score keys, "i" = the invite key.
+
+        The sim board holds a tapped key down for ``_TAP_HOLD_S`` and needs it released and stable
+        again before the next press counts (debounce), as a finger would; taps closer together than
+        that are spaced out here rather than silently merged into one press.
+        """
+        gap = self._last_tap + _TAP_GAP_S - time.monotonic()
+        if gap > 0:
+            threading.Event().wait(gap)
         self._connect().sendall(f"T {key}\n".encode())
+        self._last_tap = time.monotonic()
+
+    def seqs(self, marker: str) -> set[int]:
+        """Seqs named by a console marker over all runs: RATED, NORATING, STORED."""
+        rx = re.compile(rf"CS:{marker} seq=(\d+)")
+        with self._cv:
+            return {int(m.group(1)) for line in self.lines for m in [rx.search(line)] if m}
+
+    def settled(self) -> bool:
+        """Everything this keypad recorded has been acked by the gateway."""
+        return (self.seqs("RATED") | self.seqs("NORATING")) <= self.seqs("STORED")

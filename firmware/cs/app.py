@@ -20,6 +20,8 @@ from .state import State
 _SCAN_MS = const(10)             # key scan and board service period
 _ACK_TIMEOUT_MS = const(10000)   # no ack progress for this long while up: offer the whole outbox again
 _ERR_FULL = const(2)             # red blinks when the outbox is full
+_SLOT = const(300)               # one in-flight PUBLISH: topic + a rating (~90 B) or a heartbeat (~110 B)
+_MAX_DOWN = const(400)           # largest packet accepted from the broker (a prompt with long texts)
 
 
 def _hex16(b):
@@ -43,14 +45,18 @@ class App:
         # Preallocated: a payload and a sealed message (a rating is under 100 bytes on the wire).
         self._payload = bytearray(160)
         self._sealed = bytearray(256)
-        self._up = "cs/1/d/%s/up" % cfg.device_id
+        self._pbuf = bytearray(272)       # pending() reads records into this, not into new objects
+        self._up = b"cs/1/d/%s/up" % cfg.device_id.encode()   # bytes: not re-encoded per publish
         self._kick = asyncio.Event()      # something to send: a new record, a free slot, a reconnect
         self._sent_upto = 0               # highest seq offered since the last (re)connect or timeout
         self._progress_at = 0             # mono ms of the last ack (or of the last full resend)
         password = _hex16(cose.hmac_sha256(self.key, b"countersign mqtt password"))
         self.client = Client(cfg.broker_host, cfg.broker_port, cfg.device_id, cfg.device_id, password,
                              "cs/1/d/%s/will" % cfg.device_id, keepalive=30, on_msg=self._on_msg,
-                             on_link=self._on_link, on_puback=self._on_puback)
+                             on_link=self._on_link, on_puback=self._on_puback,
+                             # Sized to the protocol, not to MQTT's maxima: an up message is at most
+                             # 256 bytes (limits.py) and a keypad's downlinks are smaller still.
+                             inflight=4, slot=_SLOT, max_size=_MAX_DOWN)
         self.client.subscribe("cs/1/d/%s/down" % cfg.device_id, 1)
 
     # -- making records --------------------------------------------------------------------------
@@ -163,7 +169,7 @@ class App:
             if self.outbox.depth and self.clock.mono() - self._progress_at > _ACK_TIMEOUT_MS:
                 self._sent_upto = 0                       # no ack for a while: offer everything again
                 self._progress_at = self.clock.mono()
-            for _epoch, seq, msg in self.outbox.pending():
+            for _epoch, seq, msg in self.outbox.pending(self._pbuf):
                 if seq <= self._sent_upto:
                     continue
                 if self.client.publish(self._up, msg, 1) is None:
