@@ -30,6 +30,7 @@ from countersign.gateway.config import GatewayConfig
 from countersign.gateway.gateway import Gateway
 from countersign.protocol import cose, messages, topics
 from countersign.protocol.keystore import DeviceKey, Keystore, mqtt_password
+from countersign.sim import fwbench
 from countersign.sim.broker import Mosquitto, free_port, run_as_clause
 from countersign.sim.chain import Chain, ChainConfig
 from countersign.sim.loadgen import Counter, Publisher, run_publishers
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-device", type=int, default=1000)
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--presses", type=int, default=300, help="presses for the latency figure")
+    ap.add_argument("--fw-ratings", type=int, default=10_000,
+                    help="ratings for the firmware heap run (0: skip the firmware figures)")
     ap.add_argument("--json", type=Path, help="write (merge) the figures into this JSON file")
     args = ap.parse_args(argv)
     ks = _keystore(args.devices)
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         base = passthrough(work, ks, msgs, args.timeout)
         ing = gateway_ingest(work, ks, msgs, args.timeout)
         lat = press_to_stored(work, args.presses)
+        fw = fwbench.run(work / "fw", args.fw_ratings) if args.fw_ratings else None
     ratio = ing["rate"] / base["rate"] if base["rate"] else 0.0
     print(f"signed rating on the wire: {size} bytes")
     print(f"plain paho QoS1 pass-through: {base['rate']:>9.0f} msg/s ({base['received']}/{base['messages']} "
@@ -185,6 +189,21 @@ def main(argv: list[str] | None = None) -> int:
           f"p50 {lat['commit_p50_ms']} ms, p99 {lat['commit_p99_ms']} ms")
     print(f"reference keypad: press -> 'stored' (gateway ack) p50 {lat['stored_p50_ms']} ms, "
           f"p99 {lat['stored_p99_ms']} ms (target p99 < 50)")
+    fw_json: dict[str, Any] | None = None
+    if fw is not None:
+        b = fwbench.budgets()
+        print(f"firmware, {fw.ratings} ratings on MicroPython (unix port, 64-bit), heap budget {fw.heap} B "
+              f"(target {b['target_heap']}): free at start {fw.start_free} B, at end {fw.end_free} B, "
+              f"lowest {min(fw.frees)} B, peak used {fw.peak_used} B")
+        print(f"firmware: press -> outbox commit p50 {fw.commit_us[0] / 1000:.2f} ms, p99 "
+              f"{fw.commit_us[1] / 1000:.2f} ms; press -> 'stored' p50 {fw.stored_us[0] / 1000:.2f} ms, "
+              f"p99 {fw.stored_us[1] / 1000:.2f} ms (target p99 < 50)")
+        print(f"firmware bundle: ROM image {fw.image_bytes} B")
+        fw_json = {"ratings": fw.ratings, "heap_budget": fw.heap, "target_heap": b["target_heap"],
+                   "free_start": fw.start_free, "free_end": fw.end_free, "free_samples": fw.frees,
+                   "peak_used": fw.peak_used, "image_bytes": fw.image_bytes,
+                   "commit_us_p50_p99_max": fw.commit_us, "stored_us_p50_p99_max": fw.stored_us,
+                   "rating_wire_bytes": size}
     if args.json:
         existing: dict[str, Any] = {}
         if args.json.exists():
@@ -195,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         existing["gateway"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.node(),
                                "rating_wire_bytes": size, "passthrough": base, "ingest": ing,
                                "ratio": round(ratio, 3), "press_latency": lat}
+        if fw_json is not None:
+            existing["firmware"] = fw_json
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(existing, indent=1, default=str) + "\n")
     return 0 if base["complete"] and ing["complete"] else 1
