@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 XCHECK := .venv-xcheck
 XSTAMP := $(XCHECK)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-DEBS := mosquitto mosquitto-clients socat
+DEBS := mosquitto mosquitto-clients socat faketime
 
 .PHONY: all deps debs venv xcheck test demo bench lint clean
 

@@ -38,6 +38,7 @@ from countersign.province.province import Province
 from countersign.sim.broker import Mosquitto, free_port, run_as_clause
 from countersign.sim.devclock import Scheduler
 from countersign.sim.fwdevice import FirmwareConfig, FirmwareDevice
+from countersign.sim.gwprocess import GatewayProcess
 from countersign.sim.refdevice import DeviceConfig, Outcome, RefDevice, State
 
 # A realistic service mix for a business hall (bill payment dominates, complaints are rare).
@@ -60,6 +61,8 @@ class ChainConfig:
     batch_size: int = 500
     heartbeat_s: float = 30.0
     firmware: int = 0           # this many keypads per hall run the real firmware on MicroPython
+    gateway_process: bool = False   # run each gateway as `countersign gateway run` (real SIGKILL faults)
+    clock_jumps: bool = False       # with gateway_process: libfaketime, so the gateway clock can jump
 
     def hall_ids(self) -> list[str]:
         return [self.hall] if self.halls == 1 else [f"hf{n:02d}" for n in range(1, self.halls + 1)]
@@ -90,7 +93,8 @@ class Hall:
     uplink_password: str
     port: int
     broker: Mosquitto
-    gateway: Gateway | None = None
+    gateway: Gateway | GatewayProcess | None = None
+    http_port: int = 0
 
     @property
     def db_path(self) -> Path:
@@ -172,7 +176,7 @@ class Chain:
         return self.first.broker
 
     @property
-    def gateway(self) -> Gateway | None:
+    def gateway(self) -> Gateway | GatewayProcess | None:
         return self.first.gateway
 
     @property
@@ -190,17 +194,34 @@ class Chain:
                              retry_s=self.cfg.retry_s, batch_size=self.cfg.batch_size,
                              prompt_timeout_min=10)
 
-    def start_gateway(self, hall: str | None = None) -> Gateway:
+    def start_gateway(self, hall: str | None = None) -> Gateway | GatewayProcess:
         h = self.halls[hall or self.hall]
-        h.gateway = Gateway(self.gateway_config(h.hall))
-        h.gateway.start()
-        return h.gateway
+        if self.cfg.gateway_process:
+            if not h.http_port:
+                h.http_port = free_port()
+            gp = GatewayProcess(self.gateway_config(h.hall), h.dir / "gateway", h.http_port,
+                                clock_jumps=self.cfg.clock_jumps)
+            h.gateway = gp.start()
+            return gp
+        gw = Gateway(self.gateway_config(h.hall))
+        gw.start()
+        h.gateway = gw
+        return gw
 
     def stop_gateway(self, hall: str | None = None) -> None:
         h = self.halls[hall or self.hall]
         if h.gateway is not None:
             h.gateway.stop()
             h.gateway = None
+
+    def kill_gateway(self, hall: str | None = None) -> None:
+        """Power cut at the gateway: SIGKILL when it is a process, an abrupt stop when embedded."""
+        h = self.halls[hall or self.hall]
+        if isinstance(h.gateway, GatewayProcess):
+            h.gateway.kill()
+            h.gateway = None
+        else:
+            self.stop_gateway(h.hall)
 
     def start_province(self) -> Province:
         w = self.cfg.workdir
