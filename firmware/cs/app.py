@@ -21,7 +21,27 @@ _SCAN_MS = const(10)             # key scan and board service period
 _ACK_TIMEOUT_MS = const(10000)   # no ack progress for this long while up: offer the whole outbox again
 _ERR_FULL = const(2)             # red blinks when the outbox is full
 _SLOT = const(300)               # one in-flight PUBLISH: topic + a rating (~90 B) or a heartbeat (~110 B)
-_MAX_DOWN = const(400)           # largest packet accepted from the broker (a prompt with long texts)
+_MAX_DOWN = const(300)           # largest packet from the broker: topic + a Mac0 of at most 256 bytes
+_INFLIGHT = const(4)             # PUBLISH slots: enough to keep the link busy while acks come back
+# The message numbers used here (PROTOCOL.md 6, the same as cs/msgs.py): private consts are folded
+# into the bytecode, no module attribute is looked up per message.
+_T_HELLO = const(3)
+_T_HEARTBEAT = const(4)
+_T_ACK = const(16)
+_T_PROMPT = const(17)
+_T_TIME = const(18)
+_T_SESSION = const(19)
+_K_EPOCH = const(1)
+_K_PROMPT = const(5)
+_K_TIME = const(6)
+_K_SEQS = const(10)
+_K_NOW_MS = const(11)
+_K_NONCE = const(12)
+_K_CLERK = const(20)
+_K_SERVICE = const(21)
+_K_TXN = const(22)
+_K_TIMEOUT = const(23)
+_K_CLERK_NAME = const(24)
 
 
 def _hex16(b):
@@ -56,7 +76,7 @@ class App:
                              on_link=self._on_link, on_puback=self._on_puback,
                              # Sized to the protocol, not to MQTT's maxima: an up message is at most
                              # 256 bytes (limits.py) and a keypad's downlinks are smaller still.
-                             inflight=4, slot=_SLOT, max_size=_MAX_DOWN)
+                             inflight=_INFLIGHT, slot=_SLOT, max_size=_MAX_DOWN)
         self.client.subscribe("cs/1/d/%s/down" % cfg.device_id, 1)
 
     # -- making records --------------------------------------------------------------------------
@@ -103,7 +123,7 @@ class App:
         if up:
             self._sent_upto = 0
             self._progress_at = self.clock.mono()
-            self._health(msgs.T_HELLO)
+            self._health(_T_HELLO)
             self._kick.set()
 
     def _on_puback(self, _pid):
@@ -116,26 +136,26 @@ class App:
             self.bad_downlink += 1
             print("CS:BADDOWN", e.args[0] if e.args else "?")
             return
-        if typ == msgs.T_ACK:
-            seqs = f[msgs.K_SEQS]
-            if f[msgs.K_EPOCH] == self.state.epoch and self.outbox.ack(self.state.epoch, seqs):
+        if typ == _T_ACK:
+            seqs = f[_K_SEQS]
+            if f[_K_EPOCH] == self.state.epoch and self.outbox.ack(self.state.epoch, seqs):
                 self._progress_at = self.clock.mono()
                 for seq in seqs:
                     print("CS:STORED seq=%d" % seq)
                 self.fb.stored()
-        elif typ == msgs.T_PROMPT:
-            r = self.flow.on_prompt(f[msgs.K_PROMPT], f[msgs.K_CLERK], f[msgs.K_SERVICE], f[msgs.K_TXN],
-                                    f[msgs.K_TIMEOUT], f.get(msgs.K_TIME), self.clock.unix_s())
+        elif typ == _T_PROMPT:
+            r = self.flow.on_prompt(f[_K_PROMPT], f[_K_CLERK], f[_K_SERVICE], f[_K_TXN],
+                                    f[_K_TIMEOUT], f.get(_K_TIME), self.clock.unix_s())
             if r[0] == "replaced":
                 self._record(False, 0, r[1], self.flow.delay)
             if r[0] != "stale":
-                print("CS:PROMPT id=%d" % f[msgs.K_PROMPT])
+                print("CS:PROMPT id=%d" % f[_K_PROMPT])
                 self.fb.show(self.flow.screen())
-        elif typ == msgs.T_TIME:
-            if self.clock.sync(f[msgs.K_NOW_MS], f[msgs.K_NONCE]):
-                print("CS:TIME %d" % (f[msgs.K_NOW_MS] // 1000))
-        elif typ == msgs.T_SESSION:
-            self.flow.on_session(f.get(msgs.K_CLERK), f.get(msgs.K_CLERK_NAME))
+        elif typ == _T_TIME:
+            if self.clock.sync(f[_K_NOW_MS], f[_K_NONCE]):
+                print("CS:TIME %d" % (f[_K_NOW_MS] // 1000))
+        elif typ == _T_SESSION:
+            self.flow.on_session(f.get(_K_CLERK), f.get(_K_CLERK_NAME))
             self.fb.show(self.flow.screen())
 
     # -- tasks -----------------------------------------------------------------------------------
@@ -187,7 +207,7 @@ class App:
                 self._kick.set()                          # lets the sender notice an ack timeout
             if self.client.up and now - last_hb >= hb:
                 last_hb = now
-                self._health(msgs.T_HEARTBEAT)
+                self._health(_T_HEARTBEAT)
 
     async def run(self):
         print("CS:BOOT fw=%s boot=%d epoch=%d" % (VERSION, self.state.boot, self.state.epoch))

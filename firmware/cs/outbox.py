@@ -51,11 +51,10 @@ class Outbox:
         if capacity < 1:
             raise ValueError("capacity")
         self.path = path
-        self._tmp = path + ".new"
         self.capacity = capacity
         self.compact_min = compact_min
-        self._maxn = capacity + _SLACK          # item records the bitmap can hold
-        self._acked = bytearray((self._maxn + 7) >> 3)
+        # Acked bits of the item records in file order; it holds len * 8 records (capacity + slack).
+        self._acked = bytearray((capacity + _SLACK + 7) >> 3)
         self._rep = array("H")                  # run: epoch
         self._rseq = array("I")                 # run: first seq
         self._ridx = array("I")                 # run: item number of its first record
@@ -65,7 +64,6 @@ class Outbox:
         self._size = 0                          # bytes of good records in the file
         self._buf = bytearray(_BUF)             # record being written / read by load and compact
         self._mv = memoryview(self._buf)
-        self._pbuf = bytearray(_BUF)            # pending()'s own, so append/ack may run meanwhile
         self._gen = 0                           # bumped by compaction: pending() reopens the file
         self._f = None
         self._dirty = False                     # a failed write may have left bytes: rewrite first
@@ -115,7 +113,7 @@ class Outbox:
         if self._live >= self.capacity:
             raise OutboxFull("outbox-full")
         newrun = not self._extends(epoch, seq)
-        if self._dirty or self._n >= self._maxn or (newrun and len(self._rep) >= _MAX_RUNS):
+        if self._dirty or self._n >= len(self._acked) << 3 or (newrun and len(self._rep) >= _MAX_RUNS):
             self.compact()
             newrun = not self._extends(epoch, seq)
             if newrun and len(self._rep) >= _MAX_RUNS:
@@ -173,11 +171,11 @@ class Outbox:
         """Yield (epoch, seq, msg) of every unacked item in (epoch, seq) order, read from the file.
 
         msg is a fresh bytes object, or, when `buf` (a bytearray of 269 bytes) is given, a memoryview
-        into it valid until the next step. Appends and acks may run between steps (items appended
+        into it valid until the next step (the app passes one: no buffer is allocated per call). Appends and acks may run between steps (items appended
         after the call are not yielded); after a compaction it reopens the new file and goes on
         after the last item it gave (the file is in (epoch, seq) order: append enforces it).
         """
-        pb = self._pbuf if buf is None else buf
+        pb = bytearray(_BUF) if buf is None else buf
         pmv = memoryview(pb)
         le = ls = -1                            # last (epoch, seq) given
         stop_e, stop_s = self._last()           # the newest item when called: nothing after it
@@ -222,7 +220,8 @@ class Outbox:
         """Rewrite the log with only the unacked items: copy to a temp file, then rename over."""
         self._close()
         src = open(self.path, "rb")
-        dst = open(self._tmp, "wb")
+        tmp = self.path + ".new"
+        dst = open(tmp, "wb")
         b, mv = self._buf, self._mv
         rep, rseq, ridx = array("H"), array("I"), array("I")
         n = size = 0
@@ -254,7 +253,7 @@ class Outbox:
             dst.close()
             src.close()
         # The new file is complete on flash before the rename; the rename is the commit point.
-        os.rename(self._tmp, self.path)
+        os.rename(tmp, self.path)
         self._rep, self._rseq, self._ridx = rep, rseq, ridx
         self._n = self._live = n
         self._size = size
@@ -339,7 +338,7 @@ class Outbox:
 
     def _load(self):
         try:
-            os.remove(self._tmp)        # a compaction cut before its rename: the old log is whole
+            os.remove(self.path + ".new")   # a compaction cut before its rename: the old log is whole
         except OSError:
             pass
         try:
@@ -385,11 +384,10 @@ class Outbox:
         epoch = struct.unpack_from(">H", b, _HEAD)[0]
         if kind == _ITEM:
             seq = struct.unpack_from(">I", b, _HEAD + 2)[0]
-            if self._n >= self._maxn:
+            if self._n >= len(self._acked) << 3:
                 # More items than this capacity's bitmap (capacity lowered since): grow it; an
                 # append compacts before it writes past it again.
                 self._acked.extend(bytes(64))
-                self._maxn += 512
             if not self._extends(epoch, seq):
                 self._rep.append(epoch)
                 self._rseq.append(seq)

@@ -10,6 +10,7 @@ import micropython
 from binascii import hexlify, unhexlify
 
 from cs import cbor, cose, msgs
+import upmsgs as M
 
 
 def h(b):
@@ -179,7 +180,7 @@ def cose_seal_open():
         return bytes(e[:q])
 
     PL = x("a3 00 10 01 01 0a 81 01")
-    check(msgs.decode_down(cose.open(KEY, KID, mac0(x("a2 01 05 04 48") + KID, x("a0"), PL)))[0] == msgs.T_ACK,
+    check(msgs.decode_down(cose.open(KEY, KID, mac0(x("a2 01 05 04 48") + KID, x("a0"), PL)))[0] == M.T_ACK,
           "hand-built envelope verifies")
     SHAPES = (
         (x("a2 01 05 04 48") + KID, x("a1 04 41 00"), PL, None, "unprotected-header"),
@@ -220,10 +221,10 @@ def msg_encoders():
     n = msgs.no_rating(buf, 1, 45, 1004, None, 5434000, 20000, 7)
     check(cbor.decode(buf[:n]) == {0: 2, 1: 1, 2: 45, 5: 1004, 6: None, 7: 5434000, 8: 20000, 9: 7},
           "no_rating with unknown time")
-    def hl(typ=msgs.T_HEARTBEAT, fw=b"cs-fw 1.0.0", rssi=None, stuck=0):
+    def hl(typ=M.T_HEARTBEAT, fw=b"cs-fw 1.0.0", rssi=None, stuck=0):
         return lambda: msgs.health(buf, typ, 1, 7, 1, fw, 1, 0, 0, 9000, 3, rssi, 0, stuck, None)
     check(not raises(hl(rssi=-200)) and not raises(hl(fw="x" * 64)), "health: rssi -200, 64-byte fw")
-    check(raises(hl(typ=msgs.T_RATING), "bad-type"), "health refuses a rating type")
+    check(raises(hl(typ=M.T_RATING), "bad-type"), "health refuses a rating type")
     check(raises(hl(fw="张" * 22), "bad-field"), "health refuses a 66-byte fw (22 characters)")
     check(raises(hl(rssi=201), "bad-field"), "health refuses rssi 201")
     check(raises(hl(stuck=65536), "bad-field"), "health refuses stuck 65536")
@@ -260,9 +261,9 @@ def down_decoder():
         r = reason_of(lambda: msgs.decode_down(enc(m)))
         check(r is None, "decode_down accepts " + name, "got %r" % r)
     t, f = msgs.decode_down(enc(PROMPT))
-    check(t == msgs.T_PROMPT and f[msgs.K_CLERK] == "10023" and f[msgs.K_TIME] is None, "prompt fields")
+    check(t == M.T_PROMPT and f[M.K_CLERK] == "10023" and f[M.K_TIME] is None, "prompt fields")
     t, f = msgs.decode_down(enc({0: 19}))
-    check(t == msgs.T_SESSION and f.get(msgs.K_CLERK) is None, "closed session: no clerk")
+    check(t == M.T_SESSION and f.get(M.K_CLERK) is None, "closed session: no clerk")
 
     def with_(base, **kw):
         m = dict(base)
@@ -318,7 +319,7 @@ def no_allocation():
 
     def enc_health(count):
         for i in range(count):
-            msgs.health(buf, msgs.T_HEARTBEAT, 1, 7, i, b"cs-fw 1.0.0", 1, 41216, 2, 8998, 3, -61, 3, 0, None)
+            msgs.health(buf, M.T_HEARTBEAT, 1, 7, i, b"cs-fw 1.0.0", 1, 41216, 2, 8998, 3, -61, 3, 0, None)
 
     def locked(fn):
         # heap_lock makes any allocation raise MemoryError: a strict proof of "no allocation". fn takes

@@ -100,7 +100,7 @@ def parse_all(data, chunk):
                     out.append(("pingresp",))
                 elif k == pkt.PUBLISH:
                     t, pid, pl = p.publish()
-                    out.append(("publish", bytes(t), pid, p.qos, bytes(pl)))
+                    out.append(("publish", bytes(t), pid, (p.flags >> 1) & 3, bytes(pl)))
     return out
 
 

@@ -8,20 +8,21 @@ import os
 from binascii import hexlify, unhexlify
 
 from cs import cbor, cose, msgs
+import upmsgs as M
 
 # vector field names -> field numbers (PROTOCOL.md section 6)
-NAMES = {"epoch": msgs.K_EPOCH, "seq": msgs.K_SEQ, "score": msgs.K_SCORE, "scale": msgs.K_SCALE,
-         "prompt": msgs.K_PROMPT, "time": msgs.K_TIME, "mono": msgs.K_MONO, "delay": msgs.K_DELAY,
-         "boot": msgs.K_BOOT, "seqs": msgs.K_SEQS, "now_ms": msgs.K_NOW_MS, "nonce": msgs.K_NONCE,
-         "fw": msgs.K_FW, "reset": msgs.K_RESET, "heap": msgs.K_HEAP, "outbox": msgs.K_OUTBOX,
-         "uptime": msgs.K_UPTIME, "rssi": msgs.K_RSSI, "ignored": msgs.K_IGNORED, "clerk": msgs.K_CLERK,
-         "service": msgs.K_SERVICE, "txn": msgs.K_TXN, "timeout": msgs.K_TIMEOUT,
-         "clerk_name": msgs.K_CLERK_NAME, "stuck": msgs.K_STUCK, "outbox_free": msgs.K_OUTBOX_FREE}
-TYPES = {"rating": msgs.T_RATING, "no_rating": msgs.T_NO_RATING, "hello": msgs.T_HELLO,
-         "heartbeat": msgs.T_HEARTBEAT, "ack": msgs.T_ACK, "prompt": msgs.T_PROMPT,
-         "time": msgs.T_TIME,
-         "session": msgs.T_SESSION}
-UP = (msgs.T_RATING, msgs.T_NO_RATING, msgs.T_HELLO, msgs.T_HEARTBEAT)
+NAMES = {"epoch": M.K_EPOCH, "seq": M.K_SEQ, "score": M.K_SCORE, "scale": M.K_SCALE,
+         "prompt": M.K_PROMPT, "time": M.K_TIME, "mono": M.K_MONO, "delay": M.K_DELAY,
+         "boot": M.K_BOOT, "seqs": M.K_SEQS, "now_ms": M.K_NOW_MS, "nonce": M.K_NONCE,
+         "fw": M.K_FW, "reset": M.K_RESET, "heap": M.K_HEAP, "outbox": M.K_OUTBOX,
+         "uptime": M.K_UPTIME, "rssi": M.K_RSSI, "ignored": M.K_IGNORED, "clerk": M.K_CLERK,
+         "service": M.K_SERVICE, "txn": M.K_TXN, "timeout": M.K_TIMEOUT,
+         "clerk_name": M.K_CLERK_NAME, "stuck": M.K_STUCK, "outbox_free": M.K_OUTBOX_FREE}
+TYPES = {"rating": M.T_RATING, "no_rating": M.T_NO_RATING, "hello": M.T_HELLO,
+         "heartbeat": M.T_HEARTBEAT, "ack": M.T_ACK, "prompt": M.T_PROMPT,
+         "time": M.T_TIME,
+         "session": M.T_SESSION}
+UP = (M.T_RATING, M.T_NO_RATING, M.T_HELLO, M.T_HEARTBEAT)
 
 # Must-fail vectors whose reason differs on the device's own receive path (cose.open + decode_down):
 # an up-type payload is not a downlink at all, so the keypad says bad-type where the gateway (which
@@ -47,9 +48,9 @@ def reason_of(fn):
 def encode_fields(buf, typ, fields):
     """A payload map from the vector's named fields with the firmware's CBOR primitives (ascending
     keys; absent optional fields left out, as the CPython encoder does)."""
-    items = [(msgs.K_TYPE, typ)]
+    items = [(M.K_TYPE, typ)]
     for name in fields:
-        if name != "type" and not (typ == msgs.T_SESSION and fields[name] is None):
+        if name != "type" and not (typ == M.T_SESSION and fields[name] is None):
             items.append((NAMES[name], fields[name]))
     items.sort(key=lambda kv: kv[0])
     p = cbor.put_head(buf, 0, 5, len(items))
@@ -76,10 +77,10 @@ def put_value(buf, p, v):
 
 def encode_up(buf, typ, m):
     """The firmware's own message encoders, fed from the vector's fields."""
-    if typ == msgs.T_RATING:
+    if typ == M.T_RATING:
         return msgs.rating(buf, m["epoch"], m["seq"], m["score"], m["scale"], m["prompt"], m["time"],
                            m["mono"], m["delay"], m["boot"])
-    if typ == msgs.T_NO_RATING:
+    if typ == M.T_NO_RATING:
         return msgs.no_rating(buf, m["epoch"], m["seq"], m["prompt"], m["time"], m["mono"], m["delay"],
                               m["boot"])
     return msgs.health(buf, typ, m["epoch"], m["boot"], m["nonce"], m["fw"], m["reset"], m["heap"],
@@ -96,7 +97,7 @@ def same_fields(got, m):
         if have != want:
             return "%s: %r != %r" % (name, have, want)
     for k in got:
-        if k != msgs.K_TYPE and k not in [NAMES[n] for n in m if n != "type"]:
+        if k != M.K_TYPE and k not in [NAMES[n] for n in m if n != "type"]:
             return "extra key %r" % k
     return None
 
@@ -131,12 +132,12 @@ for name in names:
         check(h(out[:n]) == v["output_hex"], name + " output", h(out[:n]))
         got = cose.open(key, kid, output)
         check(got == payload, name + " open gives the payload")
-        t, fields = (msgs.decode_up if typ in UP else msgs.decode_down)(got)
+        t, fields = (M.decode_up if typ in UP else msgs.decode_down)(got)
         check(t == typ, name + " decoded type", str(t))
         diff = same_fields(fields, m)
         check(diff is None, name + " decoded fields", diff)
         # the other direction's decoder refuses it
-        other = msgs.decode_down if typ in UP else msgs.decode_up
+        other = msgs.decode_down if typ in UP else M.decode_up
         check(reason_of(lambda: other(got)) == "bad-type", name + " refused by the other direction")
     else:
         n_fail += 1
@@ -144,7 +145,7 @@ for name in names:
         check(v["direction"] == "up", name + " is an up case")
 
         def gateway_path():
-            msgs.decode_up(cose.open(key, kid, output))
+            M.decode_up(cose.open(key, kid, output))
 
         def device_path():
             msgs.decode_down(cose.open(key, kid, output))

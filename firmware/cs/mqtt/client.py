@@ -12,105 +12,109 @@
 # packet ids. The application also resends its outbox after a reconnect, so a message may reach the
 # gateway twice; the gateway drops duplicates by (epoch, seq). Keeping the slots across a reconnect
 # means a message the caller was told is in flight (a pid) is never silently forgotten by the client.
+#
+# RAM (the keypad's heap is 64 KB): every attribute is an entry in the instance's dict, so the state is
+# kept in few of them: the CONNECT packet is encoded once (the id, user, password and will strings are
+# not kept), the timings and sizes are one tuple, the read buffer and every slot are one bytearray (offsets, not
+# a memoryview per slot), and the slot table and the clock readings are two int arrays.
 import asyncio
 import random
 import time
+from array import array
 from micropython import const
 
 from . import pkt
 
-_TX = const(192)      # CONNECT / SUBSCRIBE / QoS 0 scratch buffer
+_CONNACK = const(2)
+_PUBLISH = const(3)
+_PUBACK = const(4)
+_SUBACK = const(9)
+_PINGRESP = const(13)
 _IPPROTO_TCP = const(6)
 _TCP_NODELAY = const(1)
+
+# self._k: the timings (ms) and the buffer sizes
+_RETRY = const(0)
+_BMIN = const(1)
+_BMAX = const(2)
+_CONN = const(3)
+_TICK = const(4)
+_PING = const(5)
+_RSIZE = const(6)
+_SLOT = const(7)
+# self._r: clock readings (ticks) and packet ids
+_RX = const(0)          # last byte received
+_TX = const(1)          # last packet sent
+_T0 = const(2)          # connection opened
+_PING_AT = const(3)     # PINGREQ sent, no PINGRESP yet (-1: not pinging)
+_PID = const(4)         # last packet id given
+_SUB_PID = const(5)     # packet id of the last SUBSCRIBE
+# self._sl: per slot, 3 ints: packet id (0 = free), packet length, ticks of the last send
+_S = const(3)
 
 
 class Client:
     def __init__(self, host, port, client_id, user, password, will_topic, keepalive=30,
                  on_msg=None, on_link=None, will_msg=b"", on_puback=None, ticks_ms=time.ticks_ms,
                  retry_ms=5000, backoff_min_ms=500, backoff_max_ms=30000, conn_ms=10000,
-                 inflight=4, slot=384, max_size=1024, tick_ms=100, rand=None):
-        self.host = host
-        self.port = port
-        self._id = _b(client_id)
-        self._user = None if user is None else _b(user)
-        self._pw = None if password is None else _b(password)
-        self._will = None if will_topic is None else _b(will_topic)
-        self._will_msg = _b(will_msg)
-        self.keepalive = keepalive
+                 inflight=4, slot=300, max_size=300, tick_ms=100, rand=None, rsize=128):
+        self._addr = (host, port)
+        cid, user, pw, will = _b(client_id), _b(user), _b(password), _b(will_topic)
+        b = bytearray(26 + len(cid) + len(user or b"") + len(pw or b"") + len(will or b"") + len(will_msg))
+        self._conn = b[:pkt.connect(b, cid, keepalive, False, user, pw, will, _b(will_msg), 1)]
         self.on_msg = on_msg
         self.on_link = on_link
         self.on_puback = on_puback
         self._ticks = ticks_ms
         self._rand = rand or random.getrandbits
-        self.retry_ms = retry_ms
-        self.backoff_min_ms = backoff_min_ms
-        self.backoff_max_ms = backoff_max_ms
-        self.conn_ms = conn_ms
-        self._tick_ms = tick_ms
         # Keepalive: ping after half the keepalive without traffic; no PINGRESP within the other half
         # drops the link (the broker itself would drop us at 1.5 x keepalive).
-        self._ping_ms = keepalive * 500
+        self._k = (retry_ms, backoff_min_ms, backoff_max_ms, conn_ms, tick_ms, keepalive * 500, rsize, slot)
         self.up = False
         self.last_error = None
         self.tries = 0          # failed attempts since the last accepted CONNACK (drives the backoff)
-        self._pid = 0
-        self._subs = []         # [(topic bytes, qos)], resubscribed on every connect
-        self._sub_pid = 0
-        # Preallocated: the parser's body buffer, a read buffer, a scratch tx buffer, PUBACK bytes.
+        self._subs = []         # encoded SUBSCRIBE packets, re-sent (new pid) on every connect
         self._p = pkt.Parser(max_size)
-        self._rbuf = bytearray(256)
-        self._rmv = memoryview(self._rbuf)
-        self._tx = bytearray(_TX)
-        self._txmv = memoryview(self._tx)
-        self._ack = bytearray(4)
-        self._slot = [bytearray(slot) for _ in range(inflight)]
-        self._smv = [memoryview(b) for b in self._slot]
-        self._spid = [0] * inflight     # 0 = free
-        self._slen = [0] * inflight
-        self._sat = [0] * inflight      # ticks of the last send
+        # Preallocated, one buffer: the read buffer (rsize), then the slots (`slot` bytes each).
+        self._mv = memoryview(bytearray(rsize + inflight * slot))
+        self._sl = array("i", bytes(4 * _S * inflight))
+        self._r = array("i", (0, 0, 0, -1, 0, 0))
         self._w = None
         self._dead = asyncio.Event()
         self._stop = False
-        self._pinging = False
-        self._ping_at = 0
-        self._rx_at = 0
-        self._tx_at = 0
-        self._t0 = 0
 
     # ---- application API ----
-
-    @property
-    def inflight(self):
-        return sum(1 for p in self._spid if p)
 
     def publish(self, topic, msg, qos=1):
         # -> packet id (QoS 1), 0 (QoS 0 sent), or None: not connected / no free slot. Never blocks.
         if not self.up:
             return None
-        if qos == 0:
-            n = pkt.publish(self._tx, _b(topic), msg, 0, 0)
-            self._send(self._txmv, n)
-            return 0
-        try:
-            i = self._spid.index(0)
-        except ValueError:
+        i = self._free()
+        if i < 0:
             return None
+        mv = self._slot(i)
+        if qos == 0:    # a free slot is scratch: the stream copies what the socket does not take
+            self._send(mv, pkt.publish(mv, _b(topic), msg, 0, 0))
+            return 0
         pid = self._new_pid()
-        n = pkt.publish(self._slot[i], _b(topic), msg, pid, 1)
-        self._spid[i] = pid
-        self._slen[i] = n
-        self._sat[i] = self._ticks()
-        self._send(self._smv[i], n)
+        n = pkt.publish(mv, _b(topic), msg, pid, 1)
+        sl = self._sl
+        sl[i] = pid
+        sl[i + 1] = n
+        sl[i + 2] = self._ticks()
+        self._send(mv, n)
         return pid
 
     def subscribe(self, topic, qos=1):
         # Remembered and sent on every connect (and now, if up). A refused SUBACK drops the link.
-        t = (_b(topic), qos)
-        self._subs.append(t)
+        t = _b(topic)
+        b = bytearray(7 + len(t))
+        self._subs.append(b[:pkt.subscribe(b, 0, t, qos)])
         if self.up:
-            self._sub(t)
+            self._sub(self._subs[-1])
 
     async def run(self):
+        k = self._k
         while not self._stop:
             try:
                 await self._session()
@@ -118,7 +122,7 @@ class Client:
                 self._fail(_reason(e))
             if self._stop:
                 break
-            d = min(self.backoff_max_ms, self.backoff_min_ms << min(self.tries, 16))
+            d = min(k[_BMAX], k[_BMIN] << min(self.tries, 16))
             self.tries += 1
             # Jitter: a random delay in [d/2, d], so a hall's keypads do not reconnect in step.
             await asyncio.sleep_ms(d // 2 + self._rand(16) * (d - d // 2) // 65535)
@@ -134,7 +138,7 @@ class Client:
 
     async def _session(self):
         self._dead.clear()
-        r, w = await asyncio.wait_for_ms(asyncio.open_connection(self.host, self.port), self.conn_ms)
+        r, w = await asyncio.wait_for_ms(asyncio.open_connection(*self._addr), self._k[_CONN])
         self._w = w
         try:
             # Nagle would hold a small PUBLISH up to ~40 ms behind an unacked one. Best effort: not every
@@ -143,13 +147,12 @@ class Client:
         except (OSError, AttributeError):
             pass
         self._p.reset()
-        self._t0 = self._rx_at = self._tx_at = self._ticks()
-        self._pinging = False
+        rr = self._r
+        rr[_T0] = rr[_RX] = rr[_TX] = self._ticks()
+        rr[_PING_AT] = -1
         rx = kp = None
         try:
-            n = pkt.connect(self._tx, self._id, self.keepalive, False, self._user, self._pw,
-                            self._will, self._will_msg, 1)
-            self._send(self._txmv, n)
+            self._send(self._conn, len(self._conn))
             rx = asyncio.create_task(self._reader(r))
             kp = asyncio.create_task(self._keeper(w))
             await self._dead.wait()
@@ -179,33 +182,57 @@ class Client:
             return
         try:
             w.write(mv[:n] if n < len(mv) else mv)
-            self._tx_at = self._ticks()
+            self._r[_TX] = self._ticks()
         except OSError as e:
             self._fail(_reason(e))
 
+    def _slot(self, i):
+        # Slot i (an index into _sl, a multiple of _S) as a view into the one buffer.
+        k = self._k
+        o = k[_RSIZE] + i // _S * k[_SLOT]
+        return self._mv[o:o + k[_SLOT]]
+
+    def _free(self):
+        sl = self._sl
+        for i in range(0, len(sl), _S):
+            if not sl[i]:
+                return i
+        return -1
+
     def _new_pid(self):
-        pid = pkt.next_pid(self._pid)
-        while pid in self._spid or pid == self._sub_pid:
+        rr, sl = self._r, self._sl
+        pid = rr[_PID]
+        while True:     # the next id that is neither in flight nor the pending SUBSCRIBE's
             pid = pkt.next_pid(pid)
-        self._pid = pid
+            if pid == rr[_SUB_PID]:
+                continue
+            for i in range(0, len(sl), _S):
+                if sl[i] == pid:
+                    break
+            else:
+                break
+        rr[_PID] = pid
         return pid
 
-    def _sub(self, t):
-        self._sub_pid = self._new_pid()
-        n = pkt.subscribe(self._tx, self._sub_pid, t[0], t[1])
-        self._send(self._txmv, n)
+    def _sub(self, b):
+        pid = self._new_pid()
+        self._r[_SUB_PID] = pid
+        b[2] = pid >> 8     # the packet id follows the 2-byte fixed header (short remaining length)
+        b[3] = pid & 0xFF
+        self._send(b, len(b))
 
     async def _reader(self, r):
         p = self._p
+        buf = self._mv[:self._k[_RSIZE]]
         try:
             while True:
-                n = await r.readinto(self._rbuf)
+                n = await r.readinto(buf)
                 if not n:
                     raise OSError("eof")
-                self._rx_at = self._ticks()
+                self._r[_RX] = self._ticks()
                 pos = 0
                 while pos < n:
-                    pos = p.feed(self._rmv, pos, n)
+                    pos = p.feed(buf, pos, n)
                     if p.ready:
                         self._packet(p)
         except Exception as e:   # noqa: any failure (broker, parser, callback) ends this session
@@ -213,25 +240,27 @@ class Client:
 
     def _packet(self, p):
         k = p.kind
-        if k == pkt.PUBLISH:
+        sl = self._sl
+        if k == _PUBLISH:
             topic, pid, payload = p.publish()
             if self.on_msg:
                 self.on_msg(bytes(topic), payload)
             if pid:   # PUBACK only once the application has taken the message
-                self._send(self._ack, pkt.puback(self._ack, pid))
-        elif k == pkt.PUBACK:
+                # Written over the packet just handled (the parser starts the next one afresh).
+                self._send(p.mv, pkt.puback(p.mv, pid))
+        elif k == _PUBACK:
             pid = p.pid()
-            for i in range(len(self._spid)):
-                if self._spid[i] == pid:
-                    self._spid[i] = 0
+            for i in range(0, len(sl), _S):
+                if sl[i] == pid:
+                    sl[i] = 0
                     if self.on_puback:
                         self.on_puback(pid)
                     break
-        elif k == pkt.PINGRESP:
-            self._pinging = False
-        elif k == pkt.SUBACK:
+        elif k == _PINGRESP:
+            self._r[_PING_AT] = -1
+        elif k == _SUBACK:
             p.suback()   # raises on a refusal
-        elif k == pkt.CONNACK:
+        elif k == _CONNACK:
             if self.up:
                 raise ValueError("mqtt-connack-twice")
             sp, rc = p.connack()
@@ -240,41 +269,43 @@ class Client:
             self.up = True
             self.tries = 0
             self.last_error = None
-            for t in self._subs:
-                self._sub(t)
-            for i in range(len(self._spid)):
-                if self._spid[i]:
-                    self._resend(i, self._ticks())
+            for b in self._subs:
+                self._sub(b)
+            now = self._ticks()
+            for i in range(0, len(sl), _S):
+                if sl[i]:
+                    self._resend(i, now)
             if self.on_link:
                 self.on_link(True)
 
     def _resend(self, i, now):
-        pkt.set_dup(self._slot[i])
-        self._sat[i] = now
-        self._send(self._smv[i], self._slen[i])
+        mv = self._slot(i)
+        pkt.set_dup(mv)
+        self._sl[i + 2] = now
+        self._send(mv, self._sl[i + 1])
 
     async def _keeper(self, w):
         dif = time.ticks_diff
+        k, rr, sl = self._k, self._r, self._sl
         try:
             while True:
-                await asyncio.sleep_ms(self._tick_ms)
+                await asyncio.sleep_ms(k[_TICK])
                 if w.out_buf:   # only when the socket refused part of a write (drain() allocates)
                     await w.drain()
                 now = self._ticks()
                 if not self.up:
-                    if dif(now, self._t0) >= self.conn_ms:
+                    if dif(now, rr[_T0]) >= k[_CONN]:
                         raise OSError("connack-timeout")
                     continue
-                for i in range(len(self._spid)):
-                    if self._spid[i] and dif(now, self._sat[i]) >= self.retry_ms:
+                for i in range(0, len(sl), _S):
+                    if sl[i] and dif(now, sl[i + 2]) >= k[_RETRY]:
                         self._resend(i, now)
-                if self._pinging:
-                    if dif(now, self._ping_at) >= self._ping_ms:
+                if rr[_PING_AT] >= 0:
+                    if dif(now, rr[_PING_AT]) >= k[_PING]:
                         raise OSError("no-pingresp")
-                elif dif(now, self._tx_at) >= self._ping_ms or dif(now, self._rx_at) >= self._ping_ms:
+                elif dif(now, rr[_TX]) >= k[_PING] or dif(now, rr[_RX]) >= k[_PING]:
                     self._send(pkt.PINGREQ_PKT, 2)
-                    self._pinging = True
-                    self._ping_at = now
+                    rr[_PING_AT] = now
         except Exception as e:   # noqa
             self._fail(_reason(e))
 

@@ -7,16 +7,16 @@
 # connection. Strings (topics, ids) are bytes; the client converts str once.
 from micropython import const
 
-CONNECT = const(1)
+_CONNECT = const(1)
 CONNACK = const(2)
 PUBLISH = const(3)
 PUBACK = const(4)
-SUBSCRIBE = const(8)
+_SUBSCRIBE = const(8)
 SUBACK = const(9)
-UNSUBACK = const(11)
-PINGREQ = const(12)
+_UNSUBACK = const(11)
+_PINGREQ = const(12)
 PINGRESP = const(13)
-DISCONNECT = const(14)
+_DISCONNECT = const(14)
 
 _DUP = const(0x08)
 _RLEN_MAX = const(268435455)   # 4 bytes of 7 bits: the spec's limit
@@ -84,7 +84,7 @@ def connect(buf, client_id, keepalive, clean=False, user=None, password=None,
     if password is not None:
         flags |= 0x40
         rl += 2 + len(password)
-    pos = _head(buf, CONNECT << 4, rl)
+    pos = _head(buf, _CONNECT << 4, rl)
     pos = _put_str(buf, pos, b"MQTT")
     buf[pos] = 4          # protocol level 4 = 3.1.1
     buf[pos + 1] = flags
@@ -124,7 +124,7 @@ def puback(buf, pid):
 
 
 def subscribe(buf, pid, topic, qos=1):
-    pos = _head(buf, (SUBSCRIBE << 4) | 0x02, 2 + 2 + len(topic) + 1)
+    pos = _head(buf, (_SUBSCRIBE << 4) | 0x02, 2 + 2 + len(topic) + 1)
     pos = _put_u16(buf, pos, pid)
     pos = _put_str(buf, pos, topic)
     buf[pos] = qos
@@ -155,7 +155,7 @@ class Parser:
         if k == PUBLISH:
             if (f >> 1) & 3 > 1:
                 raise ValueError("mqtt-qos")   # we subscribe at QoS <= 1: QoS 2 is never granted
-        elif k in (CONNACK, PUBACK, SUBACK, UNSUBACK, PINGRESP):
+        elif k in (CONNACK, PUBACK, SUBACK, _UNSUBACK, PINGRESP):
             if f:
                 raise ValueError("mqtt-flags")
         else:
@@ -256,7 +256,3 @@ class Parser:
                 raise ValueError("mqtt-pid")
             pos += 2
         return topic, pid, self.mv[pos:self.n]
-
-    @property
-    def qos(self):
-        return (self.flags >> 1) & 3
