@@ -279,7 +279,8 @@ class _Slice:
                                            window=d.window, heartbeat_s=int(self.spec.heartbeat_s)))
         fw.start()
         if fw.wait_line(r"SIM LISTEN", 30) is None:
-            raise ProvinceSimError(f"{d.device_id}: the firmware did not start:\n" + "\n".join(fw.lines[-20:]))
+            tail = "\n".join(fw.lines[-20:])
+            raise ProvinceSimError(f"{d.device_id}: the firmware did not start:\n{tail}")
         if fw.wait_line(r"CS:LINK up", 30) is None:
             raise ProvinceSimError(f"{d.device_id}: the firmware did not reach its hall broker")
         self.fw[d.device_id] = fw
@@ -670,7 +671,7 @@ class ProvinceSim:
     def firmware_ids(self, chain: Chain) -> list[str]:
         """Which keypads run the firmware: spread over the halls (hence over the workers)."""
         halls = list(chain.halls)
-        n, out = self.cfg.firmware, []
+        n, out = self.cfg.firmware, list[str]()
         for w in range(1, self.cfg.devices + 1):
             left = n - len(out)
             if left <= 0:
@@ -705,7 +706,8 @@ class ProvinceSim:
         while len(got) < len(live):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ProvinceSimError(f"workers {sorted(live - set(got))} sent no {kind!r} in {timeout:.0f}s")
+                late = sorted(live - set(got))
+                raise ProvinceSimError(f"workers {late} sent no {kind!r} in {timeout:.0f}s")
             waiting = [c for i, c in enumerate(self.conns) if i not in got]
             ready = wait(waiting + [self.procs[i].sentinel for i in live if i not in got], min(left, 1.0))
             for r in ready:
@@ -757,10 +759,10 @@ class ProvinceSim:
             ctx = multiprocessing.get_context("spawn")
             for s in specs:
                 parent, child = ctx.Pipe()
-                p = ctx.Process(target=worker_main, args=(s, child), name=f"province-sim-{s.index}")
-                p.start()
+                proc = ctx.Process(target=worker_main, args=(s, child), name=f"province-sim-{s.index}")
+                proc.start()
                 child.close()
-                self.procs.append(p)
+                self.procs.append(proc)
                 self.conns.append(parent)
             ready = self._collect("ready", cfg.start_timeout)
             t_go = time.monotonic()
@@ -840,7 +842,7 @@ class ProvinceSim:
             "worker_fd_max": max(s["fd_max"] for s in settled.values()),
             "scheduler_errors": sum(s["scheduler_errors"] for s in settled.values()),
         })
-        return rec
+        return dict(rec)
 
     def _per_hall(self, chain: Chain) -> tuple[dict[str, dict[str, Any]], int, int]:
         """Ratings per hall made / stored at the gateway / at the province, and any under the wrong hall."""
@@ -901,7 +903,8 @@ def summary(r: dict[str, Any]) -> str:
         f"received by province {r['received_province']}  prompts at province {r['prompts_province']}",
         f"lost {r['lost']}  duplicated {r['duplicated']}  invented {r['invented']}  altered {r['altered']}  "
         f"under the wrong hall {r['misattributed']}  halls complete {r['halls_complete']}/{r['halls']}",
-        f"rejected {r['rejected'] or 'none'}  settled {'yes' if r['settled'] else 'NO: ' + '; '.join(r['stuck'])}",
+        f"rejected {r['rejected'] or 'none'}  "
+        f"settled {'yes' if r['settled'] else 'NO: ' + '; '.join(r['stuck'])}",
         f"wall: set-up {r['setup_s']} s, day {r['day_wall_s']} s (presses done {r['rating_phase_s']} s, "
         f"last rating at the province {r['last_province_store_s']} s)",
         f"throughput {r['throughput_per_s']} ratings/s end to end",
