@@ -41,8 +41,9 @@ deps: debs venv xcheck
 test: deps
 	$(PY) -m pytest -q
 
+# One hall for about a minute: real firmware keypads, the gateway, the province, one fault of each kind.
 demo: deps
-	$(VENV)/bin/countersign sim chain --devices 4 --ratings 200
+	$(VENV)/bin/countersign sim hall --devices 4 --duration 45 --faults 5 --seed 7
 
 bench: deps
 	@mkdir -p out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import shutil
 import sys
 import tempfile
@@ -24,7 +25,17 @@ FIRMWARE = ROOT / "firmware"
 APP_DIRS = ("cs", "boards")
 ENTRY = "main.py"
 IMAGE = "firmware.romfs"
-DEVICE_HEAP = 64 * 1024          # the RAM budget of the brief: the whole job inside 64 KB
+BUDGET_FILE = FIRMWARE / "budget.json"
+
+
+def budgets() -> dict[str, int]:
+    """The checked-in budgets (firmware/budget.json): the heap the keypad job runs in, and its target."""
+    data: dict[str, int] = json.loads(BUDGET_FILE.read_text())
+    return data
+
+
+def device_heap() -> int:
+    return budgets()["heap"]
 
 
 class BundleError(RuntimeError):
@@ -86,7 +97,7 @@ def build(out: Path, src: Path = FIRMWARE) -> Path:
     return out
 
 
-def heap_for(image: Path, budget: int = DEVICE_HEAP) -> int:
+def heap_for(image: Path, budget: int) -> int:
     """Unix-port heap size that leaves ``budget`` bytes once the image (flash on a keypad) is loaded."""
     return budget + image.stat().st_size + 1024    # + the image object's header and alignment
 

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 
 from .chain import Chain, ChainConfig
+from .hall import FAULT_KINDS, HallConfig, HallRun, write_report
+from .hall import summary as hall_summary
 from .scenario import ScenarioConfig, run, summary
 
 
@@ -23,6 +25,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--workdir", type=Path, help="keep brokers' configs, databases and logs here")
     c.add_argument("--report-json", type=Path)
     c.set_defaults(func=_chain)
+
+    h = sub.add_parser("hall", help="one hall on real parts: firmware keypads, gateway process, faults")
+    h.add_argument("--devices", type=int, default=4, help="keypads (real MicroPython firmware)")
+    h.add_argument("--duration", type=float, default=30.0, help="seconds of wall time")
+    h.add_argument("--accel", type=float, default=60.0, help="business time runs this much faster")
+    h.add_argument("--seed", type=int, default=7)
+    h.add_argument("--faults", type=int, default=3, help="faults drawn from the seed (0: none)")
+    h.add_argument("--fault-kinds", default=",".join(FAULT_KINDS),
+                   help=f"comma-separated subset of: {', '.join(FAULT_KINDS)}")
+    h.add_argument("--capture", type=Path, help="write every MQTT message seen (JSON lines) here")
+    h.add_argument("--report-json", type=Path)
+    h.add_argument("--workdir", type=Path, help="keep configs, databases, consoles and logs here")
+    h.set_defaults(func=_hall)
 
 
 def _progress(n: int, total: int) -> None:
@@ -55,3 +70,27 @@ def _chain(args: argparse.Namespace) -> int:
             args.report_json.write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n")
         bad = report["lost"] or report["duplicated"] or report["invented"] or report["altered"] or not settled
         return 1 if bad else 0
+
+
+def _bar(frac: float) -> None:
+    _progress(int(frac * 100), 100)
+
+
+def _hall(args: argparse.Namespace) -> int:
+    if not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)
+    kinds = tuple(k for k in args.fault_kinds.split(",") if k)
+    bad = set(kinds) - set(FAULT_KINDS)
+    if bad:
+        print(f"countersign sim hall: unknown fault kind(s): {', '.join(sorted(bad))}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="countersign-hall-") as tmp:
+        cfg = HallConfig(workdir=args.workdir or Path(tmp), devices=args.devices, duration_s=args.duration,
+                         accel=args.accel, seed=args.seed, faults=args.faults,
+                         fault_kinds=kinds or FAULT_KINDS, capture=args.capture)
+        rep = HallRun(cfg).run(progress=_bar if sys.stderr.isatty() else None)
+    print(hall_summary(rep))
+    if args.report_json:
+        write_report(rep, args.report_json)
+    bad_run = rep["lost"] or rep["duplicated"] or rep["invented"] or rep["altered"] or not rep["settled"]
+    return 1 if bad_run else 0

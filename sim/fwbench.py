@@ -3,7 +3,6 @@ gateway, under a heap budget; parse its heap and latency figures. Used by test_6
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -16,12 +15,7 @@ from .fwdevice import FirmwareDevice, micropython_exe
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = ROOT / "firmware" / "bench" / "budget.py"
-BUDGET_FILE = ROOT / "firmware" / "budget.json"
-
-
-def budgets() -> dict[str, int]:
-    data: dict[str, int] = json.loads(BUDGET_FILE.read_text())
-    return data
+budgets = bundle.budgets
 
 
 @dataclass

@@ -49,7 +49,7 @@ class FirmwareConfig:
     heartbeat_s: int = 60
     capacity: int = 9000
     broker_host: str = "127.0.0.1"
-    heap: int | None = bundle.DEVICE_HEAP   # the keypad's RAM budget (the ROM image is added on top)
+    heap: int | None = field(default_factory=bundle.device_heap)   # RAM budget; ROM image added on top
     bundle: Path = DEFAULT_BUNDLE           # the compiled application (sim/bundle.py), as on a keypad
     extra: dict[str, object] = field(default_factory=dict)
 

@@ -1,0 +1,331 @@
+"""`countersign sim hall`: one business hall on real parts, with a counter system, customers and faults.
+
+Real mosquitto brokers (hall and province), the real gateway as its own process (so a power cut is a
+SIGKILL and its clock can jump), the real province receiver, and keypads running the real firmware on
+the MicroPython unix port. The virtual counter system signs clerks in and out (with breaks) and opens a
+prompt per transaction through the gateway's HTTP API, with a realistic service mix; virtual customers
+press after a human delay, some walk away, some press twice; a child mashes keys between prompts.
+
+Everything random is drawn up front from ``--seed`` (each window's customers, the child's taps, the
+fault schedule), so two runs with the same seed make the same presses. Time is accelerated: human delays
+and service times are divided by ``--accel``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from countersign.province.report import build_report
+
+from .chain import SCORE_MIX_4, SERVICE_MIX, Chain, ChainConfig
+from .fwdevice import FirmwareDevice
+from .scenario import CLERK_NAMES
+
+FAULT_KINDS = ("hall-broker-down", "uplink-down", "gateway-power-cut", "keypad-power-cut",
+               "gateway-clock-jump")
+
+
+@dataclass
+class HallConfig:
+    workdir: Path
+    devices: int = 4
+    duration_s: float = 30.0
+    accel: float = 60.0             # business time runs this many times faster than real time
+    seed: int = 7
+    faults: int = 3                 # faults drawn at random from the seed (0: none)
+    fault_kinds: tuple[str, ...] = FAULT_KINDS
+    ignore_rate: float = 0.05       # customers who walk away (a no-rating when the prompt expires)
+    double_rate: float = 0.05       # customers who press twice (the second press is ignored)
+    break_rate: float = 0.03        # after a transaction the clerk takes a break (signs out, back later)
+    child_rate: float = 0.05        # between transactions a child mashes keys (ignored: no prompt open)
+    score_mix: dict[int, int] = field(default_factory=lambda: dict(SCORE_MIX_4))
+    prompt_timeout: int = 10
+    capture: Path | None = None
+
+
+@dataclass
+class Fault:
+    at_s: float                     # seconds after the start
+    kind: str
+    target: str = ""                # keypad id for keypad-power-cut
+    length_s: float = 0.0           # outage length for the *-down kinds
+    jump_s: int = 0                 # for gateway-clock-jump
+
+
+@dataclass
+class Customer:
+    """One transaction at a window, decided by the seed."""
+
+    service: int
+    score: int
+    delay_s: float                  # business seconds from prompt to press
+    ignore: bool
+    twice: bool
+    service_s: float                # business seconds the transaction takes before the prompt
+    brk: bool                       # the clerk takes a break afterwards
+    child_taps: list[int]           # keys a child presses before the next customer
+
+
+@dataclass
+class Counts:
+    taps: int = 0
+    prompts: int = 0
+    prompts_undelivered: int = 0
+    transactions: int = 0
+    breaks: int = 0
+    child_taps: int = 0
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, **kw: int) -> None:
+        with self.lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+
+def plan_customers(rng: random.Random, cfg: HallConfig, n: int) -> list[Customer]:
+    out = []
+    for _ in range(n):
+        out.append(Customer(
+            service=int(rng.choices(list(SERVICE_MIX), weights=list(SERVICE_MIX.values()))[0]),
+            score=rng.choices(list(cfg.score_mix), weights=list(cfg.score_mix.values()))[0],
+            delay_s=rng.uniform(1.5, 8.0), ignore=rng.random() < cfg.ignore_rate,
+            twice=rng.random() < cfg.double_rate, service_s=rng.uniform(60, 240),
+            brk=rng.random() < cfg.break_rate,
+            child_taps=[rng.randint(1, 4) for _ in range(rng.randint(2, 5))] if rng.random() < cfg.child_rate
+            else []))
+    return out
+
+
+def plan_faults(rng: random.Random, cfg: HallConfig, devices: list[str]) -> list[Fault]:
+    faults = []
+    for i in range(cfg.faults):
+        kind = cfg.fault_kinds[i % len(cfg.fault_kinds)] if i < len(cfg.fault_kinds) else \
+            rng.choice(cfg.fault_kinds)
+        # Spread over the middle of the run, so every fault is recovered from before the end.
+        at = cfg.duration_s * (0.15 + 0.6 * (i + rng.random()) / max(cfg.faults, 1))
+        faults.append(Fault(at, kind, target=rng.choice(devices) if kind == "keypad-power-cut" else "",
+                            length_s=min(8.0, cfg.duration_s * 0.1) if kind.endswith("-down") else 0.0,
+                            jump_s=rng.choice((-3600, 3600, 86400)) if kind == "gateway-clock-jump" else 0))
+    return sorted(faults, key=lambda f: f.at_s)
+
+
+class HallRun:
+    def __init__(self, cfg: HallConfig) -> None:
+        self.cfg = cfg
+        self.chain = Chain(ChainConfig(workdir=cfg.workdir, devices=cfg.devices, firmware=cfg.devices,
+                                       retry_s=1.0, gateway_process=True,
+                                       clock_jumps="gateway-clock-jump" in cfg.fault_kinds))
+        rng = random.Random(cfg.seed)
+        # A window serves about one customer per (service + human delay) business seconds.
+        per_window = max(3, int(cfg.duration_s * cfg.accel / 170))
+        self.plans = {dev: plan_customers(random.Random(rng.randrange(1 << 30)), cfg, per_window)
+                      for dev in self.chain.device_ids}
+        self.faults = plan_faults(random.Random(rng.randrange(1 << 30)), cfg, self.chain.device_ids)
+        self.counts = Counts()
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+
+    # -- the counter system at one window ------------------------------------------------------------
+    def _pace(self, business_s: float) -> None:
+        self.stop.wait(business_s / self.cfg.accel)
+
+    def _window(self, dev: str, i: int, deadline: float) -> None:
+        ch, fw = self.chain, self.chain.fw[dev]
+        window = ch.keystore.devices[dev].window
+        clerk, name = f"{10001 + i}", CLERK_NAMES[i % len(CLERK_NAMES)]
+        ch.sign_in(window, clerk, name)
+        for k, c in enumerate(self.plans[dev]):
+            if self.stop.is_set() or time.monotonic() > deadline:
+                break
+            self._pace(c.service_s)
+            self._transaction(dev, fw, window, k, c)
+            for key in c.child_taps:            # between customers: no prompt open, never a rating
+                self._tap(fw, key)
+                self.counts.add(child_taps=1)
+            if c.brk:
+                self.counts.add(breaks=1)
+                self._api_quiet("POST", f"/v1/windows/{window}/signout", {})
+                self._pace(600)
+                self._api_quiet("POST", f"/v1/windows/{window}/signin", {"clerk": clerk, "name": name})
+
+    def _api_quiet(self, method: str, path: str, body: dict[str, Any]) -> int | None:
+        """The counter system's call; while the gateway is down (a fault) it fails and is not retried."""
+        try:
+            return self.chain.api(method, path, body)[0]
+        except (OSError, RuntimeError):
+            return None
+
+    def _tap(self, fw: FirmwareDevice, key: int | str) -> None:
+        if not fw.running:
+            return                              # the keypad is off (a power-cut fault): nothing happens
+        try:
+            fw.tap(key)
+            self.counts.add(taps=1)
+        except OSError:
+            pass                                 # it just went off
+
+    def _transaction(self, dev: str, fw: FirmwareDevice, window: str, k: int, c: Customer) -> None:
+        ch = self.chain
+        self.counts.add(transactions=1)
+        mark = fw.mark()
+        try:
+            code, body = ch.api("POST", f"/v1/windows/{window}/prompt",
+                                {"txn": f"{dev}-T{k:05d}", "service": c.service,
+                                 "timeout": self.cfg.prompt_timeout})
+        except (OSError, RuntimeError):
+            return                               # the gateway is down: no prompt, no rating
+        if code != 200:
+            return
+        self.counts.add(prompts=1)
+        with ch.ledger.lock:
+            ch.ledger.prompts += 1
+        pid = body["prompt"]
+        if fw.wait_line(rf"CS:PROMPT id={pid}\b", 10, start=mark) is None:
+            self.counts.add(prompts_undelivered=1)   # broker down, or the keypad off: the customer leaves
+            return
+        if c.ignore:
+            fw.wait_line(r"CS:NORATING", self.cfg.prompt_timeout + 10, start=mark)
+            return
+        self._pace(c.delay_s)
+        self._tap(fw, c.score)
+        m = fw.wait_line(r"CS:RATED seq=(\d+) score=(\d+)", 10, start=mark)
+        if m is not None:
+            with ch.ledger.lock:
+                ch.ledger.presses += 1
+                ch.ledger.ratings[(dev, fw.cfg.epoch, int(m.group(1)))] = int(m.group(2))
+        if c.twice:
+            self._tap(fw, 1 + c.score % 4)
+
+    # -- faults ------------------------------------------------------------------------------------
+    def _faults(self, t0: float) -> None:
+        ch = self.chain
+        for f in self.faults:
+            if self.stop.wait(max(0.0, t0 + f.at_s - time.monotonic())):
+                return
+            rec = {"at_s": round(time.monotonic() - t0, 1), "kind": f.kind}
+            if f.kind == "hall-broker-down":
+                ch.hall_broker.stop()
+                self.stop.wait(f.length_s)
+                ch.hall_broker.start()
+                rec["length_s"] = f.length_s
+            elif f.kind == "uplink-down":
+                ch.province_broker.stop()
+                self.stop.wait(f.length_s)
+                ch.province_broker.start()
+                rec["length_s"] = f.length_s
+            elif f.kind == "gateway-power-cut":
+                ch.kill_gateway()
+                ch.start_gateway()
+            elif f.kind == "keypad-power-cut":
+                ch.fw[f.target].kill()
+                ch.start_firmware(f.target)
+                rec["keypad"] = f.target
+            elif f.kind == "gateway-clock-jump":
+                gw = ch.gateway
+                if gw is not None and hasattr(gw, "jump_clock"):
+                    gw.jump_clock(f.jump_s)
+                rec["jump_s"] = f.jump_s
+            with self.counts.lock:
+                self.counts.faults.append(rec)
+
+    # -- the run -------------------------------------------------------------------------------------
+    def run(self, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
+        cfg, ch = self.cfg, self.chain
+        ch.start(devices=False)
+        capture = None
+        try:
+            for dev in ch.device_ids:
+                ch.start_firmware(dev)
+            if cfg.capture is not None:
+                from .capture import Capture, attach_to_chain, header_for
+                capture = Capture(cfg.capture, header_for(ch))
+                attach_to_chain(capture, ch)
+            t0 = time.monotonic()
+            deadline = t0 + cfg.duration_s
+            threads = [threading.Thread(target=self._guard, args=(self._window, dev, i, deadline),
+                                        daemon=True) for i, dev in enumerate(ch.device_ids)]
+            threads.append(threading.Thread(target=self._guard, args=(self._faults, t0), daemon=True))
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads[:-1]):
+                threads[0].join(0.5)
+                if progress is not None:
+                    progress(min(1.0, (time.monotonic() - t0) / cfg.duration_s))
+            threads[-1].join()
+            if self.errors:
+                raise RuntimeError(f"simulation failed: {self.errors[0]!r}") from self.errors[0]
+            settled = ch.wait_settled(120)
+            report = self._report(settled, time.monotonic() - t0)
+        finally:
+            self.stop.set()
+            if capture is not None:
+                capture.close()
+            ch.stop()
+        return report
+
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:
+            self.errors.append(exc)
+            self.stop.set()
+
+    def _report(self, settled: bool, elapsed: float) -> dict[str, Any]:
+        ch = self.chain
+        r = ch.reconcile()
+        cut = {f["keypad"] for f in self.counts.faults if f["kind"] == "keypad-power-cut"}
+        # A power cut can land after a rating is on flash but before the keypad printed it: the province
+        # then holds a rating (with a valid keypad MAC) the console never showed. Not invented: unlogged.
+        rated_markers = {(d, fw.cfg.epoch, s) for d, fw in ch.fw.items() for s in fw.seqs("RATED")}
+        with sqlite3.connect(f"file:{ch.cfg.workdir / 'province' / 'province.db'}?mode=ro", uri=True) as p:
+            prov = {(d, e, s) for d, e, s in p.execute(
+                "SELECT device, epoch, seq FROM ratings WHERE kind = 'rating'")}
+            figures = build_report(p, groupings=("clerk", "service"))
+        unlogged = {k for k in prov - rated_markers if k[0] in cut}
+        r["invented"] -= len(unlogged)
+        r["unlogged_after_power_cut"] = len(unlogged)
+        c = self.counts
+        return {
+            "seed": self.cfg.seed, "devices": self.cfg.devices, "duration_s": self.cfg.duration_s,
+            "accel": self.cfg.accel, "elapsed_s": round(elapsed, 1), "settled": settled,
+            "hops": {"taps": c.taps, "transactions": c.transactions, "prompts": c.prompts,
+                     "prompts_undelivered": c.prompts_undelivered,
+                     "ratings": r["ratings_made"], "no_ratings": r["no_ratings_gateway"],
+                     "stored_gateway": r["stored_gateway"], "received_province": r["received_province"],
+                     "prompts_province": r["prompts_province"]},
+            "lost": r["lost"], "duplicated": r["duplicated"], "invented": r["invented"],
+            "altered": r["altered"], "unlogged_after_power_cut": r["unlogged_after_power_cut"],
+            "rejected": r["rejected"], "child_taps": c.child_taps, "breaks": c.breaks,
+            "faults": c.faults, "total": figures["total"], "by_clerk": figures["groups"]["clerk"],
+            "by_service": figures["groups"]["service"],
+        }
+
+
+def summary(rep: dict[str, Any]) -> str:
+    h = rep["hops"]
+    lines = [
+        f"hall run: {rep['devices']} keypads, {rep['duration_s']} s x{rep['accel']:g}, seed {rep['seed']}, "
+        f"{rep['elapsed_s']} s wall",
+        f"taps {h['taps']} (child {rep['child_taps']})  transactions {h['transactions']}  "
+        f"prompts {h['prompts']} (undelivered {h['prompts_undelivered']})  breaks {rep['breaks']}",
+        f"ratings {h['ratings']}  no-ratings {h['no_ratings']}  stored at gateway {h['stored_gateway']}  "
+        f"received by province {h['received_province']}",
+        f"lost {rep['lost']}  duplicated {rep['duplicated']}  invented {rep['invented']}  "
+        f"altered {rep['altered']}  (unlogged after a power cut {rep['unlogged_after_power_cut']})",
+        f"rejected {rep['rejected'] or 'none'}",
+        "faults: " + (", ".join(f"{f['kind']}@{f['at_s']}s" for f in rep["faults"]) or "none"),
+    ]
+    return "\n".join(lines)
+
+
+def write_report(rep: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(rep, indent=1, ensure_ascii=False, default=str) + "\n")
