@@ -7,7 +7,8 @@
 #
 # Keys: inputs with pull-up, active low. Feedback: green and red LEDs (active high), a passive buzzer on
 # PWM, and an SSD1306 on I2C if the `ssd1306` driver (micropython-lib, `mip install ssd1306`) is on the
-# device and the display answers at 0x3C; without it show() does nothing. Patterns: boards/__init__.py.
+# device and the display answers at 0x3C; without it show() does nothing. Patterns: boards/__init__.py
+# (their timings and the Player that plays them are here: only the hardware boards need them).
 # Network: Wi-Fi station; connect_network() starts joining and returns, poll() rejoins with backoff and
 # jitter while it is down. Watchdog: machine.WDT, armed at the first watchdog_feed() (so boot work such
 # as loading the outbox is not raced against it), wdt_ms in the config (default 8000).
@@ -17,9 +18,9 @@ import time
 import network
 from machine import I2C, PWM, WDT, Pin
 from machine import reset_cause as _machine_reset_cause
+from time import ticks_diff
 
-from boards import (INVITE_KEY, PAT_BEEP, PAT_ERROR_BLINK, PAT_LOW, PAT_PRESSED, PAT_STORED, SCORE_KEYS,
-                    Player, cfg_get)
+from boards import cfg_get
 
 PINS = {
     "key1": 0,
@@ -35,11 +36,70 @@ PINS = {
     "led_red": 19,
 }
 
+# (on, off, on, off, ...) durations in ms for Player
+PAT_PRESSED = (600,)
+PAT_STORED = (80, 80, 80)
+PAT_ERROR_BLINK = (150, 150)        # repeated `code` times
+PAT_BEEP = (60,)
+PAT_LOW = (300,)
+
+# Names of the pin map entries (hardware/<board>/pins.json "pins"), in cs.keys order.
+SCORE_KEYS = ("key1", "key2", "key3", "key4", "key5")
+INVITE_KEY = "invite"
+
 _OLED_ADDR = 0x3C
 _BEEP_HZ = 2700         # near a typical passive buzzer's resonance: loud for little current
 _LOW_HZ = 1000
 _RETRY_MIN_MS = 1000
 _RETRY_MAX_MS = 30000
+
+
+class Player:
+    """Plays an on/off pattern on an output (anything with .value(v)) without blocking.
+
+    start(pattern, repeat) switches the output on at once; poll() advances it by the clock. A new start()
+    replaces a pattern still playing (the newest feedback wins).
+    """
+
+    def __init__(self, out, ticks_ms):
+        self._out = out
+        self._ticks = ticks_ms
+        self._pat = ()
+        self._i = 0
+        self._left = 0
+        self._t = 0
+        out.value(0)
+
+    def start(self, pattern, repeat=1):
+        self._pat = pattern
+        self._left = repeat
+        self._i = 0
+        self._t = self._ticks()
+        self._out.value(1)
+
+    def stop(self):
+        self._pat = ()
+        self._out.value(0)
+
+    @property
+    def busy(self):
+        return bool(self._pat)
+
+    def poll(self):
+        pat = self._pat
+        if not pat:
+            return
+        now = self._ticks()
+        while pat and ticks_diff(now, self._t) >= pat[self._i]:
+            self._t += pat[self._i]
+            self._i += 1
+            if self._i == len(pat):
+                self._left -= 1
+                if self._left <= 0:
+                    self.stop()
+                    return
+                self._i = 0                 # repeat > 1 wants an even pattern (ends with an off gap)
+            self._out.value(1 if self._i % 2 == 0 else 0)
 
 
 class _Buzzer:

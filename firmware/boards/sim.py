@@ -16,11 +16,12 @@ import select
 import socket
 import time
 
-from boards import (BUZ_ERROR, BUZ_OFF, BUZ_PRESSED, LED_ERROR, LED_OFF, LED_PRESSED, LED_STORED,
-                    cfg_get)
+from micropython import const
 
-_LABELS = ("1", "2", "3", "4", "5", "i")     # pin order: score keys 1..5, then invite
-_RETRY_MS = 1000
+from boards import cfg_get
+
+_LABELS = "12345i"      # key labels in pin order: score keys 1..5, then invite
+_RETRY_MS = const(1000)
 
 
 class VPin:
@@ -42,29 +43,6 @@ class VPin:
         return 0 if self._down else 1
 
 
-class Feedback:
-    def __init__(self, send):
-        self._send = send
-
-    def pressed(self, score):
-        self._send("LED " + LED_PRESSED)
-        self._send("BUZ " + BUZ_PRESSED)
-
-    def stored(self):
-        self._send("LED " + LED_STORED)
-
-    def show(self, text):
-        self._send("OLED " + str(text).replace("\n", " "))
-
-    def error(self, code):
-        self._send("LED %s %d" % (LED_ERROR, code))
-        self._send("BUZ " + BUZ_ERROR)
-
-    def idle(self):
-        self._send("LED " + LED_OFF)
-        self._send("BUZ " + BUZ_OFF)
-
-
 class Board:
     name = "sim"
 
@@ -83,7 +61,7 @@ class Board:
         self._listener = None
         self._conn = None
         self._next_try = time.ticks_ms()
-        self.feedback = Feedback(self._send)
+        self.feedback = self        # the feedback calls below send the lines of boards/__init__.py
         self.commands = 0           # key commands applied (for tests and the console)
         if not self._connect:
             s = socket.socket()
@@ -148,6 +126,26 @@ class Board:
             self._listener.close()
             self._listener = None
 
+    # -- feedback: the pattern names of boards/__init__.py as lines ----------------------------------
+
+    def pressed(self, score):
+        self._send("LED green")
+        self._send("BUZ beep")
+
+    def stored(self):
+        self._send("LED green2")
+
+    def show(self, text):
+        self._send("OLED " + str(text).replace("\n", " "))
+
+    def error(self, code):
+        self._send("LED red %d" % code)
+        self._send("BUZ low")
+
+    def idle(self):
+        self._send("LED off")
+        self._send("BUZ off")
+
     # -- socket plumbing -------------------------------------------------------------------------------
 
     def _try_connect(self):
@@ -203,7 +201,7 @@ class Board:
 
     def _command(self, line):
         parts = line.strip().split()
-        if len(parts) != 2:
+        if len(parts) != 2 or len(parts[1]) != 1:     # one label character (not a substring)
             return
         try:
             k = _LABELS.index(parts[1].decode().lower())

@@ -50,11 +50,22 @@ def _hex16(b):
 
 class App:
     def __init__(self, board, cfg, folder=""):
+        # The heap is small and MicroPython's collector does not move objects: collect the garbage of
+        # the imports first, then make the largest buffers (the client's, the outbox bitmap) while
+        # the free heap is still in one piece, and the small objects after them.
+        gc.collect()
+        password = _hex16(cose.hmac_sha256(cfg.key, b"countersign mqtt password"))
+        self.client = Client(cfg.broker_host, cfg.broker_port, cfg.device_id, cfg.device_id, password,
+                             "cs/1/d/%s/will" % cfg.device_id, keepalive=30, on_msg=self._on_msg,
+                             on_link=self._on_link, on_puback=self._on_puback,
+                             # Sized to the protocol, not to MQTT's maxima: an up message is at most
+                             # 256 bytes (limits.py) and a keypad's downlinks are smaller still.
+                             inflight=_INFLIGHT, slot=_SLOT, max_size=_MAX_DOWN)
+        self.outbox = Outbox(folder + "outbox.bin", cfg.capacity)
         self.board = board
         self.cfg = cfg
         self.kid = cfg.device_id.encode()
         self.key = cfg.key
-        self.outbox = Outbox(folder + "outbox.bin", cfg.capacity)
         # Counters continue after the reservation on flash AND after the highest seq still in the outbox.
         self.state = State(folder + "state.json", epoch=cfg.epoch, max_seq=self.outbox.max_seq(cfg.epoch))
         self.clock = Clock(board.ticks_ms)
@@ -62,27 +73,22 @@ class App:
         self.keys = Keys(board.keys(cfg.scale, cfg.invite_key), board.ticks_ms)
         self.fb = board.feedback
         self.bad_downlink = 0
-        # Preallocated: a payload and a sealed message (a rating is under 100 bytes on the wire).
+        # Preallocated: a payload, and one record buffer for two uses that never overlap: seal() writes
+        # a message there that is copied (into the outbox file or a client slot) before any await, and
+        # pending() reads each record there for the sender, which hands it to publish() (a copy into a
+        # slot) before its await; pending() reads the next record only after that.
         self._payload = bytearray(160)
-        self._sealed = bytearray(256)
-        self._pbuf = bytearray(272)       # pending() reads records into this, not into new objects
+        self._rec = bytearray(272)
         self._up = b"cs/1/d/%s/up" % cfg.device_id.encode()   # bytes: not re-encoded per publish
         self._kick = asyncio.Event()      # something to send: a new record, a free slot, a reconnect
         self._sent_upto = 0               # highest seq offered since the last (re)connect or timeout
         self._progress_at = 0             # mono ms of the last ack (or of the last full resend)
-        password = _hex16(cose.hmac_sha256(self.key, b"countersign mqtt password"))
-        self.client = Client(cfg.broker_host, cfg.broker_port, cfg.device_id, cfg.device_id, password,
-                             "cs/1/d/%s/will" % cfg.device_id, keepalive=30, on_msg=self._on_msg,
-                             on_link=self._on_link, on_puback=self._on_puback,
-                             # Sized to the protocol, not to MQTT's maxima: an up message is at most
-                             # 256 bytes (limits.py) and a keypad's downlinks are smaller still.
-                             inflight=_INFLIGHT, slot=_SLOT, max_size=_MAX_DOWN)
         self.client.subscribe("cs/1/d/%s/down" % cfg.device_id, 1)
 
     # -- making records --------------------------------------------------------------------------
     def _seal(self, n):
-        m = cose.seal(self.key, self.kid, memoryview(self._payload)[:n], self._sealed)
-        return memoryview(self._sealed)[:m]
+        m = cose.seal(self.key, self.kid, memoryview(self._payload)[:n], self._rec)
+        return memoryview(self._rec)[:m]
 
     def _record(self, rating, score, prompt, delay):
         """Rating or no-rating: seal, append to the outbox (durable), then let the sender offer it."""
@@ -189,7 +195,7 @@ class App:
             if self.outbox.depth and self.clock.mono() - self._progress_at > _ACK_TIMEOUT_MS:
                 self._sent_upto = 0                       # no ack for a while: offer everything again
                 self._progress_at = self.clock.mono()
-            for _epoch, seq, msg in self.outbox.pending(self._pbuf):
+            for _epoch, seq, msg in self.outbox.pending(self._rec):
                 if seq <= self._sent_upto:
                     continue
                 if self.client.publish(self._up, msg, 1) is None:

@@ -12,35 +12,25 @@ import os
 CONFIG = "config.json"
 KEY = "device.key"
 
-_DEFAULTS = {
-    "epoch": 1,
-    "scale": 4,
-    "invite_key": True,
-    "invite_timeout": 20,
-    "broker_port": 1883,
-    "heartbeat_s": 60,
-    "capacity": 9000,
-    "hall": "",
-    "window": "",
-}
-
 
 class Config:
+    """The config's values as attributes (cfg.device_id), read from the loaded dict itself: no copy
+    of it in an instance dict. Unknown names raise AttributeError (getattr(cfg, name, default))."""
+
     def __init__(self, d, key):
-        self._names = []
-        for src in (_DEFAULTS, d):
-            for k, v in src.items():
-                setattr(self, k, v)
-                if k not in self._names:
-                    self._names.append(k)
+        self._d = d
         self.key = key
+
+    def __getattr__(self, name):
+        try:
+            return self._d[name]
+        except KeyError:
+            raise AttributeError(name)
 
     def public(self):
         """Everything but secrets, for the console and `countersign device inspect`."""
-        d = {}
-        for k in self._names:
-            if k != "wifi_password":
-                d[k] = getattr(self, k)
+        d = dict(self._d)
+        d.pop("wifi_password", None)
         return d
 
 
@@ -71,4 +61,14 @@ def load(folder=""):
         raise ValueError("bad-scale")
     if "broker_host" not in d:
         raise ValueError("no-broker")
+    # Defaults in code, not in a module-level dict (code stays in flash, a dict would be heap).
+    d.setdefault("epoch", 1)
+    d.setdefault("scale", 4)
+    d.setdefault("invite_key", True)
+    d.setdefault("invite_timeout", 20)
+    d.setdefault("broker_port", 1883)
+    d.setdefault("heartbeat_s", 60)
+    d.setdefault("capacity", 9000)
+    d.setdefault("hall", "")
+    d.setdefault("window", "")
     return Config(d, key)
