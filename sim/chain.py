@@ -277,7 +277,7 @@ class Chain:
             d.stop()
         self.devices.clear()
         for f in self.fw.values():
-            f.kill()
+            f.stop()
         for h in self.halls.values():
             self.stop_gateway(h.hall)
         if self.province is not None:

@@ -20,13 +20,36 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import bundle
+from .serialport import VirtualSerial
 
 _TAP_GAP_S = 0.1 + 2 * 0.03 + 0.02    # the sim board's hold + twice the debounce + scan slack
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = ROOT / "out" / "firmware-bundle"
+
+
+class _LineReader:
+    """Text lines from a pyserial port, for the console pump (a cable end never reaches EOF)."""
+
+    def __init__(self, port: Any) -> None:
+        self.port = port
+
+    def __iter__(self) -> Any:
+        buf = b""
+        while True:
+            try:
+                chunk = self.port.read(self.port.in_waiting or 1)
+            except (OSError, TypeError, AttributeError):   # closed under us
+                return
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                yield line.decode(errors="replace").rstrip("\r") + "\n"
 
 
 def micropython_exe() -> str:
@@ -51,6 +74,10 @@ class FirmwareConfig:
     broker_host: str = "127.0.0.1"
     heap: int | None = field(default_factory=bundle.device_heap)   # RAM budget; ROM image added on top
     bundle: Path = DEFAULT_BUNDLE           # the compiled application (sim/bundle.py), as on a keypad
+    # "pipe": the console is the process's stdout. "pty": a virtual USB serial cable (socat); the host
+    # end (``FirmwareDevice.serial.host``) is what mpremote, pyserial and pytest-embedded open.
+    console: str = "pipe"
+    read_console: bool = True               # with "pty": False leaves the host end to another tool
     extra: dict[str, object] = field(default_factory=dict)
 
     def write(self) -> None:
@@ -74,6 +101,8 @@ class FirmwareDevice:
         self._cv = threading.Condition()
         self._sock: socket.socket | None = None
         self._last_tap = 0.0
+        self.serial: VirtualSerial | None = None
+        self._host: Any = None                  # the pyserial port on the host end, when we read it
 
     # -- process ---------------------------------------------------------------------------------
     def start(self, write_config: bool = True) -> FirmwareDevice:
@@ -86,10 +115,31 @@ class FirmwareDevice:
         cmd.append("main.py")
         # Console lines are kept across restarts (a power cut does not erase what was seen); use mark()
         # to wait for something after a point.
+        if self.cfg.console == "pty":
+            if self.serial is None or not self.serial.running:
+                self.serial = VirtualSerial(self.cfg.folder).start()
+                if self.cfg.read_console:
+                    self._open_host()
+            with open(self.serial.device, "r+b", buffering=0) as tty:
+                self.proc = subprocess.Popen(cmd, cwd=self.cfg.folder, stdin=tty, stdout=tty, stderr=tty)
+            return self
         self.proc = subprocess.Popen(cmd, cwd=self.cfg.folder, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
-        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
         return self
+
+    def _open_host(self) -> None:
+        import serial  # pyserial: the technician's side of the cable
+
+        assert self.serial is not None
+        self._host = serial.Serial(str(self.serial.host), 115200, timeout=None)
+        threading.Thread(target=self._pump, args=(_LineReader(self._host),), daemon=True).start()
+
+    def write_console(self, text: str) -> None:
+        """Type on the keypad's console (the REPL side of its USB serial port)."""
+        if self._host is None:
+            raise RuntimeError("the console is not attached here (console='pty', read_console=True)")
+        self._host.write(text.encode())
 
     def install(self) -> None:
         """What flashing does: the application image and main.py onto the device's filesystem."""
@@ -101,10 +151,9 @@ class FirmwareDevice:
                 tmp.write_bytes(src.read_bytes())
                 os.replace(tmp, dest)
 
-    def _pump(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
+    def _pump(self, stream: Any) -> None:
         with open(self.cfg.folder / "console.log", "a", encoding="utf-8") as log:
-            for line in proc.stdout:
+            for line in stream:
                 log.write(line)
                 log.flush()
                 with self._cv:
@@ -121,7 +170,15 @@ class FirmwareDevice:
             self.proc.wait(10)
         self.proc = None
 
-    stop = kill   # the unix port has no clean shutdown path; the device's state is on "flash" anyway
+    def stop(self) -> None:
+        """Unplug: the process ends (the unix port has no clean shutdown) and the cable goes away."""
+        self.kill()
+        if self._host is not None:
+            self._host.close()
+            self._host = None
+        if self.serial is not None:
+            self.serial.stop()
+            self.serial = None
 
     @property
     def running(self) -> bool:
