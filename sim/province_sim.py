@@ -162,6 +162,7 @@ class WorkerSpec:
     heartbeat_s: float
     settle_timeout: float
     log_path: Path
+    concurrency: int = 8
 
 
 @dataclass
@@ -172,6 +173,11 @@ class ProvinceSimConfig:
     day: DayConfig = field(default_factory=DayConfig)
     workers: int = 0                # worker processes; 0 = ceil(halls / halls_per_worker)
     halls_per_worker: int = 25
+    # Customers being served at once in one worker. Every keypad still serves all its customers; the
+    # cap keeps the load just under what the two cores do (measured: 900 windows all at once drove
+    # request latencies past the keypads' 10 s ack timeout and the HTTP timeout, and resends then ate
+    # the CPU; about 8 per worker kept every latency far below those timeouts).
+    concurrency: int = 8
     firmware: int = 0               # this many keypads (spread over the halls) run the real firmware
     province_workers: int = 2
     retry_s: float = 10.0
@@ -184,8 +190,8 @@ class ProvinceSimConfig:
         return max(1, min(n, self.halls))
 
     def check(self) -> None:
-        if self.halls < 1 or self.devices < 1 or self.day.per_device < 1:
-            raise ValueError("halls, devices and per_device must be at least 1")
+        if self.halls < 1 or self.devices < 1 or self.day.per_device < 1 or self.concurrency < 1:
+            raise ValueError("halls, devices, per_device and concurrency must be at least 1")
         if self.halls > 999 or self.devices > 99:
             raise ValueError("at most 999 halls of at most 99 keypads")
         if not 0 <= self.firmware <= self.halls * self.devices:
@@ -223,14 +229,17 @@ class _Ledger:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+# A direct opener: a developer's HTTP proxy must not swallow calls to the local API. Built once (stateless,
+# shared by the threads of a worker: building one per request costs more than the request).
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _api(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
                                  headers={"Content-Type": "application/json"})
-    # A direct opener: a developer's HTTP proxy must not swallow calls to the local API.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(req, timeout=30) as r:
+        with _DIRECT.open(req, timeout=30) as r:
             return int(r.status), json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as e:
         return int(e.code), json.loads(e.read() or b"{}")
@@ -249,6 +258,7 @@ class _Slice:
         self.hall_of: dict[str, HallSpec] = {}
         self.ledger = _Ledger()
         self.errors: list[str] = []
+        self._gate = threading.BoundedSemaphore(spec.concurrency)
 
     # lifecycle
     def start(self) -> None:
@@ -349,10 +359,11 @@ class _Slice:
         try:
             for k, txn in enumerate(plan):
                 tid = f"{dev}-T{k:05d}"
-                if fw:
-                    self._serve_firmware(h, spec, txn, tid)
-                else:
-                    self._serve(h, spec, txn, tid)
+                with self._gate:    # the semaphore wakes waiters in order: the windows take turns
+                    if fw:
+                        self._serve_firmware(h, spec, txn, tid)
+                    else:
+                        self._serve(h, spec, txn, tid)
                 with self.ledger.lock:
                     self.ledger.done += 1
         except Exception:   # reported to the parent, which fails the run; the other windows go on
@@ -695,7 +706,8 @@ class ProvinceSim:
         per = math.ceil(len(halls) / n)
         slices = [halls[i:i + per] for i in range(0, len(halls), per)]
         return [WorkerSpec(i, cfg.workdir, tuple(s), cfg.day, cfg.heartbeat_s, cfg.settle_timeout,
-                           cfg.workdir / "logs" / f"worker-{i:02d}.log") for i, s in enumerate(slices)]
+                           cfg.workdir / "logs" / f"worker-{i:02d}.log", cfg.concurrency)
+                for i, s in enumerate(slices)]
 
     # messages from workers ------------------------------------------------------------------------
     def _collect(self, kind: str, timeout: float, progress: dict[int, int] | None = None) -> dict[int, Any]:
