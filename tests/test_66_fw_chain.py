@@ -115,8 +115,12 @@ def test_power_cut_at_random_points_loses_nothing(chain: Chain) -> None:
     rated = [int(m) for line in fw.lines for m in __import__("re").findall(r"CS:RATED seq=(\d+)", line)]
     assert len(rated) == len(set(rated)), f"a seq was used twice: {rated}"
     assert fw.wait_until(lambda _l: fw.settled(), 60), "some stored rating was never acked"
-    rows = _gateway_rows(chain, "hf01-w01")
-    assert sorted(r[0] for r in rows) == sorted(set(rated))  # every rating the keypad took, exactly once
+    got = [r[0] for r in _gateway_rows(chain, "hf01-w01")]
+    assert len(got) == len(set(got)), f"a rating counted twice: {got}"
+    assert set(rated) <= set(got), f"ratings lost: {sorted(set(rated) - set(got))}"   # every one it took
+    # A rating is durable before its console line: a cut between the two leaves a stored rating the
+    # console never showed, which must still arrive (at most one per cut, never a seq it printed).
+    assert len(set(got) - set(rated)) <= 12, (got, rated)
     conn = sqlite3.connect(chain.halls[chain.hall].db_path)
     try:
         conflicts = conn.execute("SELECT COUNT(*) FROM quarantine WHERE reason = 'conflicting-duplicate'"

@@ -108,7 +108,7 @@ class Client:
     def subscribe(self, topic, qos=1):
         # Remembered and sent on every connect (and now, if up). A refused SUBACK drops the link.
         t = _b(topic)
-        b = bytearray(7 + len(t))
+        b = bytearray(8 + len(t))      # fixed header (<= 3), packet id, topic length, topic, qos
         self._subs.append(b[:pkt.subscribe(b, 0, t, qos)])
         if self.up:
             self._sub(self._subs[-1])
@@ -217,8 +217,9 @@ class Client:
     def _sub(self, b):
         pid = self._new_pid()
         self._r[_SUB_PID] = pid
-        b[2] = pid >> 8     # the packet id follows the 2-byte fixed header (short remaining length)
-        b[3] = pid & 0xFF
+        o = 3 if b[1] & 0x80 else 2     # the packet id follows the fixed header (1 or 2 length bytes)
+        b[o] = pid >> 8
+        b[o + 1] = pid & 0xFF
         self._send(b, len(b))
 
     async def _reader(self, r):
