@@ -113,6 +113,7 @@ class Chain:
         save_signing_key(self.prov_key_path, prov_key)
         self.province_public = public_bytes(prov_key)
         self.registry = Keystore()
+        self._ports: set[int] = set()
         self.halls: dict[str, Hall] = {}
         self.hall_of: dict[str, str] = {}          # device id -> hall id
         for hall in cfg.hall_ids():
@@ -120,7 +121,7 @@ class Chain:
         self.registry_path = w / "province" / "registry.json"
         self.registry.save(self.registry_path)
         self.province_password = secrets.token_urlsafe(16)
-        self.prov_port = free_port()
+        self.prov_port = self.port()
         prov_files = write_province_broker_files(
             w / "province-broker", self.registry, {h.hall: h.uplink_password for h in self.halls.values()},
             self.province_password, port=self.prov_port, bind="127.0.0.1", run_as=run_as_clause(),
@@ -132,6 +133,15 @@ class Chain:
         self.fw: dict[str, FirmwareDevice] = {}
         self.fw_ids = {f"{h}-w{i:02d}" for h in self.halls for i in range(1, cfg.firmware + 1)}
         self.ledger = Ledger()
+
+    def port(self) -> int:
+        """A free port none of this chain's parts has drawn yet: ports are picked before anything listens
+        on them, so with hundreds of halls two draws would otherwise meet."""
+        while True:
+            p = free_port()
+            if p not in self._ports:
+                self._ports.add(p)
+                return p
 
     def _make_hall(self, hall: str, d: Path) -> Hall:
         ks = Keystore(hall=hall)
@@ -148,7 +158,7 @@ class Chain:
         save_signing_key(key_path, gw_key)
         self.registry.halls[hall] = public_bytes(gw_key)
         gw_password = secrets.token_urlsafe(16)
-        port = free_port()
+        port = self.port()
         files = write_broker_files(d / "hall-broker", ks, gw_password, port=port, bind="127.0.0.1",
                                    run_as=run_as_clause())
         return Hall(hall, d, ks, ks_path, key_path, public_bytes(gw_key), gw_password,
@@ -198,7 +208,7 @@ class Chain:
         h = self.halls[hall or self.hall]
         if self.cfg.gateway_process:
             if not h.http_port:
-                h.http_port = free_port()
+                h.http_port = self.port()
             gp = GatewayProcess(self.gateway_config(h.hall), h.dir / "gateway", h.http_port,
                                 clock_jumps=self.cfg.clock_jumps)
             h.gateway = gp.start()
@@ -248,7 +258,7 @@ class Chain:
     def firmware_config(self, dev: str) -> FirmwareConfig:
         h = self.halls[self.hall_of[dev]]
         dk = h.keystore.devices[dev]
-        return FirmwareConfig(dev, dk.key, self.cfg.workdir / "keypads" / dev, h.port, free_port(),
+        return FirmwareConfig(dev, dk.key, self.cfg.workdir / "keypads" / dev, h.port, self.port(),
                               epoch=dk.epoch, hall=h.hall, window=dk.window, scale=dk.scale,
                               heartbeat_s=int(self.cfg.heartbeat_s))
 
