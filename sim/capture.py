@@ -61,6 +61,7 @@ class Capture:
         self._seen = threading.Condition(self._lock)
         self._file: IO[str] | None = open(path, "w", encoding="utf-8")   # noqa: SIM115 (closed in close())
         self._clients: dict[str, mqtt.Client] = {}
+        self._where: dict[str, tuple[str, int, str]] = {}          # name -> (host, port, password)
         self._counts: Counter[tuple[str, str]] = Counter()      # (broker, direction) -> messages
         self._write(dict(header))
 
@@ -94,19 +95,25 @@ class Capture:
             raise CaptureError(f"a broker named {name!r} is already attached")
         subscribed = threading.Event()
         refused: list[str] = []
-        # clean_session: the broker keeps no session for the observer once it is gone, so a capture that
-        # ends never leaves an unbounded queue behind (the configs have max_queued_messages 0 = no limit).
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=OBSERVER_USER, clean_session=True,
+        # A persistent session (MQTT 3.1.1, clean_session false, like the gateway's): when a fault test
+        # restarts a broker, which saves its sessions on the way down, the broker queues for the observer
+        # until it is back, so the capture misses nothing around the restart. (Measured: mosquitto 2.0.11
+        # does not restore an MQTT 5 session with an expiry interval after a restart.) The session is
+        # wiped before and after: nothing stale is delivered into this capture, and no session, with an
+        # unbounded queue (the configs have max_queued_messages 0), is left behind by close().
+        self._wipe_session(host, port, password, timeout)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=OBSERVER_USER, clean_session=False,
                              protocol=mqtt.MQTTv311)
         client.username_pw_set(OBSERVER_USER, password)
-        client.reconnect_delay_set(min_delay=1, max_delay=2)   # brokers are restarted by fault tests
+        client.reconnect_delay_set(min_delay=1, max_delay=2)
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
             if rc.is_failure:
                 refused.append(f"connect refused: {rc}")
                 subscribed.set()
                 return
-            # A clean session forgets the subscription on every reconnect: subscribe again each time.
+            # Harmless when the broker still has the session; needed when it lost it (a SIGKILL before
+            # its autosave).
             c.subscribe(CAPTURE_FILTER, qos=1)
 
         def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode], _p: Any) -> None:
@@ -126,11 +133,12 @@ class Capture:
             raise CaptureError(f"{name}: cannot connect to {host}:{port}: {exc}") from exc
         client.loop_start()
         if not subscribed.wait(timeout) or refused:
-            client.loop_stop()
             client.disconnect()
+            client.loop_stop()
             why = refused[0] if refused else f"no subscription within {timeout}s"
             raise CaptureError(f"{name} ({host}:{port}) as {OBSERVER_USER}: {why}")
         self._clients[name] = client
+        self._where[name] = (host, port, password)
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Messages recorded so far per (broker, direction)."""
@@ -138,20 +146,43 @@ class Capture:
             return dict(self._counts)
 
     def wait_for(self, predicate: Callable[[Capture], bool], timeout: float) -> bool:
-        """Wait until ``predicate(self)`` holds, re-checked after every recorded message."""
+        """Wait until ``predicate(self)`` holds, re-checked after every recorded message.
+
+        The predicate runs without the lock held (it may call ``counts()`` or read the file).
+        """
         deadline = time.monotonic() + timeout
         while not predicate(self):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
             with self._seen:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return predicate(self)
                 self._seen.wait(min(left, 0.5))
         return True
 
+    @staticmethod
+    def _wipe_session(host: str, port: int, password: str, timeout: float) -> bool:
+        """Connect once with a clean session, which drops the observer's stored one; False if unreachable."""
+        done = threading.Event()
+        wipe = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=OBSERVER_USER, clean_session=True,
+                           protocol=mqtt.MQTTv311)
+        wipe.username_pw_set(OBSERVER_USER, password)
+        wipe.on_connect = lambda _c, _u, _f, _rc, _p: done.set()
+        try:
+            wipe.connect(host, port)
+        except OSError:
+            return False
+        wipe.loop_start()
+        ok = done.wait(timeout)
+        wipe.disconnect()
+        wipe.loop_stop()
+        return ok
+
     def close(self) -> None:
-        for client in self._clients.values():
+        for name, client in self._clients.items():
             client.disconnect()
             client.loop_stop()
+            # A broker that is down keeps the session in its persistence file; the next attach wipes it.
+            self._wipe_session(*self._where[name], timeout=5.0)
         self._clients.clear()
         with self._lock:
             if self._file is not None:

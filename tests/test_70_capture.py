@@ -33,6 +33,7 @@ from countersign.sim.broker import Mosquitto, free_port, run_as_clause
 from countersign.sim.capture import (
     Capture,
     CaptureError,
+    enable_observer,
     header_for,
     start_captured,
 )
@@ -177,9 +178,9 @@ def test_configs_without_observer_are_the_production_ones(tmp_path: Path) -> Non
 
 
 @pytest.fixture
-def brokers(tmp_path: Path) -> Iterator[dict[str, int]]:
+def brokers(tmp_path: Path) -> Iterator[dict[str, Mosquitto]]:
     """A hall broker and a provincial broker, both generated with the observer user."""
-    started: list[Mosquitto] = []
+    started: dict[str, Mosquitto] = {}
     ports = {"hall": free_port(), "province": free_port()}
     hall = write_broker_files(tmp_path / "hall", make_keystore(devices=2), GATEWAY_PASSWORD,
                               port=ports["hall"], bind="127.0.0.1", run_as=run_as_clause(),
@@ -188,11 +189,11 @@ def brokers(tmp_path: Path) -> Iterator[dict[str, int]]:
                                        port=ports["province"], bind="127.0.0.1", run_as=run_as_clause(),
                                        workers=1, observer_password=OBSERVER_PASSWORD)
     try:
-        for conf, port in ((hall.conf, ports["hall"]), (prov.conf, ports["province"])):
-            started.append(Mosquitto(conf, port).start())
-        yield ports
+        for name, conf in (("hall", hall.conf), ("province", prov.conf)):
+            started[name] = Mosquitto(conf, ports[name]).start()
+        yield started
     finally:
-        for b in started:
+        for b in started.values():
             b.stop()
 
 
@@ -205,9 +206,9 @@ FORBIDDEN = [topics.device_up(A), topics.device_down(A), topics.device_will(A), 
 
 
 @pytest.mark.parametrize("which", ["hall", "province"])
-def test_observer_reads_everything_and_publishes_nothing(brokers: dict[str, int], which: str,
+def test_observer_reads_everything_and_publishes_nothing(brokers: dict[str, Mosquitto], which: str,
                                                          tmp_path: Path) -> None:
-    port = brokers[which]
+    port = brokers[which].port
     if which == "hall":
         # the real readers: the gateway (uplink and wills) and the device (its downlink)
         readers = [Client(port, topics.GATEWAY_USER, GATEWAY_PASSWORD, [topics.DEVICE_UP_FILTER,
@@ -251,6 +252,25 @@ def test_observer_reads_everything_and_publishes_nothing(brokers: dict[str, int]
     finally:
         for c in started:
             c.stop()
+
+
+def test_capture_keeps_what_arrives_while_it_reconnects(brokers: dict[str, Mosquitto],
+                                                        tmp_path: Path) -> None:
+    """A broker restart (fault tests do that): what a keypad sends before the capture is back is kept."""
+    hall = brokers["hall"]
+    with Capture(tmp_path / "cap.jsonl", {"capture": 1}) as cap:
+        cap.attach("hall:hf01", "127.0.0.1", hall.port, OBSERVER_PASSWORD)
+        hall.stop()
+        hall.start()
+        # The device connects at once; the capture reconnects only after its 1 s back-off.
+        dev = Client(hall.port, A, mqtt_password(make_keystore().devices[A].key), []).start()
+        try:
+            dev.publish(topics.device_up(A), b"right after the restart")
+        finally:
+            dev.stop()
+        assert cap.wait_for(lambda c: c.counts().get(("hall:hf01", "up"), 0) >= 1, 15)
+    assert [json.loads(ln)["payload_hex"] for ln in (tmp_path / "cap.jsonl").read_text().splitlines()[1:]] \
+        == [b"right after the restart".hex()]
 
 
 def test_observer_refused_without_its_user(tmp_path: Path,
@@ -422,3 +442,23 @@ def test_xcheck_reports_a_flipped_byte(captured: Captured, xchecked: tuple[int, 
     assert [(f["line"], f["kind"], f["topic"]) for f in out["failures"]] == [(n + 1, direction, rec["topic"])]
     assert out["failed"] == {direction: 1}
     assert out["verified"][direction] == good["verified"][direction] - 1
+
+
+def test_enable_observer_changes_only_the_observer(tmp_path: Path) -> None:
+    chain = Chain(ChainConfig(workdir=tmp_path / "chain", devices=1))
+    try:
+        hall_conf = chain.first.broker.conf
+        before = {p: p.read_text() for p in (hall_conf, chain.province_broker.conf)}
+        pw = enable_observer(chain)
+        assert len(pw) >= 16
+        for conf, text in before.items():    # the brokers' own settings are untouched
+            assert conf.read_text() == text
+            assert OBSERVER_USER in (conf.parent / "acl").read_text()
+            assert OBSERVER_USER in _users(conf.parent / "passwd")
+        # Chain building its configs some other way than enable_observer assumes is refused, loudly.
+        hall_conf.write_text(hall_conf.read_text() + "max_connections 5\n")
+        with pytest.raises(CaptureError, match="changed more than the observer"):
+            enable_observer(chain)
+        assert hall_conf.read_text().endswith("max_connections 5\n")
+    finally:
+        chain.stop()

@@ -80,7 +80,6 @@ class Checker:
 
     def mac0(self, data: bytes, device: str) -> dict[Any, Any]:
         """Verify a device's COSE_Mac0 and return its decoded payload map."""
-        import cbor2
         from pycose.algorithms import HMAC256
         from pycose.messages import CoseMessage, Mac0Message
 
@@ -101,13 +100,12 @@ class Checker:
             raise Failed(f"tag check raised {type(exc).__name__}: {exc}") from exc
         if not ok:
             raise Failed("bad MAC")
-        payload = self._map(cbor2.loads(msg.payload))
+        payload = self._map(self._loads(msg.payload))
         if EPOCH_KEY in payload and payload[EPOCH_KEY] != epoch:
             raise Failed(f"epoch {payload[EPOCH_KEY]}, the device's key epoch is {epoch}")
         return payload
 
     def sign1(self, data: bytes, public: Any, kid: bytes) -> dict[Any, Any]:
-        import cbor2
         from pycose.algorithms import EdDSA
         from pycose.messages import CoseMessage, Sign1Message
 
@@ -125,7 +123,16 @@ class Checker:
             raise Failed(f"signature check raised {type(exc).__name__}: {exc}") from exc
         if not ok:
             raise Failed("bad signature")
-        return self._map(cbor2.loads(msg.payload))
+        return self._map(self._loads(msg.payload))
+
+    @staticmethod
+    def _loads(data: bytes) -> Any:
+        import cbor2
+
+        try:
+            return cbor2.loads(data)
+        except Exception as exc:   # cbor2's errors do not share one base across its C and Python decoders
+            raise Failed(f"payload is not CBOR: {type(exc).__name__}: {exc}") from exc
 
     @staticmethod
     def _map(m: Any) -> dict[Any, Any]:
@@ -248,7 +255,12 @@ def main(argv: list[str]) -> int:
         except ValueError as exc:
             checker.fail(n, "line", {}, f"not JSON: {exc}")
             continue
-        checker.check(n, rec)
+        try:
+            checker.check(n, rec)
+        except Exception as exc:
+            # A tampered line must be reported, never end the run: whatever this checker did not foresee
+            # is that line's failure, with the exception named.
+            checker.fail(n, "line", rec, f"unexpected {type(exc).__name__}: {exc}")
     version = getattr(pycose, "__version__", None)
     if version is None:
         from importlib.metadata import version as dist_version
