@@ -55,7 +55,7 @@ async def drive(app, commit, stored):
     every = max(1, N // SAMPLES)
     gc.collect()
     print("BUDGET start", gc.mem_free())
-    micropython.mem_info()      # "max free sz": the largest free block, in 16-byte blocks
+    micropython.mem_info()      # "max free sz": the largest free block, in GC blocks of 4 words
     step = max(1, N // 10)
     k = 0
     for i in range(N):
