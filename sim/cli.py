@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .capture import start_captured
 from .chain import Chain, ChainConfig
 from .hall import FAULT_KINDS, HallConfig, HallRun, write_report
 from .hall import summary as hall_summary
@@ -24,6 +25,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--uplink-outage", action="store_true", help="cut the provincial link mid-run")
     c.add_argument("--workdir", type=Path, help="keep brokers' configs, databases and logs here")
     c.add_argument("--report-json", type=Path)
+    c.add_argument("--capture", type=Path, metavar="FILE",
+                   help="every MQTT message of both brokers plus the run's keys, JSON lines "
+                        "(re-verify: .venv-xcheck/bin/python tests/xcheck_capture.py FILE)")
     c.set_defaults(func=_chain)
     p = sub.add_parser("province", help="a whole province (300 halls, 900 keypads), an accelerated day")
     p.add_argument("--halls", type=int, default=300)
@@ -66,7 +70,11 @@ def _chain(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="countersign-chain-") as tmp:
         workdir = args.workdir or Path(tmp)
-        with Chain(ChainConfig(workdir=workdir, devices=args.devices, retry_s=2.0)) as chain:
+        chain = Chain(ChainConfig(workdir=workdir, devices=args.devices, retry_s=2.0))
+        capture = start_captured(chain, args.capture) if args.capture else None
+        if capture is None:
+            chain.start()
+        try:
             http = chain.gateway.http_port if chain.gateway else "-"
             print(f"hall {chain.hall}: {args.devices} keypads, gateway http port {http}, "
                   f"hall broker :{chain.hall_port}, provincial broker :{chain.prov_port}")
@@ -77,6 +85,10 @@ def _chain(args: argparse.Namespace) -> int:
             report["settled"] = settled
             if chain.province is not None:
                 report["province_stats"] = chain.province.stats()
+        finally:
+            chain.stop()
+            if capture is not None:
+                capture.close()
         print(summary(report))
         if args.report_json:
             args.report_json.write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n")

@@ -25,6 +25,7 @@ from typing import Any
 
 from countersign.province.report import build_report
 
+from .capture import Capture, attach_to_chain, enable_observer, header_for
 from .chain import SCORE_MIX_4, SERVICE_MIX, Chain, ChainConfig
 from .fwdevice import FirmwareDevice
 from .scenario import CLERK_NAMES
@@ -240,15 +241,17 @@ class HallRun:
     # -- the run -------------------------------------------------------------------------------------
     def run(self, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
         cfg, ch = self.cfg, self.chain
-        ch.start(devices=False)
         capture = None
+        observer = None
+        if cfg.capture is not None:
+            observer = enable_observer(ch)       # a read-only broker user for the capture, this run only
+        ch.start(devices=False)
         try:
+            if cfg.capture is not None and observer is not None:
+                capture = Capture(cfg.capture, header_for(ch))
+                attach_to_chain(capture, ch, observer)
             for dev in ch.device_ids:
                 ch.start_firmware(dev)
-            if cfg.capture is not None:
-                from .capture import Capture, attach_to_chain, header_for
-                capture = Capture(cfg.capture, header_for(ch))
-                attach_to_chain(capture, ch)
             t0 = time.monotonic()
             deadline = t0 + cfg.duration_s
             threads = [threading.Thread(target=self._guard, args=(self._window, dev, i, deadline),

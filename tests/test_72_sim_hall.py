@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from countersign.sim.hall import FAULT_KINDS, HallConfig, HallRun
+
+ROOT = Path(__file__).resolve().parent.parent
+XCHECK = ROOT / ".venv-xcheck" / "bin" / "python"
 
 
 def test_same_seed_same_presses_and_faults(tmp_path: Path) -> None:
@@ -20,11 +25,11 @@ def test_same_seed_same_presses_and_faults(tmp_path: Path) -> None:
 
 
 def test_seeded_hall_run_with_every_fault_loses_nothing(tmp_path: Path) -> None:
-    report = tmp_path / "report.json"
+    report, capture = tmp_path / "report.json", tmp_path / "capture.jsonl"
     r = subprocess.run([sys.executable, "-m", "countersign.cli", "sim", "hall", "--devices", "3",
                         "--duration", "30", "--faults", "5", "--seed", "5", "--report-json", str(report),
-                        "--workdir", str(tmp_path / "hall")], capture_output=True, text=True, timeout=300,
-                       check=False)
+                        "--capture", str(capture), "--workdir", str(tmp_path / "hall")],
+                       capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     rep = json.loads(report.read_text())
     assert rep["settled"]
@@ -35,3 +40,12 @@ def test_seeded_hall_run_with_every_fault_loses_nothing(tmp_path: Path) -> None:
     assert hops["received_province"] == hops["stored_gateway"]      # the whole gateway store arrived
     assert hops["received_province"] >= hops["ratings"]             # every rating the keypads showed
     assert "lost 0  duplicated 0" in r.stdout
+    # The capture, re-verified by an independent COSE implementation with only the keys in its header.
+    if not XCHECK.exists():
+        pytest.skip(f"{XCHECK} is missing: `make test` builds the pycose environment")
+    x = subprocess.run([str(XCHECK), str(ROOT / "tests" / "xcheck_capture.py"), str(capture)],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert x.returncode == 0, x.stdout + x.stderr
+    summary = json.loads(x.stdout)
+    assert summary["failed"] == {} and summary["verified"]["up"] > 0 and summary["verified"]["batch"] > 0
+    assert summary["ratings_batched"] == summary["ratings_up"] and summary["ratings_up_not_batched"] == []
