@@ -123,8 +123,8 @@ class FirmwareDevice:
             with open(self.serial.device, "r+b", buffering=0) as tty:
                 self.proc = subprocess.Popen(cmd, cwd=self.cfg.folder, stdin=tty, stdout=tty, stderr=tty)
             return self
-        self.proc = subprocess.Popen(cmd, cwd=self.cfg.folder, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.proc = subprocess.Popen(cmd, cwd=self.cfg.folder, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
         return self
 

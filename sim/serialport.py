@@ -28,6 +28,7 @@ class VirtualSerial:
         exe = shutil.which("socat")
         if exe is None:
             raise SerialError("socat is not installed (make test / make demo install it)")
+        self.device.parent.mkdir(parents=True, exist_ok=True)
         for p in (self.device, self.host):
             p.unlink(missing_ok=True)
         self._ready.clear()

@@ -244,6 +244,11 @@ class Board:
     def reset_cause(self):
         return _machine_reset_cause()
 
+    def console_line(self):
+        # On a keypad the USB serial console is MicroPython's own REPL: technicians use mpremote
+        # (`countersign device inspect`), so the app reads no commands from it.
+        return None
+
     def rssi(self):
         if not self._wlan.isconnected():
             return None

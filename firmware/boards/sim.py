@@ -13,6 +13,7 @@
 # select.poll and a zero timeout. Feedback that cannot be sent at once is dropped: it is cosmetic, the
 # rating itself is already on flash. Network is always up, there is no watchdog, rssi is unknown.
 import select
+import sys
 import socket
 import time
 
@@ -63,6 +64,15 @@ class Board:
         self._next_try = time.ticks_ms()
         self.feedback = self        # the feedback calls below send the lines of boards/__init__.py
         self.commands = 0           # key commands applied (for tests and the console)
+        # The console: stdin is the keypad's (virtual) USB serial port. Lines typed there are commands
+        # for the app (`status`); a closed stdin (EOF) simply stops being polled.
+        self._cin = bytearray()
+        self._cline = None
+        try:
+            self._poll.register(sys.stdin, select.POLLIN)
+            self._stdin = True
+        except (OSError, TypeError):
+            self._stdin = False
         if not self._connect:
             s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -111,13 +121,32 @@ class Board:
                 self._try_connect()
             return
         for obj, ev in self._poll.ipoll(0):
-            if obj is self._listener:
+            if obj is sys.stdin:
+                self._console(ev)
+            elif obj is self._listener:
                 self._accept()
             elif obj is self._conn:
                 if ev & (select.POLLHUP | select.POLLERR):
                     self._drop()
                 else:
                     self._read()
+
+    def console_line(self):
+        """A whole line typed on the console since the last call, or None."""
+        line, self._cline = self._cline, None
+        return line
+
+    def _console(self, ev):
+        c = sys.stdin.buffer.read(1) if ev & select.POLLIN else b""
+        if not c:                        # EOF or hang-up: nobody can type here
+            self._poll.unregister(sys.stdin)
+            return
+        if c == b"\n" or c == b"\r":
+            if self._cin:
+                self._cline = self._cin.decode()
+                self._cin = bytearray()
+        elif len(self._cin) < 64:
+            self._cin.extend(c)
 
     def close(self):
         self._drop()

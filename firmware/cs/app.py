@@ -6,6 +6,7 @@
 # verifies names its (epoch, seq).
 import asyncio
 import gc
+import json
 
 from micropython import const
 
@@ -164,11 +165,27 @@ class App:
             self.flow.on_session(f.get(_K_CLERK), f.get(_K_CLERK_NAME))
             self.fb.show(self.flow.screen())
 
+    def _command(self, line):
+        # The console's commands, for a technician or a test on the serial port.
+        if line == "status":
+            c = self.cfg
+            print("CS:STATUS " + json.dumps({
+                "id": c.device_id, "fw": VERSION, "hall": c.hall, "window": c.window,
+                "provisioned": True, "boot": self.state.boot, "epoch": self.state.epoch,
+                "link": self.client.up, "outbox": self.outbox.depth, "outbox_free": self.outbox.free,
+                "heap_free": gc.mem_free(), "ignored": self.flow.ignored, "stuck": self.keys.stuck,
+                "bad_downlink": self.bad_downlink, "time_known": self.clock.known}))
+        elif line:
+            print("CS:UNKNOWN-COMMAND " + line[:32])
+
     # -- tasks -----------------------------------------------------------------------------------
     async def _keys(self):
         board, flow, keys = self.board, self.flow, self.keys
         while True:
             board.poll()
+            line = board.console_line()
+            if line is not None:
+                self._command(line.strip())
             r = flow.tick()
             if r is not None:
                 self._record(False, 0, r[1], flow.delay)
