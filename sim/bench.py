@@ -140,12 +140,12 @@ def press_to_stored(work: Path, presses: int) -> dict[str, Any]:
         dev = chain.devices[chain.device_ids[0]]
         for k in range(presses):
             pid = chain.open_prompt("1", f"L-{k}", 2)
-            if not dev.wait_for(lambda pid=pid: dev.prompt_id == pid and dev.state == "prompt_open", 10):
+            if not dev.wait_for(lambda: dev.prompt_id == pid and dev.state == "prompt_open", 10):  # noqa: B023 -- waited on within this iteration
                 raise TimeoutError("prompt did not reach the keypad")
             t0 = time.perf_counter()
             res = dev.press(4)
             t1 = time.perf_counter()
-            if res.seq is None or not dev.wait_for(lambda seq=res.seq: seq in dev.acked_seqs(), 10):
+            if res.seq is None or not dev.wait_for(lambda: res.seq in dev.acked_seqs(), 10):  # noqa: B023 -- waited on within this iteration
                 raise TimeoutError("no ack for the rating")
             t2 = time.perf_counter()
             commit_ms.append((t1 - t0) * 1000)

@@ -96,7 +96,7 @@ class FirmwareConfig:
 class FirmwareDevice:
     def __init__(self, cfg: FirmwareConfig) -> None:
         self.cfg = cfg
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[Any] | None = None
         self.lines: list[str] = []
         self._cv = threading.Condition()
         self._sock: socket.socket | None = None
