@@ -56,7 +56,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)
 	@ln -s $(CURDIR)/countersign/__init__.py $(CURDIR)/countersign/cli.py $(TYPECHECK)/
-	@for d in protocol gateway province sim; do ln -s $(CURDIR)/$$d $(TYPECHECK)/$$d; done
+	@for d in protocol gateway province sim device; do ln -s $(CURDIR)/$$d $(TYPECHECK)/$$d; done
 	cd out/typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p countersign
 
 clean:
