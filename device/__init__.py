@@ -1,1 +1,1 @@
-"""Countersign technicians\x27 tools: flash, provision, inspect and replace keypads over serial."""
+"""Countersign technicians' tools: flash, provision, inspect and replace keypads over serial."""
