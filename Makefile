@@ -11,7 +11,7 @@ XSTAMP := $(XCHECK)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 DEBS := mosquitto mosquitto-clients socat faketime
 
-.PHONY: all deps debs venv xcheck test demo bench lint clean
+.PHONY: all deps debs venv xcheck test demo bench lint clean firmware mpy-stubs
 
 all: test
 
@@ -49,15 +49,39 @@ bench: deps
 	@mkdir -p out
 	$(PY) -m countersign.sim.bench --json out/bench.json
 
+# The keypad firmware bundle as it goes onto a keypad (out/firmware-bundle: firmware.romfs, the ROMFS
+# image of cs/ and boards/ as .mpy, and main.py), checked against its flash budget
+# firmware/size-budget.json: prints every figure, its budget and the headroom; fails when over.
+FW_BUNDLE := out/firmware-bundle
+firmware: venv
+	$(PY) tools/fwsize.py --bundle $(FW_BUNDLE) --budget firmware/size-budget.json
+
+# MicroPython stubs of the reference board's firmware, for type-checking firmware/ against the device
+# API. Installed with --target beside the venv's packages, not into them: they replace the stdlib stubs,
+# which would break the CPython check (tools/mypy-firmware.ini).
+MPY_STUBS_VERSION := 1.29.0.post1
+MPY_STUBS := $(VENV)/mpy-stubs
+MPY_STUBS_STAMP := $(MPY_STUBS)/.installed-$(MPY_STUBS_VERSION)
+$(MPY_STUBS_STAMP): $(STAMP)
+	rm -rf $(MPY_STUBS)
+	$(PY) -m pip install -q --no-user --target $(MPY_STUBS) 'micropython-esp32-esp32-generic-c3-stubs==$(MPY_STUBS_VERSION)'
+	touch $@
+
+mpy-stubs: $(MPY_STUBS_STAMP)
+
 # mypy cannot follow setuptools' folder mapping (protocol/ -> countersign.protocol, ...), so it checks a
-# tree of symlinks laid out as the installed package.
+# tree of symlinks laid out as the installed package (and tools/ beside it, strict as well).
 TYPECHECK := out/typecheck/countersign
-lint: venv
+lint: venv mpy-stubs
 	$(VENV)/bin/ruff check .
 	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)
 	@ln -s $(CURDIR)/countersign/__init__.py $(CURDIR)/countersign/cli.py $(TYPECHECK)/
 	@for d in protocol gateway province sim device; do ln -s $(CURDIR)/$$d $(TYPECHECK)/$$d; done
 	cd out/typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p countersign
+	cd out/typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml $(CURDIR)/tools/*.py
+	MYPYPATH=$(CURDIR)/$(MPY_STUBS) $(VENV)/bin/mypy --config-file tools/mypy-firmware.ini \
+	  --custom-typeshed-dir $(MPY_STUBS) --cache-dir out/mypy-firmware-cache \
+	  firmware/main.py firmware/cs firmware/boards
 
 clean:
 	rm -rf $(VENV) $(XCHECK) out .pytest_cache
