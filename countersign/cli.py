@@ -15,6 +15,7 @@ _ROLES = [
     ("province", "countersign.province.cli", "run the provincial receiver and print reports"),
     ("sim", "countersign.sim.cli", "simulate devices, halls and a province"),
     ("decode", "countersign.protocol.cli", "decode and verify a device or gateway message"),
+    ("device", "countersign.device.cli", "flash, provision, inspect and replace keypads over serial"),
 ]
 
 

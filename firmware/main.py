@@ -1,4 +1,9 @@
 # Keypad entry point. The board is chosen by platform: the unix port is the simulator's board.
+#
+# Ctrl-C on the console (mpremote, `countersign device ...`) ends the app with KeyboardInterrupt and leaves
+# the REPL: on a board the port's own REPL, on the unix port `micropython -i main.py` (sim/fwdevice.py).
+# An unprovisioned keypad returns from main() at once and waits in the REPL for provisioning. Running
+# this file again in the same interpreter starts the app again (the tools do that after an inspection).
 import sys
 
 
@@ -13,8 +18,8 @@ def _board_name(cfg):
 def _mount_app():
     # On a keypad the port mounts the ROMFS partition at /rom itself. The unix port (the simulator) has
     # no ROM: mount the image file the simulator put beside this file (see sim/bundle.py).
-    if sys.platform != "linux":
-        return
+    if sys.platform != "linux" or "/rom" in sys.path:
+        return      # a keypad, or main.py run again in the same process (`countersign device inspect`)
     import vfs
 
     try:

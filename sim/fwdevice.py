@@ -105,14 +105,30 @@ class FirmwareDevice:
         self._host: Any = None                  # the pyserial port on the host end, when we read it
 
     # -- process ---------------------------------------------------------------------------------
-    def start(self, write_config: bool = True) -> FirmwareDevice:
+    def start(self, write_config: bool = True, install: bool = True) -> FirmwareDevice:
+        """Power on. ``write_config=False`` leaves an unprovisioned keypad unprovisioned (for
+        ``countersign device provision``); ``install=False`` leaves the folder's application as it is
+        (a blank keypad: MicroPython and its REPL only, until ``countersign device flash``).
+
+        With the "pty" console the process is ``micropython -i main.py``: when main.py ends (Ctrl-C on
+        the console, or an unprovisioned keypad) the REPL stays on the cable, as on a real board, so
+        mpremote can reach it.
+        """
+        self.cfg.folder.mkdir(parents=True, exist_ok=True)
         if write_config and not (self.cfg.folder / "config.json").exists():
             self.cfg.write()
-        self.install()
+        if install:
+            self.install()
         cmd = [micropython_exe()]
+        image = self.cfg.folder / bundle.IMAGE
         if self.cfg.heap:
-            cmd += ["-X", f"heapsize={bundle.heap_for(self.cfg.folder / bundle.IMAGE, self.cfg.heap)}"]
-        cmd.append("main.py")
+            # A blank keypad has no image yet; the heap is the device's budget all the same.
+            heap = bundle.heap_for(image, self.cfg.heap) if image.exists() else self.cfg.heap
+            cmd += ["-X", f"heapsize={heap}"]
+        if self.cfg.console == "pty":
+            cmd.append("-i")
+        if (self.cfg.folder / bundle.ENTRY).exists():
+            cmd.append(bundle.ENTRY)
         # Console lines are kept across restarts (a power cut does not erase what was seen); use mark()
         # to wait for something after a point.
         if self.cfg.console == "pty":
@@ -134,6 +150,20 @@ class FirmwareDevice:
         assert self.serial is not None
         self._host = serial.Serial(str(self.serial.host), 115200, timeout=None)
         threading.Thread(target=self._pump, args=(_LineReader(self._host),), daemon=True).start()
+
+    def attach_console(self) -> None:
+        """Read the console here from now on (lines collected as with read_console=True)."""
+        if self.serial is None or not self.serial.running:
+            raise RuntimeError("no virtual serial cable (console='pty', start() first)")
+        if self._host is None:
+            self._open_host()
+
+    def detach_console(self) -> None:
+        """Let go of the cable's host end, for another tool (mpremote, `countersign device`)."""
+        if self._host is not None:
+            host, self._host = self._host, None
+            host.cancel_read()          # the pump's blocking read returns empty: the pump ends
+            host.close()
 
     def write_console(self, text: str) -> None:
         """Type on the keypad's console (the REPL side of its USB serial port)."""

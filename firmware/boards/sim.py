@@ -9,6 +9,10 @@
 #   <key> is the key's label: 1..5 for the score keys, i for the invite key. Unknown lines are ignored.
 # Device -> simulator, one a line:  LED <pattern>   BUZ <pattern>   OLED <text>   (boards/__init__.py)
 #
+# Console (stdin, the virtual USB serial port): lines typed there go to the app (`status`); a 0x03 byte
+# (Ctrl-C) raises KeyboardInterrupt out of the app, as on a real board, so mpremote reaches the REPL
+# (the simulator starts the keypad as `micropython -i main.py`).
+#
 # Everything is non-blocking: poll() (called on every key scan) accepts, reads and applies commands with
 # select.poll and a zero timeout. Feedback that cannot be sent at once is dropped: it is cosmetic, the
 # rating itself is already on flash. Network is always up, there is no watchdog, rssi is unknown.
@@ -141,6 +145,13 @@ class Board:
         if not c:                        # EOF or hang-up: nobody can type here
             self._poll.unregister(sys.stdin)
             return
+        if c == b"\x03":
+            # Ctrl-C from a technician's tool (mpremote): the unix port's terminal is raw, so no SIGINT
+            # comes; stop the app as a real board's Ctrl-C would. Free the simulator's port first so the
+            # app can be started again in this process (`countersign device` resumes it), then the
+            # KeyboardInterrupt ends main.py and `micropython -i` drops into the REPL on this console.
+            self.close()
+            raise KeyboardInterrupt
         if c == b"\n" or c == b"\r":
             if self._cin:
                 self._cline = self._cin.decode()

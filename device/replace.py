@@ -1,0 +1,188 @@
+"""`countersign device replace`: a new keypad (or the same one reflashed) takes over a window.
+
+Old keypad D1 (epoch e) at window W; new keypad D2: a new id (``<hall>-<hex>``) or, with ``--same-id``,
+D1's id again, in both cases with epoch e+1 and a new key. In order:
+
+1. D1's unsent ratings are read from its outbox over its serial port (the app is stopped: D1 makes no
+   new rating from here on). They are COSE_Mac0 messages D1 already signed, so the tool publishes them
+   to the hall broker exactly as D1 would (user D1, D1's broker password derived from its registered
+   key, QoS 1 on D1's up topic) and waits for the gateway's acks (MAC verified with D1's key) on D1's
+   down topic: an acked seq is committed at the gateway. This works whether or not D1 itself could
+   still reach the broker (a dead Wi-Fi module is a usual reason to replace a keypad).
+2. Any seq not acked within ``--drain-timeout`` is listed exactly (epoch/seq) and D1 is NOT revoked
+   (exit 2), unless ``--force-revoke``; likewise when D1 does not answer on its port (its outbox cannot
+   be read) or no old port is given.
+3. D2 is provisioned (provision.py) on ``--port`` (the same port for ``--same-id``: its old outbox and
+   counters are wiped only now, after step 1), and in the same write of each hall file D1 is revoked
+   (keystore and registry ``revoked: true``, its broker password line removed) and D2 added; SIGHUPs.
+   With ``--same-id`` the entry is re-keyed instead (the old key is gone from every file).
+
+Known limit (``--same-id``): the province registry holds one key per device id, so ratings of epoch e
+that the gateway has not yet forwarded would fail the province's MAC check after the re-key. The tool
+therefore waits for the gateway's forwarding backlog to drain when ``--gateway-url`` is given, and says
+so when it is not.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from countersign.protocol import cose, messages, topics
+from countersign.protocol.errors import ProtocolError
+from countersign.protocol.keystore import mqtt_password
+
+from . import outbox as obx
+from .errors import DeviceToolError, NoAnswer, Refused
+from .hall import HallFiles
+from .link import KeypadLink
+from .provision import ProvisionRequest, Result, provision, read_state
+
+
+@dataclass
+class Drained:
+    acked: set[tuple[int, int]] = field(default_factory=set)
+    outstanding: list[tuple[int, int]] = field(default_factory=list)
+
+
+def drain(device: str, key: bytes, pending: list[obx.Pending], host: str, port: int,
+          timeout: float) -> Drained:
+    """Publish ``pending`` as ``device`` and wait for the gateway's acks of every one of them."""
+    import paho.mqtt.client as mqtt
+
+    want = {(p.epoch, p.seq) for p in pending}
+    res = Drained()
+    if not want:
+        return res
+    cv = threading.Condition()
+    connected = threading.Event()
+    failed: list[str] = []
+
+    def on_connect(_c: mqtt.Client, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object) -> None:
+        if rc.is_failure:
+            failed.append(str(rc))
+        connected.set()
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            v = cose.mac0_verify(bytes(msg.payload), lambda _kid: key, expected_kid=device.encode())
+            m = messages.decode_payload(v.payload, messages.DEVICE_DOWN)
+        except ProtocolError:
+            return                          # not a downlink we can trust: ignore it
+        if isinstance(m, messages.Ack):
+            with cv:
+                res.acked.update((m.epoch, s) for s in m.seqs)
+                cv.notify_all()
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311,
+                    clean_session=True)
+    c.username_pw_set(device, mqtt_password(key))
+    c.on_connect = on_connect
+    c.on_message = on_message
+    try:
+        c.connect(host, port, keepalive=30)
+    except OSError as exc:
+        raise DeviceToolError(f"cannot reach the hall broker {host}:{port}: {exc}") from exc
+    c.loop_start()
+    try:
+        if not connected.wait(timeout) or failed:
+            raise DeviceToolError(f"the hall broker {host}:{port} refused {device}: "
+                                  f"{failed[0] if failed else 'no answer'}")
+        sub = threading.Event()
+        c.on_subscribe = lambda *_a: sub.set()
+        c.subscribe(topics.device_down(device), qos=1)
+        sub.wait(timeout)
+        for p in pending:
+            c.publish(topics.device_up(device), p.msg, qos=1)
+        with cv:
+            cv.wait_for(lambda: want <= res.acked, timeout)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    res.outstanding = sorted(want - res.acked)
+    return res
+
+
+def wait_forwarded(url: str, timeout: float, poll: Callable[[float], None]) -> bool:
+    """True once the gateway's forwarding backlog is 0 (its /v1/status)."""
+    waited = 0.0
+    while waited <= timeout:
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + "/v1/status", timeout=5) as r:
+                if json.loads(r.read()).get("backlog") == 0:
+                    return True
+        except (OSError, ValueError):
+            pass
+        poll(1.0)
+        waited += 1.0
+    return False
+
+
+@dataclass
+class ReplaceResult:
+    old: str
+    reconciled: list[tuple[int, int]]
+    outstanding: list[tuple[int, int]]
+    new: Result
+
+
+def replace(hall: HallFiles, old: str, port: str, req: ProvisionRequest, *, old_port: str | None,
+            same_id: bool = False, force_revoke: bool = False, drain_timeout: float = 30.0,
+            timeout: float = 5.0, gateway_url: str | None = None,
+            say: Callable[[str], None] = print) -> ReplaceResult:
+    ks = hall.load()
+    dk = ks.devices.get(old)
+    if dk is None or dk.revoked:
+        raise DeviceToolError(f"{old} is not an active keypad in {hall.keystore}")
+    req.window = dk.window
+    req.scale = dk.scale
+    req.epoch = req.epoch if req.epoch is not None else dk.epoch + 1
+    if same_id:
+        req.device_id = old
+    reconciled: list[tuple[int, int]] = []
+    outstanding: list[tuple[int, int]] = []
+    pending: list[obx.Pending] | None = None
+    if old_port is not None:
+        try:
+            with KeypadLink(old_port, timeout) as link:
+                st = read_state(link)
+        except NoAnswer as exc:
+            if not force_revoke:
+                raise Refused(f"{exc}; its unsent ratings cannot be read: {old} is not revoked "
+                              "(--force-revoke to revoke it anyway)") from exc
+            say(f"warning: {exc}; revoking {old} without its unsent ratings (--force-revoke)")
+            st = None
+        if st is not None:
+            if st.config is not None and st.config.get("device_id") != old:
+                raise Refused(f"the keypad on {old_port} is {st.config.get('device_id')}, not {old}")
+            pending = st.outbox.pending
+    elif not force_revoke:
+        raise Refused(f"give the old keypad's port (--old-port) so its unsent ratings are reconciled, "
+                      f"or --force-revoke to revoke {old} without them")
+    if pending:
+        say(f"{old}: {len(pending)} unsent ratings (epoch/seq "
+            + " ".join(f"{p.epoch}/{p.seq}" for p in pending[:20]) + "): publishing them to the gateway")
+        d = drain(old, dk.key, pending, req.broker_host, req.broker_port, drain_timeout)
+        reconciled = sorted(d.acked & {(p.epoch, p.seq) for p in pending})
+        outstanding = d.outstanding
+        if outstanding:
+            listing = " ".join(f"{e}/{s}" for e, s in outstanding)
+            if not force_revoke:
+                raise Refused(f"{len(outstanding)} ratings of {old} are not acked by the gateway "
+                              f"(epoch/seq {listing}): {old} is not revoked (--force-revoke to do it anyway)")
+            say(f"warning: revoking {old} with {len(outstanding)} ratings unacked: {listing}")
+        say(f"{old}: {len(reconciled)} ratings acked by the gateway")
+    elif pending is not None:
+        say(f"{old}: outbox empty, nothing to reconcile")
+    if same_id:
+        if gateway_url is None:
+            say("note: ratings the gateway has not forwarded yet will fail the province's check after the "
+                "re-key; give --gateway-url to wait for its backlog")
+        elif not wait_forwarded(gateway_url, drain_timeout, threading.Event().wait):
+            raise Refused("the gateway's forwarding backlog did not drain: not re-keying yet")
+    new = provision(port, hall, req, force=True, timeout=timeout, replacing=old,
+                    revoke=[] if same_id else [old], allow_pending=True)
+    return ReplaceResult(old, reconciled, outstanding, new)
