@@ -63,6 +63,7 @@ class ChainConfig:
     firmware: int = 0           # this many keypads per hall run the real firmware on MicroPython
     gateway_process: bool = False   # run each gateway as `countersign gateway run` (real SIGKILL faults)
     clock_jumps: bool = False       # with gateway_process: libfaketime, so the gateway clock can jump
+    console: str = "pipe"           # firmware keypads' console: "pipe", or "pty" (a virtual USB serial cable)
 
     def hall_ids(self) -> list[str]:
         return [self.hall] if self.halls == 1 else [f"hf{n:02d}" for n in range(1, self.halls + 1)]
@@ -260,7 +261,7 @@ class Chain:
         dk = h.keystore.devices[dev]
         return FirmwareConfig(dev, dk.key, self.cfg.workdir / "keypads" / dev, h.port, self.port(),
                               epoch=dk.epoch, hall=h.hall, window=dk.window, scale=dk.scale,
-                              heartbeat_s=int(self.cfg.heartbeat_s))
+                              heartbeat_s=int(self.cfg.heartbeat_s), console=self.cfg.console)
 
     def start_firmware(self, dev: str) -> FirmwareDevice:
         fw = self.fw.get(dev) or FirmwareDevice(self.firmware_config(dev))

@@ -50,6 +50,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--faults", type=int, default=3, help="faults drawn from the seed (0: none)")
     h.add_argument("--fault-kinds", default=",".join(FAULT_KINDS),
                    help=f"comma-separated subset of: {', '.join(FAULT_KINDS)}")
+    h.add_argument("--scores", default="70,20,7,3",
+                   help="customers' score mix on the 4-key scale, best first "
+                        "(weights of 非常满意,满意,基本满意,不满意)")
     h.add_argument("--capture", type=Path, help="write every MQTT message seen (JSON lines) here")
     h.add_argument("--report-json", type=Path)
     h.add_argument("--workdir", type=Path, help="keep configs, databases, consoles and logs here")
@@ -108,9 +111,17 @@ def _hall(args: argparse.Namespace) -> int:
     if bad:
         print(f"countersign sim hall: unknown fault kind(s): {', '.join(sorted(bad))}", file=sys.stderr)
         return 2
+    try:
+        weights = [int(w) for w in args.scores.split(",")]
+        if len(weights) != 4 or min(weights) < 0 or sum(weights) == 0:
+            raise ValueError
+    except ValueError:
+        print("countersign sim hall: --scores takes 4 non-negative weights, best first", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="countersign-hall-") as tmp:
-        cfg = HallConfig(workdir=args.workdir or Path(tmp), devices=args.devices, duration_s=args.duration,
-                         accel=args.accel, seed=args.seed, faults=args.faults,
+        mix = dict(zip((4, 3, 2, 1), weights, strict=True))
+        cfg = HallConfig(score_mix=mix, workdir=args.workdir or Path(tmp), devices=args.devices,
+                         duration_s=args.duration, accel=args.accel, seed=args.seed, faults=args.faults,
                          fault_kinds=kinds or FAULT_KINDS, capture=args.capture)
         rep = HallRun(cfg).run(progress=_bar if sys.stderr.isatty() else None)
     print(hall_summary(rep))

@@ -123,7 +123,7 @@ class HallRun:
     def __init__(self, cfg: HallConfig) -> None:
         self.cfg = cfg
         self.chain = Chain(ChainConfig(workdir=cfg.workdir, devices=cfg.devices, firmware=cfg.devices,
-                                       retry_s=1.0, gateway_process=True,
+                                       retry_s=1.0, gateway_process=True, console="pty",
                                        clock_jumps="gateway-clock-jump" in cfg.fault_kinds))
         rng = random.Random(cfg.seed)
         # A window serves about one customer per (service + human delay) business seconds.
@@ -327,6 +327,16 @@ def summary(rep: dict[str, Any]) -> str:
         f"rejected {rep['rejected'] or 'none'}",
         "faults: " + (", ".join(f"{f['kind']}@{f['at_s']}s" for f in rep["faults"]) or "none"),
     ]
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.0f}%"
+
+    # Per clerk and per service item, as the province reports them (满意率 / 参评率).
+    for title, key, rows in (("clerk", "label", rep.get("by_clerk") or []),
+                             ("service item", "service_name", rep.get("by_service") or [])):
+        lines.append(f"by {title}: " + "; ".join(
+            f"{g[key]} {g['ratings']} rated, satisfied {pct(g['satisfaction_rate'])}, "
+            f"participation {pct(g['participation_rate'])}" for g in rows))
     return "\n".join(lines)
 
 
