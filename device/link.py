@@ -62,7 +62,12 @@ class KeypadLink:
             self.close()
             raise NoAnswer(f"no keypad answers on {self.port} (no MicroPython REPL within "
                            f"{self.timeout:g} s): is it powered and is this its port?") from exc
-        self.platform = self.exec("import sys;print(sys.platform)").strip()
+        # An interrupted app's tasks stay in asyncio's queue (a module global) and hold its heap: a new
+        # loop releases them before anything here allocates.
+        self.platform = self.exec("import sys,gc\nif 'asyncio.core' in sys.modules:\n"
+                                  " sys.modules['asyncio'].new_event_loop()\n"
+                                  " sys.modules['asyncio.core'].cur_task=None\n"
+                                  "gc.collect()\nprint(sys.platform)").strip()
         return self
 
     def close(self) -> None:
@@ -159,7 +164,8 @@ class KeypadLink:
     def restart_app(self) -> None:
         """Run main.py again in this interpreter (the simulator's keypads; on a board use reset())."""
         self._t.exit_raw_repl()
-        self._t.serial.write(b"exec(open('main.py').read())\r")
+        # `import main` compiles the file as it reads it (no copy of its text in the heap).
+        self._t.serial.write(b"import sys,gc;sys.modules.pop('main',None);gc.collect();import main\r")
 
 
 def _literal_bytes(text: str) -> bytes:

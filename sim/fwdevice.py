@@ -252,6 +252,10 @@ class FirmwareDevice:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self._sock
 
+    def release_keys(self) -> None:
+        """Drop the key socket: the next tap connects again (the app was restarted in its process)."""
+        self._close_sock()
+
     def _close_sock(self) -> None:
         if self._sock is not None:
             self._sock.close()
