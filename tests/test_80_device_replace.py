@@ -1,0 +1,173 @@
+"""`countersign device replace`: a keypad with unsent ratings (made while the hall broker was down) is
+replaced; its ratings reach the gateway before its key is revoked, and the new keypad rates at once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from countersign.cli import main
+from countersign.protocol.keystore import Keystore
+from countersign.sim.chain import Chain, ChainConfig
+from countersign.sim.fwdevice import FirmwareConfig, FirmwareDevice
+
+OLD = "hf01-w01"
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[Chain]:
+    c = Chain(ChainConfig(workdir=tmp_path / "chain", devices=1, retry_s=1.0, gateway_process=True))
+    c.start(devices=False)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def _hall_args(chain: Chain) -> list[str]:
+    h = chain.first
+    assert chain.hall_broker.proc is not None and chain.gateway is not None
+    return ["--keystore", str(h.keystore_path), "--registry", str(chain.registry_path),
+            "--broker-dir", str(h.dir / "hall-broker"), "--broker-pid", str(chain.hall_broker.proc.pid),
+            "--gateway-pid", str(chain.gateway.proc.pid),  # type: ignore[union-attr]
+            "--broker-host", "127.0.0.1", "--broker-port", str(h.port)]
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(["device", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _rate(fw: FirmwareDevice, score: int) -> int:
+    mark = fw.mark()
+    fw.tap("i")
+    assert fw.wait_line(r"CS:INVITE", 5, start=mark), fw.lines[mark:]
+    fw.tap(score)
+    m = fw.wait_line(r"CS:RATED seq=(\d+)", 5, start=mark)
+    assert m, fw.lines[mark:]
+    return int(m.group(1))
+
+
+def _rows(chain: Chain, dev: str) -> list[tuple[int, int, int]]:
+    conn = sqlite3.connect(chain.first.db_path)
+    try:
+        return conn.execute("SELECT epoch, seq, score FROM ratings WHERE device = ? ORDER BY epoch, seq",
+                            (dev,)).fetchall()
+    finally:
+        conn.close()
+
+
+def _power_cycle(fw: FirmwareDevice) -> int:
+    fw.kill()
+    mark = fw.mark()
+    fw.attach_console()
+    fw.release_keys()
+    fw.start(write_config=False, install=False)
+    return mark
+
+
+def _old_keypad_with_pending(chain: Chain, capsys: pytest.CaptureFixture[str]) -> tuple[FirmwareDevice, str]:
+    """hf01-w01 makes two ratings while the hall broker is down, then is stopped at the bench
+    (inspect --no-resume shows them); the broker comes back with the keypad still stopped."""
+    cfg = chain.firmware_config(OLD)
+    cfg.console = "pty"
+    fw = chain.fw[OLD] = FirmwareDevice(cfg)
+    mark = fw.mark()
+    fw.start()
+    assert fw.wait_line(r"CS:LINK up", 20, start=mark), fw.lines[mark:]
+    chain.sign_in("1", "10001", "张伟")
+    assert fw.wait_line(r"CS:TIME", 10, start=mark)
+    chain.hall_broker.stop()
+    seqs = [_rate(fw, 4), _rate(fw, 2)]
+    fw.detach_console()
+    host = str(fw.serial.host) if fw.serial else ""
+    rc, out, err = _run(capsys, "inspect", "--port", host, "--json", "--no-resume")
+    assert rc == 0, err
+    r = json.loads(out)
+    assert r["outbox_pending"] == [[1, s] for s in seqs] and r["outbox_depth"] == 2 and not r["resumed"]
+    chain.hall_broker.start()
+    return fw, host
+
+
+def _new_keypad(chain: Chain) -> FirmwareDevice:
+    cfg = FirmwareConfig("unset", b"\0" * 32, chain.cfg.workdir / "keypads" / "spare", chain.hall_port,
+                         chain.port(), console="pty", read_console=False)
+    fw = chain.fw["spare"] = FirmwareDevice(cfg)
+    fw.cfg.folder.mkdir(parents=True)
+    fw.start(write_config=False)             # flashed at the depot, never provisioned
+    return fw
+
+
+def test_replace_reconciles_pending_ratings_then_revokes(chain: Chain,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    old, old_host = _old_keypad_with_pending(chain, capsys)
+    new = _new_keypad(chain)
+    host = str(new.serial.host) if new.serial else ""
+    args = ["replace", "--old", OLD, "--old-port", old_host, "--port", host, "--drain-timeout", "3",
+            "--option", f"sim_port={new.cfg.sim_port}"]
+
+    chain.kill_gateway()                     # nobody acks: the ratings cannot be reconciled now
+    rc, out, err = _run(capsys, *args, *_hall_args_no_gateway(chain))
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip() == (f"countersign device: 2 ratings of {OLD} are not acked by the gateway (epoch/seq "
+                           f"1/1 1/2): {OLD} is not revoked (--force-revoke to do it anyway)")
+    ks = Keystore.load(chain.first.keystore_path)
+    assert not ks.devices[OLD].revoked and len(ks.devices) == 1
+
+    chain.start_gateway()
+    rc, out, err = _run(capsys, *args, *_hall_args(chain))
+    assert rc == 0, err
+    assert f"{OLD}: 2 unsent ratings reconciled; {OLD} revoked" in out
+    assert _rows(chain, OLD) == [(1, 1, 4), (1, 2, 2)]          # made offline, now at the gateway
+    ks = Keystore.load(chain.first.keystore_path)
+    new_id = next(d for d in ks.devices if d != OLD)
+    assert ks.devices[OLD].revoked and Keystore.load(chain.registry_path).devices[OLD].revoked
+    assert ks.devices[new_id].window == "1" and ks.devices[new_id].epoch == 2
+    passwd = (chain.first.dir / "hall-broker" / "passwd").read_text()
+    assert f"{OLD}:" not in passwd and f"{new_id}:$7$" in passwd
+    assert chain.province is not None
+    chain.province.reload_registry()
+
+    mark = _power_cycle(new)
+    assert new.wait_line(rf"CS:PROVISIONED id={new_id} hall=hf01 window=1", 20, start=mark)
+    assert new.wait_line(r"CS:LINK up", 20, start=mark), new.lines[mark:]
+    chain.sign_in("1", "10001", "张伟")                          # window 1 is the new keypad's now
+    seq = _rate(new, 3)
+    assert new.wait_line(rf"CS:STORED seq={seq}\b", 10, start=mark), new.lines[mark:]
+    assert _rows(chain, new_id) == [(2, seq, 3)]
+    old.kill()
+
+
+def _hall_args_no_gateway(chain: Chain) -> list[str]:
+    h = chain.first
+    assert chain.hall_broker.proc is not None
+    return ["--keystore", str(h.keystore_path), "--registry", str(chain.registry_path),
+            "--broker-dir", str(h.dir / "hall-broker"), "--broker-pid", str(chain.hall_broker.proc.pid),
+            "--broker-host", "127.0.0.1", "--broker-port", str(h.port)]
+
+
+def test_replace_same_keypad_reflashed_keeps_its_id_with_a_new_epoch(
+        chain: Chain, capsys: pytest.CaptureFixture[str]) -> None:
+    fw, host = _old_keypad_with_pending(chain, capsys)
+    old_key = Keystore.load(chain.first.keystore_path).devices[OLD].key
+    rc, out, err = _run(capsys, "replace", "--old", OLD, "--old-port", host, "--port", host, "--same-id",
+                        "--option", f"sim_port={fw.cfg.sim_port}", *_hall_args(chain))
+    assert rc == 0, err
+    assert f"{OLD}: 2 unsent ratings reconciled" in out and f"provisioned {OLD}: hall hf01, window 1, epoch 2" in out
+    assert _rows(chain, OLD) == [(1, 1, 4), (1, 2, 2)]
+    dk = Keystore.load(chain.first.keystore_path).devices[OLD]
+    assert dk.epoch == 2 and dk.key != old_key and not dk.revoked
+    assert not (fw.cfg.folder / "outbox.bin").exists()          # reconciled, then wiped
+    mark = _power_cycle(fw)
+    assert fw.wait_line(r"CS:BOOT fw=\S+ boot=1 epoch=2", 20, start=mark), fw.lines[mark:]
+    assert fw.wait_line(r"CS:LINK up", 20, start=mark), fw.lines[mark:]
+    chain.sign_in("1", "10001", "张伟")
+    seq = _rate(fw, 1)
+    assert seq == 1                                             # seqs restart in the new epoch
+    assert fw.wait_line(rf"CS:STORED seq={seq}\b", 10, start=mark), fw.lines[mark:]
+    assert _rows(chain, OLD) == [(1, 1, 4), (1, 2, 2), (2, 1, 1)]
