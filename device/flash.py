@@ -90,10 +90,9 @@ def flash(port: str, *, board: str = "auto", image: Path | None = None, version:
         for s in steps:
             say(f"[dry-run] {s.text}")
         return steps
-    if board != "sim":
-        if board == "auto":
-            with KeypadLink(port, timeout) as link:
-                board = "sim" if link.virtual else "esp32c3"
+    if board == "auto":
+        with KeypadLink(port, timeout) as link:
+            board = "sim" if link.virtual else "esp32c3"
     if board == "sim":
         steps = sim_steps(port, built)
         with KeypadLink(port, timeout) as link:

@@ -135,7 +135,8 @@ def text(r: dict[str, Any]) -> str:
     lines.append("last ack      " + (f"epoch {la['epoch']} seqs {la['seqs']}" if la else "none in the log"))
     lines.append(f"reset cause   {RESET_CAUSES.get(cause, cause) if cause is not None else 'unknown'}")
     if r["running"]:
-        lines.append(f"free heap     {r['heap_free']} bytes (app running), link {'up' if r['link'] else 'down'}")
+        link = "up" if r["link"] else "down"
+        lines.append(f"free heap     {r['heap_free']} bytes (app running), link {link}")
     lines.append(f"free heap     {r['heap_free_at_rest']} bytes at rest (app stopped)")
     if r["resumed"]:
         lines.append("app           restarted")

@@ -15,6 +15,7 @@ name, never a hang.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from types import TracebackType
@@ -53,7 +54,8 @@ class KeypadLink:
         try:
             self._t = SerialTransport(real, 115200, timeout=self.timeout)
         except TransportError as exc:
-            raise DeviceToolError(f"cannot open serial port {self.port} (in use by another program?)") from exc
+            raise DeviceToolError(f"cannot open serial port {self.port} (in use by another program?)"
+                                  ) from exc
         except OSError as exc:
             raise DeviceToolError(f"cannot open serial port {self.port}: {exc}") from exc
         try:
@@ -72,10 +74,8 @@ class KeypadLink:
 
     def close(self) -> None:
         if self._t is not None:
-            try:
+            with contextlib.suppress(OSError):      # the cable is gone already
                 self._t.close()
-            except OSError:
-                pass            # the cable is gone already
             self._t = None
 
     def __enter__(self) -> KeypadLink:
@@ -156,10 +156,8 @@ class KeypadLink:
         """A board: machine.reset() (the app boots with what is on flash). Not for the simulator."""
         from mpremote.transport import TransportError
 
-        try:
+        with contextlib.suppress(TransportError, OSError):   # it resets under us: no answer is right
             self._t.exec_raw_no_follow("import machine\nmachine.reset()")
-        except (TransportError, OSError):
-            pass                # the board resets under us: no answer is the expected answer
 
     def restart_app(self) -> None:
         """Run main.py again in this interpreter (the simulator's keypads; on a board use reset())."""

@@ -97,10 +97,9 @@ def choose_identity(ks: Keystore, req: ProvisionRequest, *, same_window_ok: str 
     for dev, dk in ks.devices.items():
         if dk.window == req.window and not dk.revoked and dev not in (req.device_id, same_window_ok):
             raise Refused(f"window {req.window} is served by {dev}: use `countersign device replace`")
-    dev = req.device_id
-    if dev is None:
-        while dev is None or dev in ks.devices:
-            dev = f"{hall}-{secrets.token_hex(3)}"
+    dev = req.device_id or ""
+    while not dev or (req.device_id is None and dev in ks.devices):
+        dev = f"{hall}-{secrets.token_hex(3)}"
     try:
         topics.check_id(dev)
     except ValueError as exc:

@@ -52,6 +52,8 @@ def drain(device: str, key: bytes, pending: list[obx.Pending], host: str, port: 
           timeout: float) -> Drained:
     """Publish ``pending`` as ``device`` and wait for the gateway's acks of every one of them."""
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.reasoncodes import ReasonCode
 
     want = {(p.epoch, p.seq) for p in pending}
     res = Drained()
@@ -61,7 +63,7 @@ def drain(device: str, key: bytes, pending: list[obx.Pending], host: str, port: 
     connected = threading.Event()
     failed: list[str] = []
 
-    def on_connect(_c: mqtt.Client, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object) -> None:
+    def on_connect(_c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
         if rc.is_failure:
             failed.append(str(rc))
         connected.set()
@@ -77,7 +79,7 @@ def drain(device: str, key: bytes, pending: list[obx.Pending], host: str, port: 
                 res.acked.update((m.epoch, s) for s in m.seqs)
                 cv.notify_all()
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311,
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311,
                     clean_session=True)
     c.username_pw_set(device, mqtt_password(key))
     c.on_connect = on_connect
@@ -106,7 +108,7 @@ def drain(device: str, key: bytes, pending: list[obx.Pending], host: str, port: 
     return res
 
 
-def wait_forwarded(url: str, timeout: float, poll: Callable[[float], None]) -> bool:
+def wait_forwarded(url: str, timeout: float, poll: Callable[[float], object]) -> bool:
     """True once the gateway's forwarding backlog is 0 (its /v1/status)."""
     waited = 0.0
     while waited <= timeout:

@@ -45,7 +45,7 @@ def _blank_keypad(chain: Chain, name: str = "new") -> FirmwareDevice:
 def _hall_args(chain: Chain) -> list[str]:
     h = chain.first
     assert chain.hall_broker.proc is not None and chain.gateway is not None
-    gw_pid = chain.gateway.proc.pid       # type: ignore[union-attr]
+    gw_pid = chain.gateway.proc.pid       # type: ignore[union-attr]  # a GatewayProcess here
     return ["--keystore", str(h.keystore_path), "--registry", str(chain.registry_path),
             "--broker-dir", str(h.dir / "hall-broker"), "--broker-pid", str(chain.hall_broker.proc.pid),
             "--gateway-pid", str(gw_pid), "--broker-host", "127.0.0.1", "--broker-port", str(h.port)]
@@ -88,14 +88,15 @@ def test_flash_provision_and_a_rating_reaches_the_gateway(chain: Chain, capsys: 
                                                            tmp_path: Path) -> None:
     fw = _blank_keypad(chain)
     host = str(fw.serial.host) if fw.serial else ""
-    rc, out, err = _run(capsys, "flash", "--port", host, "--timeout", "5")
+    rc, out, err = _run(capsys, "flash", "--port", host)
     assert rc == 0, err
     assert "skip the MicroPython image" in out and "firmware.romfs" in out
     assert (fw.cfg.folder / "firmware.romfs").exists() and (fw.cfg.folder / "main.py").exists()
 
     svg = tmp_path / "label.svg"
     rc, out, err = _run(capsys, "provision", "--port", host, "--window", "5",
-                        "--option", f"sim_port={fw.cfg.sim_port}", "--label-svg", str(svg), *_hall_args(chain))
+                        "--option", f"sim_port={fw.cfg.sim_port}", "--label-svg", str(svg),
+                        *_hall_args(chain))
     assert rc == 0, err
     m = re.search(r"provisioned (hf01-[0-9a-f]{6}): hall hf01, window 5, epoch 1", out)
     assert m, out
@@ -153,14 +154,14 @@ def test_wrong_port_and_a_keypad_that_does_not_answer(capsys: pytest.CaptureFixt
                                                       tmp_path: Path) -> None:
     ks = tmp_path / "keystore.json"
     Keystore(hall="hf01").save(ks)
-    rc, out, err = _run(capsys, "provision", "--port", "/dev/ttyX", "--window", "1", "--keystore", str(ks),
+    rc, _out, err = _run(capsys, "provision", "--port", "/dev/ttyX", "--window", "1", "--keystore", str(ks),
                         "--broker-host", "127.0.0.1")
     assert rc == 2 and err.strip() == "countersign device: no such serial port /dev/ttyX"
-    rc, out, err = _run(capsys, "inspect", "--port", "/dev/ttyX")
+    rc, _out, err = _run(capsys, "inspect", "--port", "/dev/ttyX")
     assert rc == 2 and "no such serial port /dev/ttyX" in err and "Traceback" not in err
     cable = VirtualSerial(tmp_path / "silent").start()   # a cable with nothing on the other end
     try:
-        rc, out, err = _run(capsys, "provision", "--port", str(cable.host), "--window", "1", "--keystore",
+        rc, _out, err = _run(capsys, "provision", "--port", str(cable.host), "--window", "1", "--keystore",
                             str(ks), "--broker-host", "127.0.0.1", "--timeout", "1")
     finally:
         cable.stop()
