@@ -73,6 +73,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ProvinceError, KeystoreError) as exc:
         print(f"province: {exc}", file=sys.stderr)
         return 1
+
+
+    def _on_hup(_signum: int, _frame: object) -> None:
+        # `countersign device provision|replace` rewrites the registry; SIGHUP makes it take effect.
+        try:
+            province.reload_registry()
+        except KeystoreError as exc:
+            print(f"province: registry reload failed, keeping the old one: {exc}", file=sys.stderr)
+
+    signal.signal(signal.SIGHUP, _on_hup)
     print("province ready", flush=True)
     try:
         done.wait()
