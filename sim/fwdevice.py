@@ -274,6 +274,18 @@ class FirmwareDevice:
         self._connect().sendall(f"T {key}\n".encode())
         self._last_tap = time.monotonic()
 
+    def invite_and_rate(self, score: int, timeout: float = 5.0) -> int:
+        """The clerk presses the invite key, the customer a score key; the seq the keypad stored."""
+        mark = self.mark()
+        self.tap("i")
+        if self.wait_line(r"CS:INVITE", timeout, start=mark) is None:
+            raise RuntimeError(f"no prompt opened by the invite key: {self.lines[mark:]}")
+        self.tap(score)
+        m = self.wait_line(r"CS:RATED seq=(\d+)", timeout, start=mark)
+        if m is None:
+            raise RuntimeError(f"the press made no rating: {self.lines[mark:]}")
+        return int(m.group(1))
+
     def seqs(self, marker: str) -> set[int]:
         """Seqs named by a console marker over all runs: RATED, NORATING, STORED."""
         rx = re.compile(rf"CS:{marker} seq=(\d+)")

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from countersign.sim.chain import Chain, ChainConfig
-from countersign.sim.fwdevice import FirmwareDevice
 
 
 @pytest.fixture
@@ -36,15 +35,6 @@ def _gateway_rows(chain: Chain, dev: str) -> list[tuple[object, ...]]:
         conn.close()
 
 
-def _invite_and_rate(fw: FirmwareDevice, score: int) -> int:
-    """A clerk presses the invite key, the customer a score key; returns the seq the keypad stored."""
-    mark = fw.mark()
-    fw.tap("i")
-    assert fw.wait_line(r"CS:INVITE", 5, start=mark), fw.lines[mark:]
-    fw.tap(score)
-    m = fw.wait_line(r"CS:RATED seq=(\d+)", 5, start=mark)
-    assert m, fw.lines[mark:]
-    return int(m.group(1))
 
 
 def test_firmware_ratings_reach_gateway_and_province_with_context(chain: Chain) -> None:
@@ -86,7 +76,7 @@ def test_broker_down_for_a_minute_while_customers_keep_rating(chain: Chain) -> N
     pace = threading.Event()            # never set: its timeout paces the customers over the minute
     seqs = []
     for k in range(20):
-        seqs.append(_invite_and_rate(fw, 1 + k % 4))
+        seqs.append(fw.invite_and_rate(1 + k % 4))
         pace.wait(3.0)
     assert not fw.seqs("STORED") & set(seqs)       # nothing could have been acked while down
     chain.hall_broker.start()

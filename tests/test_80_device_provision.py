@@ -65,14 +65,6 @@ def _power_cycle(fw: FirmwareDevice) -> int:
     return mark
 
 
-def _rate(fw: FirmwareDevice, score: int) -> int:
-    mark = fw.mark()
-    fw.tap("i")
-    assert fw.wait_line(r"CS:INVITE", 5, start=mark), fw.lines[mark:]
-    fw.tap(score)
-    m = fw.wait_line(r"CS:RATED seq=(\d+)", 5, start=mark)
-    assert m, fw.lines[mark:]
-    return int(m.group(1))
 
 
 def _gateway_rows(chain: Chain, dev: str) -> list[tuple[int, int, int]]:
@@ -116,7 +108,7 @@ def test_flash_provision_and_a_rating_reaches_the_gateway(chain: Chain, capsys: 
     assert fw.wait_line(rf"CS:PROVISIONED id={dev} hall=hf01 window=5", 20, start=mark), fw.lines[mark:]
     assert fw.wait_line(r"CS:LINK up", 20, start=mark), fw.lines[mark:]
     chain.sign_in("5", "10005", "李娜")               # the gateway reloaded its keystore (SIGHUP)
-    seq = _rate(fw, 3)
+    seq = fw.invite_and_rate(3)
     assert fw.wait_line(rf"CS:STORED seq={seq}\b", 10, start=mark), fw.lines[mark:]
     assert _gateway_rows(chain, dev) == [(1, seq, 3)]
 
@@ -135,7 +127,7 @@ def test_flash_provision_and_a_rating_reaches_the_gateway(chain: Chain, capsys: 
     assert fw.wait_line(r"SIM LISTEN", 20, start=mark), fw.lines[mark:]
     assert fw.wait_line(r"CS:LINK up", 20, start=mark), fw.lines[mark:]
     fw.release_keys()                                  # the restarted app listens afresh
-    seq2 = _rate(fw, 4)
+    seq2 = fw.invite_and_rate(4)
     assert fw.wait_line(rf"CS:STORED seq={seq2}\b", 10, start=mark), fw.lines[mark:]
 
 
@@ -222,6 +214,6 @@ def test_interrupted_provisioning_leaves_it_unprovisioned_then_refusal_and_force
     assert fw.wait_line(r"CS:BOOT fw=\S+ boot=\d+ epoch=2", 20, start=mark), fw.lines[mark:]
     assert fw.wait_line(r"CS:LINK up", 20, start=mark), fw.lines[mark:]
     chain.sign_in("6", "10006", "赵敏")
-    seq = _rate(fw, 2)
+    seq = fw.invite_and_rate(2)
     assert fw.wait_line(rf"CS:STORED seq={seq}\b", 10, start=mark), fw.lines[mark:]
     assert _gateway_rows(chain, "hf01-k6") == [(2, seq, 2)]

@@ -43,14 +43,6 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return rc, out, err
 
 
-def _rate(fw: FirmwareDevice, score: int) -> int:
-    mark = fw.mark()
-    fw.tap("i")
-    assert fw.wait_line(r"CS:INVITE", 5, start=mark), fw.lines[mark:]
-    fw.tap(score)
-    m = fw.wait_line(r"CS:RATED seq=(\d+)", 5, start=mark)
-    assert m, fw.lines[mark:]
-    return int(m.group(1))
 
 
 def _rows(chain: Chain, dev: str) -> list[tuple[int, int, int]]:
@@ -83,7 +75,7 @@ def _old_keypad_with_pending(chain: Chain, capsys: pytest.CaptureFixture[str]) -
     chain.sign_in("1", "10001", "张伟")
     assert fw.wait_line(r"CS:TIME", 10, start=mark)
     chain.hall_broker.stop()
-    seqs = [_rate(fw, 4), _rate(fw, 2)]
+    seqs = [fw.invite_and_rate(4), fw.invite_and_rate(2)]
     fw.detach_console()
     host = str(fw.serial.host) if fw.serial else ""
     rc, out, err = _run(capsys, "inspect", "--port", host, "--json", "--no-resume")
@@ -137,7 +129,7 @@ def test_replace_reconciles_pending_ratings_then_revokes(chain: Chain,
     assert new.wait_line(rf"CS:PROVISIONED id={new_id} hall=hf01 window=1", 20, start=mark)
     assert new.wait_line(r"CS:LINK up", 20, start=mark), new.lines[mark:]
     chain.sign_in("1", "10001", "张伟")                          # window 1 is the new keypad's now
-    seq = _rate(new, 3)
+    seq = new.invite_and_rate(3)
     assert new.wait_line(rf"CS:STORED seq={seq}\b", 10, start=mark), new.lines[mark:]
     assert _rows(chain, new_id) == [(2, seq, 3)]
     old.kill()
@@ -168,7 +160,7 @@ def test_replace_same_keypad_reflashed_keeps_its_id_with_a_new_epoch(
     assert fw.wait_line(r"CS:BOOT fw=\S+ boot=1 epoch=2", 20, start=mark), fw.lines[mark:]
     assert fw.wait_line(r"CS:LINK up", 20, start=mark), fw.lines[mark:]
     chain.sign_in("1", "10001", "张伟")
-    seq = _rate(fw, 1)
+    seq = fw.invite_and_rate(1)
     assert seq == 1                                             # seqs restart in the new epoch
     assert fw.wait_line(rf"CS:STORED seq={seq}\b", 10, start=mark), fw.lines[mark:]
     assert _rows(chain, OLD) == [(1, 1, 4), (1, 2, 2), (2, 1, 1)]
