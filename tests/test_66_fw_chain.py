@@ -71,6 +71,7 @@ def test_broker_down_for_a_minute_while_customers_keep_rating(chain: Chain) -> N
     chain.sign_in("1", "10001", "张伟")
     fw = chain.fw["hf01-w01"]
     assert fw.wait_line(r"CS:TIME", 10)
+    assert fw.wait_line(r"CS:SESSION clerk=10001", 10)   # the invite key needs the clerk on the keypad
     chain.hall_broker.stop()
     assert fw.wait_line(r"CS:LINK down", 30)
     pace = threading.Event()            # never set: its timeout paces the customers over the minute
@@ -91,9 +92,12 @@ def test_power_cut_at_random_points_loses_nothing(chain: Chain) -> None:
     chain.sign_in("1", "10001", "张伟")
     fw = chain.fw["hf01-w01"]
     rng = random.Random(66)
+    boot = 0                                  # console index where the current boot began
     for _ in range(12):
+        # Each boot: linked, and told by the gateway who is signed in (the invite key needs it).
+        assert fw.wait_line(r"CS:LINK up", 20, start=boot)
+        assert fw.wait_line(r"CS:SESSION clerk=10001", 20, start=boot)
         mark = fw.mark()
-        assert fw.wait_line(r"CS:LINK up", 20, start=mark - 50 if mark > 50 else 0)
         fw.tap("i")
         fw.wait_line(r"CS:INVITE", 5, start=mark)
         fw.tap(rng.randint(1, 4))
@@ -101,6 +105,7 @@ def test_power_cut_at_random_points_loses_nothing(chain: Chain) -> None:
         # the write and the publish, or while the ack is on its way.
         threading.Event().wait(rng.uniform(0.0, 0.15))
         fw.kill()
+        boot = fw.mark()
         chain.start_firmware("hf01-w01")
     rated = [int(m) for line in fw.lines for m in __import__("re").findall(r"CS:RATED seq=(\d+)", line)]
     assert len(rated) == len(set(rated)), f"a seq was used twice: {rated}"

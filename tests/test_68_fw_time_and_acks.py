@@ -47,6 +47,7 @@ def test_rating_before_any_time_sync_is_stored_with_time_unknown(chain: Chain) -
     assert fw.wait_line(r"CS:LINK up", 20)          # its hello went to a broker with no subscriber
     chain.start_gateway()
     chain.sign_in("1", "10001", "张伟")
+    assert fw.wait_line(r"CS:SESSION clerk=10001", 10)
     mark = fw.mark()
     fw.tap("i")
     assert fw.wait_line(r"CS:INVITE", 10, start=mark), fw.lines[mark:]
@@ -68,6 +69,7 @@ def test_forged_ack_deletes_nothing_and_a_true_ack_does(chain: Chain) -> None:
     assert fw.wait_line(r"CS:LINK up", 20)
     chain.sign_in("1", "10001", "张伟")
     assert fw.wait_line(r"CS:TIME", 10)
+    assert fw.wait_line(r"CS:SESSION clerk=10001", 10)
     # Stop the gateway so the rating stays in the outbox, unacked.
     chain.stop_gateway()
     mark = fw.mark()

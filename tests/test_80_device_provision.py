@@ -107,9 +107,13 @@ def test_flash_provision_and_a_rating_reaches_the_gateway(chain: Chain, capsys: 
     mark = _power_cycle(fw)
     assert fw.wait_line(rf"CS:PROVISIONED id={dev} hall=hf01 window=5", 20, start=mark), fw.lines[mark:]
     assert fw.wait_line(r"CS:LINK up", 20, start=mark), fw.lines[mark:]
-    chain.sign_in("5", "10005", "李娜")               # the gateway reloaded its keystore (SIGHUP)
+    # The gateway re-reads its keystore on the SIGHUP the tool sent; that is asynchronous.
+    gw = chain.gateway
+    assert gw is not None and gw.wait_until(lambda: dev in gw.status()["devices"], 15)
+    chain.sign_in("5", "10005", "李娜")
+    assert fw.wait_line(r"CS:SESSION clerk=10005", 10, start=mark), fw.lines[mark:]
     seq = fw.invite_and_rate(3)
-    assert fw.wait_line(rf"CS:STORED seq={seq}\b", 10, start=mark), fw.lines[mark:]
+    assert fw.wait_line(rf"CS:STORED seq={seq}\b", 30, start=mark), fw.lines[mark:]
     assert _gateway_rows(chain, dev) == [(1, seq, 3)]
 
     # inspect: read over serial, secrets left out, and the keypad keeps working afterwards.
@@ -214,6 +218,7 @@ def test_interrupted_provisioning_leaves_it_unprovisioned_then_refusal_and_force
     assert fw.wait_line(r"CS:BOOT fw=\S+ boot=\d+ epoch=2", 20, start=mark), fw.lines[mark:]
     assert fw.wait_line(r"CS:LINK up", 20, start=mark), fw.lines[mark:]
     chain.sign_in("6", "10006", "赵敏")
+    assert fw.wait_line(r"CS:SESSION clerk=10006", 10, start=mark), fw.lines[mark:]
     seq = fw.invite_and_rate(2)
-    assert fw.wait_line(rf"CS:STORED seq={seq}\b", 10, start=mark), fw.lines[mark:]
+    assert fw.wait_line(rf"CS:STORED seq={seq}\b", 30, start=mark), fw.lines[mark:]
     assert _gateway_rows(chain, "hf01-k6") == [(2, seq, 2)]

@@ -74,6 +74,8 @@ def _old_keypad_with_pending(chain: Chain, capsys: pytest.CaptureFixture[str]) -
     assert fw.wait_line(r"CS:LINK up", 20, start=mark), fw.lines[mark:]
     chain.sign_in("1", "10001", "张伟")
     assert fw.wait_line(r"CS:TIME", 10, start=mark)
+    # The invite key needs the signed-in clerk on the keypad before its broker goes away.
+    assert fw.wait_line(r"CS:SESSION clerk=10001", 10, start=mark)
     chain.hall_broker.stop()
     seqs = [fw.invite_and_rate(4), fw.invite_and_rate(2)]
     fw.detach_console()
@@ -129,8 +131,9 @@ def test_replace_reconciles_pending_ratings_then_revokes(chain: Chain,
     assert new.wait_line(rf"CS:PROVISIONED id={new_id} hall=hf01 window=1", 20, start=mark)
     assert new.wait_line(r"CS:LINK up", 20, start=mark), new.lines[mark:]
     chain.sign_in("1", "10001", "张伟")                          # window 1 is the new keypad's now
+    assert new.wait_line(r"CS:SESSION clerk=10001", 10, start=mark), new.lines[mark:]
     seq = new.invite_and_rate(3)
-    assert new.wait_line(rf"CS:STORED seq={seq}\b", 10, start=mark), new.lines[mark:]
+    assert new.wait_line(rf"CS:STORED seq={seq}\b", 30, start=mark), new.lines[mark:]
     assert _rows(chain, new_id) == [(2, seq, 3)]
     old.kill()
 
@@ -160,7 +163,8 @@ def test_replace_same_keypad_reflashed_keeps_its_id_with_a_new_epoch(
     assert fw.wait_line(r"CS:BOOT fw=\S+ boot=1 epoch=2", 20, start=mark), fw.lines[mark:]
     assert fw.wait_line(r"CS:LINK up", 20, start=mark), fw.lines[mark:]
     chain.sign_in("1", "10001", "张伟")
+    assert fw.wait_line(r"CS:SESSION clerk=10001", 10, start=mark), fw.lines[mark:]
     seq = fw.invite_and_rate(1)
     assert seq == 1                                             # seqs restart in the new epoch
-    assert fw.wait_line(rf"CS:STORED seq={seq}\b", 10, start=mark), fw.lines[mark:]
+    assert fw.wait_line(rf"CS:STORED seq={seq}\b", 30, start=mark), fw.lines[mark:]
     assert _rows(chain, OLD) == [(1, 1, 4), (1, 2, 2), (2, 1, 1)]

@@ -162,7 +162,9 @@ class App:
             if self.clock.sync(f[_K_NOW_MS], f[_K_NONCE]):
                 print("CS:TIME %d" % (f[_K_NOW_MS] // 1000))
         elif typ == _T_SESSION:
-            self.flow.on_session(f.get(_K_CLERK), f.get(_K_CLERK_NAME))
+            clerk = f.get(_K_CLERK)
+            self.flow.on_session(clerk, f.get(_K_CLERK_NAME))
+            print("CS:SESSION clerk=%s" % (clerk or "-"))    # "-": window closed
             self.fb.show(self.flow.screen())
 
     def _command(self, line):
