@@ -7,12 +7,9 @@ seq (4) * n``. A torn or damaged tail ends the read (the keypad drops it on load
 
 from __future__ import annotations
 
-import struct
-import zlib
 from dataclasses import dataclass, field
 
-_ITEM = 1
-_ACK = 2
+from countersign.sim.outbox import KIND_ITEM, ack_seqs, item, records
 
 
 @dataclass(frozen=True)
@@ -42,26 +39,15 @@ def parse(raw: bytes | None) -> OutboxView:
         return view
     items: dict[tuple[int, int], bytes] = {}
     pos = 0
-    while pos + 3 <= len(raw):
-        kind, blen = struct.unpack_from(">BH", raw, pos)
-        end = pos + 3 + blen + 4
-        if end > len(raw):
-            break
-        (crc,) = struct.unpack_from(">I", raw, end - 4)
-        if zlib.crc32(raw[pos:end - 4]) != crc:
-            break
-        body = raw[pos + 3:end - 4]
-        if kind == _ITEM and blen > 6:
-            epoch, seq = struct.unpack_from(">HI", body)
-            items[(epoch, seq)] = body[6:]
-        elif kind == _ACK and blen >= 2 and (blen - 2) % 4 == 0:
-            (epoch,) = struct.unpack_from(">H", body)
-            seqs = [struct.unpack_from(">I", body, 2 + 4 * i)[0] for i in range((blen - 2) // 4)]
+    for kind, body, end in records(raw):
+        if kind == KIND_ITEM:
+            epoch, seq, msg = item(body)
+            items[(epoch, seq)] = msg
+        else:
+            epoch, seqs = ack_seqs(body)
             for s in seqs:
                 items.pop((epoch, s), None)
             view.last_ack = (epoch, seqs)
-        else:
-            break
         pos = end
     view.torn = len(raw) - pos
     view.pending = [Pending(e, s, m) for (e, s), m in sorted(items.items())]

@@ -25,6 +25,7 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,23 +183,18 @@ class Outbox:
         # A compaction that crashed before its rename left a temp file; the old log is still complete.
         self.path.with_name(f".{self.path.name}.compact").unlink(missing_ok=True)
         raw = self.path.read_bytes() if self.path.exists() else b""
-        pos, good = 0, 0
-        while pos < len(raw):
-            rec = self._parse(raw, pos)
-            if rec is None:
-                break
-            kind, body, end = rec
+        good = 0
+        for kind, body, end in records(raw):
             if kind == KIND_ITEM:
-                epoch, seq = _ITEM.unpack_from(body)
-                self._live[(epoch, seq)] = Item(epoch, seq, body[_ITEM.size:])
+                epoch, seq, msg = item(body)
+                self._live[(epoch, seq)] = Item(epoch, seq, msg)
             else:
-                (epoch,) = _EPOCH.unpack_from(body)
-                for off in range(_EPOCH.size, len(body), _SEQ.size):
-                    (s,) = _SEQ.unpack_from(body, off)
+                epoch, seqs = ack_seqs(body)
+                for s in seqs:
                     if self._live.pop((epoch, s), None) is not None:
                         self._dead += 1
                 self._dead += 1
-            pos = good = end
+            good = end
         if good < len(raw):
             self.torn_bytes = len(raw) - good
             log.warning("%s: discarding %d bytes of a torn record at offset %d", self.path,
@@ -211,21 +207,36 @@ class Outbox:
         if self._dead:
             self.compact()
 
-    @staticmethod
-    def _parse(raw: bytes, pos: int) -> tuple[int, bytes, int] | None:
-        """(kind, body, end offset) of the record at ``pos``, or None if it is torn or corrupt."""
-        if pos + _HEAD.size > len(raw):
-            return None
+
+def records(raw: bytes) -> Iterator[tuple[int, bytes, int]]:
+    """(kind, body, end offset) of each good record from the start of an outbox file; stops at the first
+    torn or corrupt one (a keypad drops everything from there on load). The firmware writes the same
+    format (firmware/cs/outbox.py); the technicians' tools read a keypad's file with this too."""
+    pos = 0
+    while pos + _HEAD.size <= len(raw):
         kind, length = _HEAD.unpack_from(raw, pos)
         end = pos + _HEAD.size + length + _CRC.size
         if kind not in (KIND_ITEM, KIND_ACK) or end > len(raw):
-            return None
+            return
         (crc,) = _CRC.unpack_from(raw, end - _CRC.size)
         if zlib.crc32(raw[pos:end - _CRC.size]) != crc:
-            return None
+            return
         body = raw[pos + _HEAD.size:end - _CRC.size]
         if kind == KIND_ITEM and len(body) < _ITEM.size:
-            return None
+            return
         if kind == KIND_ACK and (len(body) - _EPOCH.size) % _SEQ.size:
-            return None
-        return kind, body, end
+            return
+        yield kind, body, end
+        pos = end
+
+
+def item(body: bytes) -> tuple[int, int, bytes]:
+    """(epoch, seq, signed message) of an ITEM record's body."""
+    epoch, seq = _ITEM.unpack_from(body)
+    return epoch, seq, body[_ITEM.size:]
+
+
+def ack_seqs(body: bytes) -> tuple[int, list[int]]:
+    """(epoch, seqs) of an ACK record's body."""
+    (epoch,) = _EPOCH.unpack_from(body)
+    return epoch, [_SEQ.unpack_from(body, off)[0] for off in range(_EPOCH.size, len(body), _SEQ.size)]
