@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
+from .proc import end
+
 
 class BrokerError(RuntimeError):
     pass
@@ -90,13 +92,7 @@ class Mosquitto:
         self._ready.set()   # process ended: wake anyone waiting
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc, sig)
         self.proc = None
 
     def kill(self) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import bundle
+from .proc import end
 from .serialport import VirtualSerial
 
 _TAP_GAP_S = 0.1 + 2 * 0.03 + 0.02    # the sim board's hold + twice the debounce + scan slack
@@ -195,9 +196,7 @@ class FirmwareDevice:
     def kill(self) -> None:
         """Power cut: SIGKILL, nothing flushed beyond what the firmware already wrote."""
         self._close_sock()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        end(self.proc, signal.SIGKILL)
         self.proc = None
 
     def stop(self) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 
 from countersign.gateway.config import GatewayConfig
 
+from .proc import end
+
 _LIBFAKETIME = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
                 "/usr/lib/faketime/libfaketime.so.1")
@@ -106,19 +108,11 @@ class GatewayProcess:
 
     def kill(self) -> None:
         """Power cut: SIGKILL."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        end(self.proc, signal.SIGKILL)
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc, grace=20)
         self.proc = None
 
     @property

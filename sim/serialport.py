@@ -12,6 +12,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+from .proc import end
+
 
 class SerialError(RuntimeError):
     pass
@@ -49,13 +51,7 @@ class VirtualSerial:
         self._ready.set()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc, grace=5)
         self.proc = None
 
     @property
