@@ -11,25 +11,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from device_helpers import hall_args, hall_with_gateway_process, run
 
-from countersign.cli import main
 from countersign.device import provision as prov
 from countersign.device.errors import DeviceToolError
 from countersign.device.hall import HallFiles
 from countersign.protocol.keystore import Keystore
-from countersign.sim.chain import Chain, ChainConfig
+from countersign.sim.chain import Chain
 from countersign.sim.fwdevice import FirmwareConfig, FirmwareDevice
 from countersign.sim.serialport import VirtualSerial
 
 
 @pytest.fixture
 def chain(tmp_path: Path) -> Iterator[Chain]:
-    c = Chain(ChainConfig(workdir=tmp_path / "chain", devices=1, retry_s=1.0, gateway_process=True))
-    c.start(devices=False)
-    try:
-        yield c
-    finally:
-        c.stop()
+    yield from hall_with_gateway_process(tmp_path)
 
 
 def _blank_keypad(chain: Chain, name: str = "new") -> FirmwareDevice:
@@ -42,19 +37,8 @@ def _blank_keypad(chain: Chain, name: str = "new") -> FirmwareDevice:
     return fw
 
 
-def _hall_args(chain: Chain) -> list[str]:
-    h = chain.first
-    assert chain.hall_broker.proc is not None and chain.gateway is not None
-    gw_pid = chain.gateway.proc.pid       # type: ignore[union-attr]  # a GatewayProcess here
-    return ["--keystore", str(h.keystore_path), "--registry", str(chain.registry_path),
-            "--broker-dir", str(h.dir / "hall-broker"), "--broker-pid", str(chain.hall_broker.proc.pid),
-            "--gateway-pid", str(gw_pid), "--broker-host", "127.0.0.1", "--broker-port", str(h.port)]
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    rc = main(["device", *argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _power_cycle(fw: FirmwareDevice) -> int:
@@ -80,15 +64,15 @@ def test_flash_provision_and_a_rating_reaches_the_gateway(chain: Chain, capsys: 
                                                            tmp_path: Path) -> None:
     fw = _blank_keypad(chain)
     host = str(fw.serial.host) if fw.serial else ""
-    rc, out, err = _run(capsys, "flash", "--port", host)
+    rc, out, err = run(capsys, "flash", "--port", host)
     assert rc == 0, err
     assert "skip the MicroPython image" in out and "firmware.romfs" in out
     assert (fw.cfg.folder / "firmware.romfs").exists() and (fw.cfg.folder / "main.py").exists()
 
     svg = tmp_path / "label.svg"
-    rc, out, err = _run(capsys, "provision", "--port", host, "--window", "5",
+    rc, out, err = run(capsys, "provision", "--port", host, "--window", "5",
                         "--option", f"sim_port={fw.cfg.sim_port}", "--label-svg", str(svg),
-                        *_hall_args(chain))
+                        *hall_args(chain))
     assert rc == 0, err
     m = re.search(r"provisioned (hf01-[0-9a-f]{6}): hall hf01, window 5, epoch 1", out)
     assert m, out
@@ -118,7 +102,7 @@ def test_flash_provision_and_a_rating_reaches_the_gateway(chain: Chain, capsys: 
 
     # inspect: read over serial, secrets left out, and the keypad keeps working afterwards.
     fw.detach_console()
-    rc, out, err = _run(capsys, "inspect", "--port", host, "--json")
+    rc, out, err = run(capsys, "inspect", "--port", host, "--json")
     assert rc == 0, err
     r = json.loads(out)
     assert r["fw"] and r["provisioned"] and r["config"]["device_id"] == dev and r["outbox_depth"] == 0
@@ -136,7 +120,7 @@ def test_flash_provision_and_a_rating_reaches_the_gateway(chain: Chain, capsys: 
 
 
 def test_flash_dry_run_prints_every_step(capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, _err = _run(capsys, "flash", "--port", "/dev/ttyUSB7", "--dry-run", "--image", "/tmp/mp.bin")
+    rc, out, _err = run(capsys, "flash", "--port", "/dev/ttyUSB7", "--dry-run", "--image", "/tmp/mp.bin")
     assert rc == 0
     steps = [ln for ln in out.splitlines() if ln.startswith("[dry-run]")]
     assert steps == ["[dry-run] esptool.py --chip esp32c3 --port /dev/ttyUSB7 write_flash 0 /tmp/mp.bin",
@@ -150,14 +134,14 @@ def test_wrong_port_and_a_keypad_that_does_not_answer(capsys: pytest.CaptureFixt
                                                       tmp_path: Path) -> None:
     ks = tmp_path / "keystore.json"
     Keystore(hall="hf01").save(ks)
-    rc, _out, err = _run(capsys, "provision", "--port", "/dev/ttyX", "--window", "1", "--keystore", str(ks),
+    rc, _out, err = run(capsys, "provision", "--port", "/dev/ttyX", "--window", "1", "--keystore", str(ks),
                         "--broker-host", "127.0.0.1")
     assert rc == 2 and err.strip() == "countersign device: no such serial port /dev/ttyX"
-    rc, _out, err = _run(capsys, "inspect", "--port", "/dev/ttyX")
+    rc, _out, err = run(capsys, "inspect", "--port", "/dev/ttyX")
     assert rc == 2 and "no such serial port /dev/ttyX" in err and "Traceback" not in err
     cable = VirtualSerial(tmp_path / "silent").start()   # a cable with nothing on the other end
     try:
-        rc, _out, err = _run(capsys, "provision", "--port", str(cable.host), "--window", "1", "--keystore",
+        rc, _out, err = run(capsys, "provision", "--port", str(cable.host), "--window", "1", "--keystore",
                             str(ks), "--broker-host", "127.0.0.1", "--timeout", "1")
     finally:
         cable.stop()
@@ -193,13 +177,13 @@ def test_interrupted_provisioning_leaves_it_unprovisioned_then_refusal_and_force
     assert fw.wait_line(r"CS:UNPROVISIONED", 20, start=mark), fw.lines[mark:]
     fw.detach_console()
 
-    rc, out, err = _run(capsys, "provision", "--port", host, "--window", "6", "--device-id", "hf01-k6",
-                        "--option", f"sim_port={fw.cfg.sim_port}", *_hall_args(chain))
+    rc, out, err = run(capsys, "provision", "--port", host, "--window", "6", "--device-id", "hf01-k6",
+                        "--option", f"sim_port={fw.cfg.sim_port}", *hall_args(chain))
     assert rc == 0, err                               # no --force needed: it was never provisioned
     assert "provisioned hf01-k6: hall hf01, window 6, epoch 1" in out
 
-    rc, out, err = _run(capsys, "provision", "--port", host, "--window", "6", "--device-id", "hf01-k6",
-                        "--option", f"sim_port={fw.cfg.sim_port}", *_hall_args(chain))
+    rc, out, err = run(capsys, "provision", "--port", host, "--window", "6", "--device-id", "hf01-k6",
+                        "--option", f"sim_port={fw.cfg.sim_port}", *hall_args(chain))
     assert rc == 2 and "Traceback" not in err
     assert err.strip() == ("countersign device: keypad on " + host + " is already provisioned as hf01-k6 "
                            "(hall hf01, window 6, epoch 1); use --force to provision it again")
@@ -207,8 +191,8 @@ def test_interrupted_provisioning_leaves_it_unprovisioned_then_refusal_and_force
     assert chain.province is not None
     chain.province.reload_registry()
 
-    rc, out, err = _run(capsys, "provision", "--port", host, "--window", "6", "--device-id", "hf01-k6",
-                        "--force", "--option", f"sim_port={fw.cfg.sim_port}", *_hall_args(chain))
+    rc, out, err = run(capsys, "provision", "--port", host, "--window", "6", "--device-id", "hf01-k6",
+                        "--force", "--option", f"sim_port={fw.cfg.sim_port}", *hall_args(chain))
     assert rc == 0, err
     assert "provisioned hf01-k6: hall hf01, window 6, epoch 2" in out   # re-keyed with a new epoch
     ks = Keystore.load(h.keystore_path)

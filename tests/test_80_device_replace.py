@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from device_helpers import hall_args, hall_with_gateway_process, run
 
-from countersign.cli import main
 from countersign.protocol.keystore import Keystore
-from countersign.sim.chain import Chain, ChainConfig
+from countersign.sim.chain import Chain
 from countersign.sim.fwdevice import FirmwareConfig, FirmwareDevice
 
 OLD = "hf01-w01"
@@ -20,29 +20,7 @@ OLD = "hf01-w01"
 
 @pytest.fixture
 def chain(tmp_path: Path) -> Iterator[Chain]:
-    c = Chain(ChainConfig(workdir=tmp_path / "chain", devices=1, retry_s=1.0, gateway_process=True))
-    c.start(devices=False)
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-def _hall_args(chain: Chain) -> list[str]:
-    h = chain.first
-    assert chain.hall_broker.proc is not None and chain.gateway is not None
-    return ["--keystore", str(h.keystore_path), "--registry", str(chain.registry_path),
-            "--broker-dir", str(h.dir / "hall-broker"), "--broker-pid", str(chain.hall_broker.proc.pid),
-            "--gateway-pid", str(chain.gateway.proc.pid),  # type: ignore[union-attr]
-            "--broker-host", "127.0.0.1", "--broker-port", str(h.port)]
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    rc = main(["device", *argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
+    yield from hall_with_gateway_process(tmp_path)
 
 
 def _rows(chain: Chain, dev: str) -> list[tuple[int, int, int]]:
@@ -80,7 +58,7 @@ def _old_keypad_with_pending(chain: Chain, capsys: pytest.CaptureFixture[str]) -
     seqs = [fw.invite_and_rate(4), fw.invite_and_rate(2)]
     fw.detach_console()
     host = str(fw.serial.host) if fw.serial else ""
-    rc, out, err = _run(capsys, "inspect", "--port", host, "--json", "--no-resume")
+    rc, out, err = run(capsys, "inspect", "--port", host, "--json", "--no-resume")
     assert rc == 0, err
     r = json.loads(out)
     assert r["outbox_pending"] == [[1, s] for s in seqs] and r["outbox_depth"] == 2 and not r["resumed"]
@@ -106,7 +84,7 @@ def test_replace_reconciles_pending_ratings_then_revokes(chain: Chain,
             "--option", f"sim_port={new.cfg.sim_port}"]
 
     chain.kill_gateway()                     # nobody acks: the ratings cannot be reconciled now
-    rc, out, err = _run(capsys, *args, *_hall_args_no_gateway(chain))
+    rc, out, err = run(capsys, *args, *_hall_args_no_gateway(chain))
     assert rc == 2 and "Traceback" not in err
     assert err.strip() == (f"countersign device: 2 ratings of {OLD} are not acked by the gateway (epoch/seq "
                            f"1/1 1/2): {OLD} is not revoked (--force-revoke to do it anyway)")
@@ -114,7 +92,7 @@ def test_replace_reconciles_pending_ratings_then_revokes(chain: Chain,
     assert not ks.devices[OLD].revoked and len(ks.devices) == 1
 
     chain.start_gateway()
-    rc, out, err = _run(capsys, *args, *_hall_args(chain))
+    rc, out, err = run(capsys, *args, *hall_args(chain))
     assert rc == 0, err
     assert f"{OLD}: 2 unsent ratings reconciled; {OLD} revoked" in out
     assert _rows(chain, OLD) == [(1, 1, 4), (1, 2, 2)]          # made offline, now at the gateway
@@ -150,8 +128,8 @@ def test_replace_same_keypad_reflashed_keeps_its_id_with_a_new_epoch(
         chain: Chain, capsys: pytest.CaptureFixture[str]) -> None:
     fw, host = _old_keypad_with_pending(chain, capsys)
     old_key = Keystore.load(chain.first.keystore_path).devices[OLD].key
-    rc, out, err = _run(capsys, "replace", "--old", OLD, "--old-port", host, "--port", host, "--same-id",
-                        "--option", f"sim_port={fw.cfg.sim_port}", *_hall_args(chain))
+    rc, out, err = run(capsys, "replace", "--old", OLD, "--old-port", host, "--port", host, "--same-id",
+                        "--option", f"sim_port={fw.cfg.sim_port}", *hall_args(chain))
     assert rc == 0, err
     assert f"{OLD}: 2 unsent ratings reconciled" in out
     assert f"provisioned {OLD}: hall hf01, window 1, epoch 2" in out
