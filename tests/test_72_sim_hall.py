@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,3 +50,15 @@ def test_seeded_hall_run_with_every_fault_loses_nothing(tmp_path: Path) -> None:
     summary = json.loads(x.stdout)
     assert summary["failed"] == {} and summary["verified"]["up"] > 0 and summary["verified"]["batch"] > 0
     assert summary["ratings_batched"] == summary["ratings_up"] and summary["ratings_up_not_batched"] == []
+
+
+def test_same_seed_without_faults_makes_the_same_presses(tmp_path: Path) -> None:
+    def presses(name: str) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+        run = HallRun(HallConfig(workdir=tmp_path / name, devices=2, duration_s=8, seed=21, faults=0))
+        rep = run.run()
+        scores = sorted((dev, score) for (dev, _e, _s), score in run.chain.ledger.ratings.items())
+        return rep["hops"], scores
+
+    hops_a, scores_a = presses("a")
+    hops_b, scores_b = presses("b")
+    assert hops_a["taps"] > 0 and hops_a == hops_b and scores_a == scores_b
