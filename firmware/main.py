@@ -1,57 +1,34 @@
-# Keypad entry point. The board is chosen by platform: the unix port is the simulator's board.
-#
-# Ctrl-C on the console (mpremote, `countersign device ...`) ends the app with KeyboardInterrupt and leaves
-# the REPL: on a board the port's own REPL, on the unix port `micropython -i main.py` (sim/fwdevice.py).
-# An unprovisioned keypad returns from main() at once and waits in the REPL for provisioning. Running
-# this file again in the same interpreter starts the app again (the tools do that after an inspection).
+# Keypad entry point: the port runs this file at power-up. It stays small and stable: the application
+# it starts is installed beside it (app.txt names where: apps/<id> for the .mpy tree on the filesystem,
+# /rom for a ROMFS image; device/bundle.py) and can change without it.
+try:
+    import micropython
+
+    micropython.kbd_intr(-1)    # first of all: no Ctrl-C into a REPL until cs.start decides
+except KeyboardInterrupt:       # one that arrived before the line above took effect
+    import machine
+
+    machine.reset()
 import sys
 
 
-def _board_name(cfg):
-    # The unix port is the simulator's board; on hardware the config names the board (default: the
-    # reference ESP32-C3).
-    if sys.platform == "linux":
-        return "sim"
-    return getattr(cfg, "board", "esp32c3")
-
-
-def _mount_app():
-    # On a keypad the port mounts the ROMFS partition at /rom itself. The unix port (the simulator) has
-    # no ROM: mount the image file the simulator put beside this file (see sim/bundle.py).
-    if sys.platform != "linux" or "/rom" in sys.path:
-        return      # a keypad, or main.py run again in the same process (`countersign device inspect`)
-    import vfs
-
+def _app():
     try:
-        with open("firmware.romfs", "rb") as f:
-            image = f.read()
+        with open("app.txt") as f:
+            root = f.read().strip()
     except OSError:
-        return      # running from a source tree (tests): cs/ and boards/ are on sys.path already
-    vfs.mount(vfs.VfsRom(image), "/rom")
-    sys.path.insert(0, "/rom")
+        return                  # a source tree (the tests): cs/ and boards/ are on sys.path already
+    if root and root not in sys.path:
+        sys.path.insert(0, root)
 
 
-def main():
-    _mount_app()
-    import asyncio
-
-    from cs import VERSION, config
-
-    try:
-        cfg = config.load()
-    except (ValueError, OSError) as e:
-        print("CS:BADCONFIG", e)
-        cfg = None
-    if cfg is None:
-        print("CS:BOOT fw=%s" % VERSION)
-        print("CS:UNPROVISIONED")
-        return   # the REPL stays available for provisioning
-    from cs.app import App
-
-    import boards
-
-    board = boards.load(_board_name(cfg), cfg)
-    asyncio.run(App(board, cfg).run())
-
-
-main()
+_app()
+try:
+    from cs import start
+except ImportError as e:
+    # No application installed (or a tree that cannot load): nothing runs, so nothing can rate, and
+    # `countersign device flash` needs the REPL to put one there.
+    print("CS:NOAPP", e)
+    micropython.kbd_intr(3)
+else:
+    start.run()

@@ -1,9 +1,15 @@
 """A keypad running the real firmware on the MicroPython unix port, driven like a bench device.
 
-The process runs ``firmware/main.py`` in its own folder (its "flash": config.json, device.key, the
-outbox and counters). Its console (stdout) carries the firmware's ``CS:`` markers, which this class
-collects so tests and the simulator wait on events instead of sleeping; keys are pressed through the sim
-board's local TCP socket.
+The process boots as an esp32 keypad does (``sim/port/esp32boot.py``: the port's boot sequence, then
+``main.py``) in its own folder, its "flash": config.json, device.key, the outbox and counters, the
+installed application (``apps/<id>/`` or a ROMFS partition, ``app.txt``). Its console (stdout) carries
+the firmware's ``CS:`` markers, which this class collects so tests and the simulator wait on events
+instead of sleeping; keys are pressed through the sim board's local TCP socket.
+
+This class is also the hardware around the keypad's CPU (``_Chip``): the watchdog, which resets the
+keypad (kills the process and starts it again, reset cause 3) when the firmware has not fed it for its
+timeout, in the REPL as much as in the app, as the esp32 port's task watchdog does; and the reset line
+(``machine.reset()``, cause 2).
 """
 
 from __future__ import annotations
@@ -22,14 +28,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import bundle
+from countersign.device import bundle
+
 from .proc import end
 from .serialport import VirtualSerial
 
 _TAP_GAP_S = 0.1 + 2 * 0.03 + 0.02    # the sim board's hold + twice the debounce + scan slack
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BUNDLE = ROOT / "out" / "firmware-bundle"
+DEFAULT_BUNDLE = bundle.DEFAULT_OUT
+PORT_BOOT = Path(__file__).resolve().parent / "port" / "esp32boot.py"
+# Heap the unix process gets beyond the keypad's budget, for what lives in C or in flash on a keypad
+# (esp32boot's shims, a ROMFS partition's bytes): esp32boot hands the app exactly the budget.
+PORT_HEAP = 16384
+RESET_CAUSES = {1: "power-on", 2: "hard reset", 3: "watchdog"}
 
 
 class _LineReader:
@@ -73,8 +85,12 @@ class FirmwareConfig:
     heartbeat_s: int = 60
     capacity: int = 9000
     broker_host: str = "127.0.0.1"
-    heap: int | None = field(default_factory=bundle.device_heap)   # RAM budget; ROM image added on top
-    bundle: Path = DEFAULT_BUNDLE           # the compiled application (sim/bundle.py), as on a keypad
+    mode: str = "mpy"                       # how the app is installed: "mpy" tree or "romfs" image
+    # The simulated MicroPython image has a ROMFS partition (stock esp32 images have none); default:
+    # only when the app is installed as a ROMFS image.
+    romfs: bool | None = None
+    heap: int | None = None                 # RAM budget for the app (default: budget.json's, per mode)
+    bundle: Path = DEFAULT_BUNDLE           # where bundles are built (device/bundle.py)
     # "pipe": the console is the process's stdout. "pty": a virtual USB serial cable (socat); the host
     # end (``FirmwareDevice.serial.host``) is what mpremote, pyserial and pytest-embedded open.
     console: str = "pipe"
@@ -94,6 +110,75 @@ class FirmwareConfig:
         os.replace(tmp, self.folder / "config.json")
 
 
+class _Chip:
+    """The watchdog and reset line of one simulated keypad (esp32boot.py sends it datagrams).
+
+    ``boot`` tags each power-on, so a datagram from a process already gone is ignored. The watchdog is
+    off at power-on until the firmware constructs ``machine.WDT``; every construction reconfigures its
+    timeout (esp32), every feed restarts it. ``on_reset(cause)`` is called from this thread.
+    """
+
+    def __init__(self, on_reset: Callable[[int], None]) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self._on_reset = on_reset
+        self._lock = threading.Lock()
+        self.boot = 0
+        self._timeout: float | None = None    # seconds; None: watchdog not running
+        self._fed = 0.0
+        self.feeds = 0
+        self._closed = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def power_on(self) -> int:
+        with self._lock:
+            self.boot += 1
+            self._timeout = None
+            return self.boot
+
+    def power_off(self) -> None:
+        with self._lock:
+            self.boot += 1                    # whatever the old process still sends is ignored
+            self._timeout = None
+
+    def close(self) -> None:
+        self._closed = True
+        self.power_off()
+        self.sock.close()
+
+    def _run(self) -> None:
+        while not self._closed:
+            with self._lock:
+                left = None if self._timeout is None else self._fed + self._timeout - time.monotonic()
+            if left is not None and left <= 0:
+                self.power_off()
+                self._on_reset(3)
+                continue
+            self.sock.settimeout(0.5 if left is None else min(left, 0.5))
+            try:
+                data = self.sock.recv(64)
+            except TimeoutError:
+                continue
+            except OSError:
+                return                        # closed
+            what, _, tag = data.partition(b" ")
+            with self._lock:
+                if tag != str(self.boot).encode():
+                    continue
+                if what.startswith(b"W"):
+                    self._timeout = int(what[1:]) / 1000
+                    self._fed = time.monotonic()
+                elif what == b"F":
+                    self._fed = time.monotonic()
+                    self.feeds += 1
+                elif what != b"R":
+                    continue
+            if what == b"R":
+                self.power_off()
+                self._on_reset(2)
+
+
 class FirmwareDevice:
     def __init__(self, cfg: FirmwareConfig) -> None:
         self.cfg = cfg
@@ -104,46 +189,86 @@ class FirmwareDevice:
         self._last_tap = 0.0
         self.serial: VirtualSerial | None = None
         self._host: Any = None                  # the pyserial port on the host end, when we read it
+        self._power = threading.RLock()         # one power-on / power-cut at a time
+        self._chip: _Chip | None = None
+        self.resets: list[int] = []             # causes of the resets the chip made (2 hard, 3 watchdog)
 
     # -- process ---------------------------------------------------------------------------------
-    def start(self, write_config: bool = True, install: bool = True) -> FirmwareDevice:
+    def start(self, write_config: bool = True, install: bool = True, hold: str = "",
+              hold_s: float = 3.0, cause: int = 1) -> FirmwareDevice:
         """Power on. ``write_config=False`` leaves an unprovisioned keypad unprovisioned (for
         ``countersign device provision``); ``install=False`` leaves the folder's application as it is
-        (a blank keypad: MicroPython and its REPL only, until ``countersign device flash``).
+        (a blank keypad: MicroPython and its REPL only, until ``countersign device flash``). ``hold``:
+        key labels held down while it powers up (``"1,4"``: service mode), for ``hold_s`` seconds.
 
-        With the "pty" console the process is ``micropython -i main.py``: when main.py ends (Ctrl-C on
-        the console, or an unprovisioned keypad) the REPL stays on the cable, as on a real board, so
-        mpremote can reach it.
+        With the "pty" console the process runs with ``-i``: when main.py ends (an unprovisioned keypad,
+        or Ctrl-C in service mode) the REPL stays on the cable, as on a real board, so mpremote can
+        reach it.
         """
-        self.cfg.folder.mkdir(parents=True, exist_ok=True)
-        if write_config and not (self.cfg.folder / "config.json").exists():
-            self.cfg.write()
-        if install:
-            self.install()
-        cmd = [micropython_exe()]
-        image = self.cfg.folder / bundle.IMAGE
-        if self.cfg.heap:
-            # A blank keypad has no image yet; the heap is the device's budget all the same.
-            heap = bundle.heap_for(image, self.cfg.heap) if image.exists() else self.cfg.heap
-            cmd += ["-X", f"heapsize={heap}"]
-        if self.cfg.console == "pty":
-            cmd.append("-i")
-        if (self.cfg.folder / bundle.ENTRY).exists():
-            cmd.append(bundle.ENTRY)
-        # Console lines are kept across restarts (a power cut does not erase what was seen); use mark()
-        # to wait for something after a point.
-        if self.cfg.console == "pty":
-            if self.serial is None or not self.serial.running:
-                self.serial = VirtualSerial(self.cfg.folder).start()
-                if self.cfg.read_console:
-                    self._open_host()
-            with open(self.serial.device, "r+b", buffering=0) as tty:
-                self.proc = subprocess.Popen(cmd, cwd=self.cfg.folder, stdin=tty, stdout=tty, stderr=tty)
+        with self._power:
+            self.cfg.folder.mkdir(parents=True, exist_ok=True)
+            if write_config and not (self.cfg.folder / "config.json").exists():
+                self.cfg.write()
+            if install:
+                self.install()
+            if self._chip is None:
+                self._chip = _Chip(self._chip_reset)
+            boot = self._chip.power_on()
+            budget = self.cfg.heap or bundle.device_heap(self.cfg.mode)
+            cmd = [micropython_exe(), "-X", f"heapsize={budget + self._rom_bytes() + PORT_HEAP}"]
+            if self.cfg.console == "pty":
+                cmd.append("-i")
+            cmd.append(str(PORT_BOOT))
+            env = dict(os.environ, CS_SIM_CHIP=self._chip.address, CS_SIM_BOOT=str(boot),
+                       CS_SIM_RESET_CAUSE=str(cause), CS_SIM_HEAP=str(budget))
+            if self._romfs():
+                env["CS_SIM_ROMFS"] = str(self._rom_bytes())
+            if hold:
+                env.update(CS_SIM_HOLD=hold, CS_SIM_HOLD_MS=str(int(hold_s * 1000)))
+            # Console lines are kept across restarts (a power cut does not erase what was seen); use
+            # mark() to wait for something after a point.
+            if self.cfg.console == "pty":
+                if self.serial is None or not self.serial.running:
+                    self.serial = VirtualSerial(self.cfg.folder).start()
+                    if self.cfg.read_console:
+                        self._open_host()
+                with open(self.serial.device, "r+b", buffering=0) as tty:
+                    self.proc = subprocess.Popen(cmd, cwd=self.cfg.folder, stdin=tty, stdout=tty, stderr=tty,
+                                                 env=env)
+                return self
+            self.proc = subprocess.Popen(cmd, cwd=self.cfg.folder, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                         bufsize=1, env=env)
+            threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
             return self
-        self.proc = subprocess.Popen(cmd, cwd=self.cfg.folder, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
-        return self
+
+    def _romfs(self) -> bool:
+        return self.cfg.romfs if self.cfg.romfs is not None else self.cfg.mode == "romfs"
+
+    def _rom_bytes(self) -> int:
+        """Size of the simulated ROMFS partition (flash on a keypad, heap here), 0 without one."""
+        if not self._romfs():
+            return 0
+        return bundle.romfs_partition_size(bundle.build("sim", self.cfg.bundle)) + 1024
+
+    def _chip_reset(self, cause: int) -> None:
+        """The chip resets: the process dies where it stands and the keypad boots again."""
+        with self._power:
+            if self.proc is None:
+                return
+            self._close_sock()
+            end(self.proc, signal.SIGKILL)
+            self.proc = None
+            self.resets.append(cause)
+            self._note(f"SIM RESET cause={cause} ({RESET_CAUSES.get(cause, '?')})")
+            self.start(write_config=False, install=False, cause=cause)
+
+    def _note(self, line: str) -> None:
+        with open(self.cfg.folder / "console.log", "a", encoding="utf-8") as log:
+            log.write(line + "\n")
+        with self._cv:
+            self.lines.append(line)
+            self._cv.notify_all()
 
     def _open_host(self) -> None:
         import serial  # pyserial: the technician's side of the cable
@@ -173,14 +298,9 @@ class FirmwareDevice:
         self._host.write(text.encode())
 
     def install(self) -> None:
-        """What flashing does: the application image and main.py onto the device's filesystem."""
-        built = bundle.build(self.cfg.bundle)
-        for name in (bundle.ENTRY, bundle.IMAGE):
-            src, dest = built / name, self.cfg.folder / name
-            if not dest.exists() or dest.read_bytes() != src.read_bytes():
-                tmp = dest.with_suffix(".new")
-                tmp.write_bytes(src.read_bytes())
-                os.replace(tmp, dest)
+        """What flashing does: the application (a .mpy tree or a ROMFS image) and main.py onto the
+        keypad's filesystem, switched in by its pointer file (device/bundle.py)."""
+        bundle.install_into(self.cfg.folder, bundle.build("sim", self.cfg.bundle), self.cfg.mode)
 
     def _pump(self, stream: Any) -> None:
         with open(self.cfg.folder / "console.log", "a", encoding="utf-8") as log:
@@ -195,9 +315,12 @@ class FirmwareDevice:
 
     def kill(self) -> None:
         """Power cut: SIGKILL, nothing flushed beyond what the firmware already wrote."""
-        self._close_sock()
-        end(self.proc, signal.SIGKILL)
-        self.proc = None
+        with self._power:
+            if self._chip is not None:
+                self._chip.power_off()
+            self._close_sock()
+            end(self.proc, signal.SIGKILL)
+            self.proc = None
 
     def stop(self) -> None:
         """Unplug: the process ends (the unix port has no clean shutdown) and the cable goes away."""
@@ -208,6 +331,9 @@ class FirmwareDevice:
         if self.serial is not None:
             self.serial.stop()
             self.serial = None
+        if self._chip is not None:
+            self._chip.close()
+            self._chip = None
 
     @property
     def running(self) -> bool:

@@ -3,27 +3,32 @@
 # Device config: `sim_port` (required), `sim_host` (default 127.0.0.1), `sim_connect` (False: listen on
 # the port and take one simulator at a time, a new connection replacing the old; True: connect to a
 # simulator listening there, retried every second), `sim_tap_ms` (how long a tap holds its key down,
-# default 100 ms: longer than the debounce so the scan sees it, like a finger would).
+# default 100 ms: longer than the debounce so the scan sees it, like a finger would), `wdt_ms` (the
+# watchdog, as on the ESP32 boards).
 #
 # Simulator -> device, one command a line:  P <key>  press (hold)   R <key>  release   T <key>  tap
 #   <key> is the key's label: 1..5 for the score keys, i for the invite key. Unknown lines are ignored.
 # Device -> simulator, one a line:  LED <pattern>   BUZ <pattern>   OLED <text>   (boards/__init__.py)
 #
-# Console (stdin, the virtual USB serial port): lines typed there go to the app (`status`); a 0x03 byte
-# (Ctrl-C) raises KeyboardInterrupt out of the app, as on a real board, so mpremote reaches the REPL
-# (the simulator starts the keypad as `micropython -i main.py`).
+# The hardware around the CPU is the simulator's (sim/port/esp32boot.py, sim/fwdevice.py): the watchdog
+# (machine.WDT, which kills and restarts this process 8 s after the last feed, in the REPL too), the
+# reset line, the reset cause, and keys held down while the keypad powers up (CS_SIM_HOLD, e.g. "1,4",
+# each held for CS_SIM_HOLD_MS, default 3000: a technician's fingers asking for service mode).
+#
+# Console (stdin, the virtual USB serial port): boards/console.py, as on every board.
 #
 # Everything is non-blocking: poll() (called on every key scan) accepts, reads and applies commands with
 # select.poll and a zero timeout. Feedback that cannot be sent at once is dropped: it is cosmetic, the
-# rating itself is already on flash. Network is always up, there is no watchdog, rssi is unknown.
+# rating itself is already on flash. The network is up at once (loopback).
+import os
 import select
-import sys
 import socket
 import time
 
 from micropython import const
 
 from boards import cfg_get
+from boards.console import Console
 
 _LABELS = "12345i"      # key labels in pin order: score keys 1..5, then invite
 _RETRY_MS = const(1000)
@@ -52,15 +57,24 @@ class Board:
     name = "sim"
 
     def __init__(self, cfg):
+        # cfg None: a keypad whose config is unreadable (cs/start.py): keys and console only.
         port = cfg_get(cfg, "sim_port")
-        if not isinstance(port, int) or not 0 < port < 65536:
+        if cfg is not None and (not isinstance(port, int) or not 0 < port < 65536):
             raise ValueError("sim_port")
-        self._addr = socket.getaddrinfo(cfg_get(cfg, "sim_host", "127.0.0.1"), port)[0][-1]
         self._connect = bool(cfg_get(cfg, "sim_connect", False))
         self._tap_ms = cfg_get(cfg, "sim_tap_ms", 100)
+        self._wdt_ms = cfg_get(cfg, "wdt_ms", 8000)
+        self._wdt = None
         self.ticks_ms = time.ticks_ms
         self.port = port
         self._pins = [VPin(time.ticks_ms) for _ in _LABELS]
+        held = os.getenv("CS_SIM_HOLD")
+        if held:
+            ms = int(os.getenv("CS_SIM_HOLD_MS") or "3000")
+            for label in held.split(","):
+                k = _LABELS.find(label.strip())
+                if k >= 0:
+                    self._pins[k].set(True, ms)
         self._buf = b""
         self._poll = select.poll()
         self._listener = None
@@ -68,15 +82,10 @@ class Board:
         self._next_try = time.ticks_ms()
         self.feedback = self        # the feedback calls below send the lines of boards/__init__.py
         self.commands = 0           # key commands applied (for tests and the console)
-        # The console: stdin is the keypad's (virtual) USB serial port. Lines typed there are commands
-        # for the app (`status`); a closed stdin (EOF) simply stops being polled.
-        self._cin = bytearray()
-        self._cline = None
-        try:
-            self._poll.register(sys.stdin, select.POLLIN)
-            self._stdin = True
-        except (OSError, TypeError):
-            self._stdin = False
+        self.console = Console()
+        if port is None:
+            return
+        self._addr = socket.getaddrinfo(cfg_get(cfg, "sim_host", "127.0.0.1"), port)[0][-1]
         if not self._connect:
             s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -106,10 +115,19 @@ class Board:
         return True
 
     def watchdog_feed(self):
-        pass
+        if self._wdt is None:
+            from machine import WDT     # the simulator's (sim/port/esp32boot.py), esp32 semantics
+
+            self._wdt = WDT(timeout=self._wdt_ms)
+        self._wdt.feed()
 
     def reset_cause(self):
-        return 1                    # power-on: every unix-port start is a fresh boot
+        import machine
+
+        return machine.reset_cause()
+
+    def allow_break(self, on):
+        self.console.brk = on
 
     def rssi(self):
         return None
@@ -125,9 +143,7 @@ class Board:
                 self._try_connect()
             return
         for obj, ev in self._poll.ipoll(0):
-            if obj is sys.stdin:
-                self._console(ev)
-            elif obj is self._listener:
+            if obj is self._listener:
                 self._accept()
             elif obj is self._conn:
                 if ev & (select.POLLHUP | select.POLLERR):
@@ -136,28 +152,8 @@ class Board:
                     self._read()
 
     def console_line(self):
-        """A whole line typed on the console since the last call, or None."""
-        line, self._cline = self._cline, None
-        return line
-
-    def _console(self, ev):
-        c = sys.stdin.buffer.read(1) if ev & select.POLLIN else b""
-        if not c:                        # EOF or hang-up: nobody can type here
-            self._poll.unregister(sys.stdin)
-            return
-        if c == b"\x03":
-            # Ctrl-C from a technician's tool (mpremote): the unix port's terminal is raw, so no SIGINT
-            # comes; stop the app as a real board's Ctrl-C would. Free the simulator's port first so the
-            # app can be started again in this process (`countersign device` resumes it), then the
-            # KeyboardInterrupt ends main.py and `micropython -i` drops into the REPL on this console.
-            self.close()
-            raise KeyboardInterrupt
-        if c == b"\n" or c == b"\r":
-            if self._cin:
-                self._cline = self._cin.decode()
-                self._cin = bytearray()
-        elif len(self._cin) < 64:
-            self._cin.extend(c)
+        """A whole line typed on the console since the last call, or None (boards/console.py)."""
+        return self.console.line()
 
     def close(self):
         self._drop()
