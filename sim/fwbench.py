@@ -1,5 +1,10 @@
 """Run the keypad's whole job (firmware/bench/budget.py) on the MicroPython unix port against the real
-gateway, under a heap budget; parse its heap and latency figures. Used by test_67 and `make bench`."""
+gateway, under the heap budget of an install mode; parse its heap and latency figures. Used by test_67
+and `make bench`.
+
+The keypad boots as every simulated keypad does (sim/port/esp32boot.py), with the bench driver in
+main.py's place, so the app gets exactly the budget (what the esp32 port keeps in C or in flash is held
+back by esp32boot)."""
 
 from __future__ import annotations
 
@@ -9,9 +14,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bundle
+from countersign.device import bundle
+
 from .chain import Chain, ChainConfig
-from .fwdevice import FirmwareDevice, micropython_exe
+from .fwdevice import PORT_BOOT, PORT_HEAP, FirmwareDevice, micropython_exe
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = ROOT / "firmware" / "bench" / "budget.py"
@@ -21,8 +27,9 @@ budgets = bundle.budgets
 @dataclass
 class BudgetRun:
     ratings: int
-    heap: int                       # the budget the job ran in (the ROM image came on top)
-    image_bytes: int
+    mode: str                       # install mode: "mpy" tree or "romfs" image
+    heap: int                       # the budget the job ran in
+    image_bytes: int                # what the app takes in flash (the .mpy tree or the ROMFS image)
     start_free: int
     frees: list[int]                # free heap after each tenth of the run
     end_free: int
@@ -40,22 +47,29 @@ class BudgetError(RuntimeError):
     pass
 
 
-def run(workdir: Path, ratings: int, heap: int | None = None, timeout: float = 1200) -> BudgetRun:
-    heap = heap or budgets()["heap"]
+def run(workdir: Path, ratings: int, mode: str = "romfs", heap: int | None = None,
+        timeout: float = 1200) -> BudgetRun:
+    heap = heap or bundle.device_heap(mode)
     c = Chain(ChainConfig(workdir=workdir / "chain", devices=1, firmware=1, retry_s=1.0))
     c.start(devices=False)
     try:
         c.sign_in("1", "10001", "张伟")
         fw = FirmwareDevice(c.firmware_config(c.device_ids[0]))
+        fw.cfg.mode = mode
         fw.cfg.write()
         fw.install()
+        built = bundle.build("sim", fw.cfg.bundle)
         # Compiled, as a keypad runs code: compiling from source needs more RAM than the budget.
         subprocess.run([bundle.mpy_cross_exe(), "-o", str(fw.cfg.folder / "budget.mpy"), str(DRIVER)],
                        check=True)
-        image = fw.cfg.folder / bundle.IMAGE
-        r = subprocess.run([micropython_exe(), "-X", f"heapsize={bundle.heap_for(image, heap)}", "-c",
-                            "import budget"], cwd=fw.cfg.folder, capture_output=True, text=True,
-                           timeout=timeout, check=False, env={**os.environ, "CS_BUDGET_N": str(ratings)})
+        rom = bundle.romfs_partition_size(built) if mode == "romfs" else 0
+        env = {**os.environ, "CS_BUDGET_N": str(ratings), "CS_SIM_MAIN": "budget", "CS_SIM_HEAP": str(heap)}
+        if rom:
+            env["CS_SIM_ROMFS"] = str(rom)
+        r = subprocess.run([micropython_exe(), "-X", f"heapsize={heap + rom + 1024 + PORT_HEAP}",
+                            str(PORT_BOOT)], cwd=fw.cfg.folder, capture_output=True, text=True,
+                           timeout=timeout, check=False, env=env)
+        image_bytes = built.image.stat().st_size if mode == "romfs" else built.tree_bytes
     finally:
         c.stop()
     out = r.stdout + r.stderr
@@ -69,6 +83,6 @@ def run(workdir: Path, ratings: int, heap: int | None = None, timeout: float = 1
         return m
 
     lat = [tuple(int(x) for x in one(rf"LAT {k} (\d+) (\d+) (\d+)").groups()) for k in ("commit", "stored")]
-    return BudgetRun(ratings, heap, image.stat().st_size, int(one(r"BUDGET start (\d+)").group(1)),
+    return BudgetRun(ratings, mode, heap, image_bytes, int(one(r"BUDGET start (\d+)").group(1)),
                      [int(m) for m in re.findall(r"BUDGET at \d+ (\d+)", out)],
                      int(one(r"BUDGET end (\d+)").group(1)), lat[0], lat[1], out)  # type: ignore[arg-type]

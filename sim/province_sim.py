@@ -762,8 +762,8 @@ class ProvinceSim:
         chain = self.chain = self._build()
         specs = self.worker_specs(chain)
         if cfg.firmware:
-            from countersign.sim import bundle
-            bundle.build(DEFAULT_BUNDLE)    # once here, not racing in every worker
+            from countersign.device import bundle
+            bundle.build("sim", DEFAULT_BUNDLE)    # once here, not in every worker
         report: dict[str, Any] = {}
         try:
             chain.province_broker.start()

@@ -1,8 +1,9 @@
 # The whole keypad job for N ratings, as fast as the gateway acks them, with heap figures.
 #
 # Run by tests/test_67_fw_budget.py and `make bench` on the MicroPython unix port, in a provisioned
-# device folder (config.json, device.key, firmware.romfs) next to a real broker and gateway, with the
-# heap capped at the keypad's budget plus the ROM image (sim/bundle.py heap_for). Key scanning is
+# device folder (config.json, device.key, the app installed as a .mpy tree or a ROMFS image) next to a
+# real broker and gateway, booted by sim/port/esp32boot.py in main.py's place, which leaves the app
+# exactly the heap budget of its install mode (sim/fwbench.py). Key scanning is
 # replaced by calling the flow directly (taps through the sim board would take minutes per thousand);
 # everything else is the real application: flow, outbox on files, COSE, the MQTT client, acks.
 #
@@ -14,12 +15,8 @@ import sys
 import time
 from array import array
 
-import vfs
-
-with open("firmware.romfs", "rb") as _f:
-    _img = _f.read()
-vfs.mount(vfs.VfsRom(_img), "/rom")
-sys.path.insert(0, "/rom")
+with open("app.txt") as _f:          # what main.py does: the installed app's folder (or /rom)
+    sys.path.insert(0, _f.read().strip())
 
 import asyncio  # noqa: E402
 
