@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 FW_TESTS = ROOT / "tests" / "fw"
 VECTORS = ROOT / "protocol" / "vectors"
+SIM_PORT = ROOT / "sim" / "port"
 
 
 def micropython() -> str:
@@ -38,7 +39,8 @@ def run_mpy(script: str, *args: str, heap: str | None = None, cwd: Path | None =
     if heap:
         cmd += ["-X", f"heapsize={heap}"]
     cmd += [str(FW_TESTS / script), *args]
-    e = dict(os.environ, CS_FIRMWARE=str(FIRMWARE), CS_VECTORS=str(VECTORS), CS_FW_TESTS=str(FW_TESTS))
+    e = dict(os.environ, CS_FIRMWARE=str(FIRMWARE), CS_VECTORS=str(VECTORS), CS_FW_TESTS=str(FW_TESTS),
+             CS_SIM_PORT=str(SIM_PORT))
     if env:
         e.update(env)
     return subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout, check=False)

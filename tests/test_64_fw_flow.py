@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from mpy import FIRMWARE, FW_TESTS, VECTORS, assert_mpy_ok, micropython
+from mpy import FIRMWARE, FW_TESTS, SIM_PORT, VECTORS, assert_mpy_ok, micropython
 
 from countersign.sim.broker import free_port
 
@@ -98,7 +98,8 @@ class Sim:
 
 @contextmanager
 def device(mode: str, port: int) -> Iterator[subprocess.Popen[str]]:
-    env = dict(os.environ, CS_FIRMWARE=str(FIRMWARE), CS_VECTORS=str(VECTORS), CS_FW_TESTS=str(FW_TESTS))
+    env = dict(os.environ, CS_FIRMWARE=str(FIRMWARE), CS_VECTORS=str(VECTORS), CS_FW_TESTS=str(FW_TESTS),
+               CS_SIM_PORT=str(SIM_PORT))
     proc = subprocess.Popen([micropython(), str(FW_TESTS / "mp_board_sim.py"), mode, str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

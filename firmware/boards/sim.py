@@ -33,21 +33,42 @@ from boards.console import Console
 _LABELS = "12345i"      # key labels in pin order: score keys 1..5, then invite
 _RETRY_MS = const(1000)
 
+# The keypad's clock is a 32-bit port's, not the unix port's: ticks wrap at 2**30 ms (12.4 days) on the
+# C3, at 2**62 here, where no test would ever see a wrap. So this board's ticks have the C3's period and
+# start CS_SIM_WRAP_S seconds (default 30) before the wrap: every simulated keypad crosses it soon
+# after boot, and code that compares ticks without ticks_diff, or feeds a growing count to it, fails
+# in the simulator as it would on a keypad after 12 days.
+_PERIOD = const(0x40000000)
+_HALF = const(0x20000000)
+_MASK = const(0x3FFFFFFF)
+_OFF = (_PERIOD - int(os.getenv("CS_SIM_WRAP_S") or "30") * 1000 - time.ticks_ms()) & _MASK
+
+
+def ticks_ms():
+    return (time.ticks_ms() + _OFF) & _MASK
+
+
+def ticks_diff(a, b):
+    return ((a - b + _HALF) & _MASK) - _HALF
+
+
+def ticks_add(a, d):
+    return (a + d) & _MASK
+
 
 class VPin:
     """A virtual key: .value() is 0 while down (active low, as on the real keypad)."""
 
-    def __init__(self, ticks_ms):
-        self._ticks = ticks_ms
+    def __init__(self):
         self._down = False
         self._until = None          # end of a tap, in ticks
 
     def set(self, down, hold_ms=None):
         self._down = down
-        self._until = None if hold_ms is None else time.ticks_add(self._ticks(), hold_ms)
+        self._until = None if hold_ms is None else ticks_add(ticks_ms(), hold_ms)
 
     def value(self):
-        if self._until is not None and time.ticks_diff(self._ticks(), self._until) >= 0:
+        if self._until is not None and ticks_diff(ticks_ms(), self._until) >= 0:
             self._down = False
             self._until = None
         return 0 if self._down else 1
@@ -65,9 +86,11 @@ class Board:
         self._tap_ms = cfg_get(cfg, "sim_tap_ms", 100)
         self._wdt_ms = cfg_get(cfg, "wdt_ms", 8000)
         self._wdt = None
-        self.ticks_ms = time.ticks_ms
+        self.ticks_ms = ticks_ms
+        self.ticks_diff = ticks_diff
+        self.ticks_add = ticks_add
         self.port = port
-        self._pins = [VPin(time.ticks_ms) for _ in _LABELS]
+        self._pins = [VPin() for _ in _LABELS]
         held = os.getenv("CS_SIM_HOLD")
         if held:
             ms = int(os.getenv("CS_SIM_HOLD_MS") or "3000")
@@ -79,7 +102,7 @@ class Board:
         self._poll = select.poll()
         self._listener = None
         self._conn = None
-        self._next_try = time.ticks_ms()
+        self._next_try = ticks_ms()
         self.feedback = self        # the feedback calls below send the lines of boards/__init__.py
         self.commands = 0           # key commands applied (for tests and the console)
         self.console = Console()
@@ -139,7 +162,7 @@ class Board:
 
     def poll(self):
         if self._conn is None and self._connect:
-            if time.ticks_diff(self.ticks_ms(), self._next_try) >= 0:
+            if ticks_diff(ticks_ms(), self._next_try) >= 0:
                 self._try_connect()
             return
         for obj, ev in self._poll.ipoll(0):
@@ -185,7 +208,7 @@ class Board:
     # -- socket plumbing -------------------------------------------------------------------------------
 
     def _try_connect(self):
-        self._next_try = time.ticks_add(self.ticks_ms(), _RETRY_MS)
+        self._next_try = ticks_add(ticks_ms(), _RETRY_MS)
         s = socket.socket()
         try:
             s.connect(self._addr)       # loopback: refused or accepted at once
@@ -216,7 +239,7 @@ class Board:
             self._conn = None
             print("SIM DETACHED")
             if self._connect:
-                self._next_try = time.ticks_add(self.ticks_ms(), _RETRY_MS)
+                self._next_try = ticks_add(ticks_ms(), _RETRY_MS)
 
     def _read(self):
         try:

@@ -61,7 +61,8 @@ class App:
                              on_link=self._on_link, on_puback=self._on_puback,
                              # Sized to the protocol, not to MQTT's maxima: an up message is at most
                              # 256 bytes (limits.py) and a keypad's downlinks are smaller still.
-                             inflight=_INFLIGHT, slot=_SLOT, max_size=_MAX_DOWN)
+                             inflight=_INFLIGHT, slot=_SLOT, max_size=_MAX_DOWN,
+                             ticks_ms=board.ticks_ms, ticks_diff=board.ticks_diff)
         self.outbox = Outbox(folder + "outbox.bin", cfg.capacity)
         self.board = board
         self.cfg = cfg
@@ -69,9 +70,10 @@ class App:
         self.key = cfg.key
         # Counters continue after the reservation on flash AND after the highest seq still in the outbox.
         self.state = State(folder + "state.json", epoch=cfg.epoch, max_seq=self.outbox.max_seq(cfg.epoch))
-        self.clock = Clock(board.ticks_ms)
-        self.flow = Flow(cfg.scale, cfg.invite_key, self.clock.mono, cfg.invite_timeout)
-        self.keys = Keys(board.keys(cfg.scale, cfg.invite_key), board.ticks_ms)
+        # Every ticks value is the board's and compared with the board's ticks_diff (cs/clock.py).
+        self.clock = Clock(board.ticks_ms, board.ticks_diff)
+        self.flow = Flow(cfg.scale, cfg.invite_key, board.ticks_ms, cfg.invite_timeout, board.ticks_diff)
+        self.keys = Keys(board.keys(cfg.scale, cfg.invite_key), board.ticks_ms, diff=board.ticks_diff)
         self.fb = board.feedback
         self.bad_downlink = 0
         # Preallocated: a payload, and one record buffer for two uses that never overlap: seal() writes

@@ -1,26 +1,47 @@
 # Device time. There is no RTC: wall time comes only from the gateway's time sync, which must echo the
 # nonce of our last hello/heartbeat (a replayed sync is refused). Until the first sync the time is
-# unknown (None) and ratings carry only the monotonic milliseconds, never a made-up date.
+# unknown (None) and ratings carry only the milliseconds since boot, never a made-up date.
+#
+# ticks_ms wraps: at 2**30 ms (12.4 days) on a 32-bit port such as the C3, and ticks_diff is only valid
+# between two ticks values less than half a period apart. So ticks are only ever compared with the
+# injected diff (time.ticks_diff, or the simulator board's 32-bit-port stand-in), and the long count is
+# kept in whole seconds (a small int for 34 years on a 32-bit port: no heap object per update) plus the
+# milliseconds into the current second. Nothing here is fed back into ticks arithmetic.
 import random
 from time import ticks_diff
 
 
 class Clock:
-    def __init__(self, ticks_ms):
+    def __init__(self, ticks_ms, diff=ticks_diff):
         self._ticks = ticks_ms
-        self._diff = ticks_diff
+        self._diff = diff
         self._last = ticks_ms()
-        self._mono = 0            # ms since boot; a Python int, so it never wraps like ticks_ms does
-        self._base_mono = None    # mono at the last sync
-        self._base_unix_ms = 0
+        self._s = 0               # whole seconds since boot
+        self._ms = 0              # and milliseconds into the current one
+        self._base = None         # (unix ms, _s, _ms) at the last accepted sync
         self._nonce = None
 
-    def mono(self):
-        """Milliseconds since boot. Call often enough (the app's tick loop) for ticks_ms not to wrap."""
+    def tick(self):
+        """Advance the count. Called every second by the app (at least once per half ticks period)."""
         now = self._ticks()
-        self._mono += self._diff(now, self._last)
+        d = self._diff(now, self._last)
         self._last = now
-        return self._mono
+        if d > 0:
+            ms = self._ms + d
+            if ms >= 1000:
+                self._s += ms // 1000
+                ms %= 1000
+            self._ms = ms
+
+    def uptime_s(self):
+        """Whole seconds since boot (the heartbeat's uptime; long intervals)."""
+        self.tick()
+        return self._s
+
+    def mono32(self):
+        """Milliseconds since boot modulo 2**32: the `mono` field of a rating."""
+        self.tick()
+        return (self._s * 1000 + self._ms) & 0xFFFFFFFF
 
     def new_nonce(self):
         self._nonce = random.getrandbits(32)
@@ -31,17 +52,23 @@ class Clock:
         if self._nonce is None or nonce != self._nonce:
             return False
         self._nonce = None
-        self._base_mono = self.mono()
-        self._base_unix_ms = now_ms
+        self.tick()
+        self._base = (now_ms, self._s, self._ms)
         return True
 
-    def unix_s(self, mono=None):
-        """Unix seconds at `mono` (default: now), or None while the time is unknown."""
-        if self._base_mono is None:
+    def mono(self):
+        # Until app.py moves to uptime_s()/mono32(): ms since boot as a growing int. Never ticks math.
+        self.tick()
+        return self._s * 1000 + self._ms
+
+    def unix_s(self, _mono=None):
+        """Unix seconds now, or None while the time is unknown."""
+        b = self._base
+        if b is None:
             return None
-        m = self.mono() if mono is None else mono
-        return (self._base_unix_ms + m - self._base_mono) // 1000
+        self.tick()
+        return (b[0] + (self._s - b[1]) * 1000 + self._ms - b[2]) // 1000
 
     @property
     def known(self):
-        return self._base_mono is not None
+        return self._base is not None

@@ -10,7 +10,9 @@
 # customer did not rate), then the new one opens. A Session only changes the clerk shown.
 #
 # The flow does no I/O and keeps no wall clock: it returns what happened and the app acts on it (store
-# the rating or no-rating, then feedback). now_ms is an injected millisecond clock (time.ticks_ms).
+# the rating or no-rating, then feedback). now_ms is an injected ticks clock (the board's ticks_ms) and
+# diff its ticks_diff: a prompt's window (at most 0xFFFF s) is well under half a ticks period, so a
+# window is measured correctly across the wrap.
 # After a "rated" or an expiry, `prompt` is the id of that prompt and `delay` the ms from its opening,
 # which is what the Rating / NoRating messages carry.
 #
@@ -37,7 +39,7 @@ _RATED = tuple(("rated", s) for s in range(6))
 
 
 class Flow:
-    def __init__(self, scale, invite_key, now_ms, invite_timeout=20):
+    def __init__(self, scale, invite_key, now_ms, invite_timeout=20, diff=ticks_diff):
         if scale != 4 and scale != 5:
             raise ValueError("bad-scale")
         if not 1 <= invite_timeout <= 0xFFFF:
@@ -45,6 +47,7 @@ class Flow:
         self.scale = scale
         self.invite_key = bool(invite_key)
         self._now = now_ms
+        self._diff = diff
         self._invite_timeout = invite_timeout
         self.state = READY
         self.clerk = None           # 工号 signed in at this window; None = window closed
@@ -53,7 +56,7 @@ class Flow:
         self.service = 0
         self.txn = None
         self.delay = 0              # ms from opening to the last rating / expiry
-        self._opened = 0            # now_ms() when the prompt opened
+        self._opened = 0            # now_ms() when the prompt opened (a ticks value)
         self._window = 0            # its window in ms
         self._last_seen = 0         # highest gateway prompt id accepted (0: none yet)
         self.ignored = 0            # presses that were not ratings (heartbeat `ignored`)
@@ -141,7 +144,7 @@ class Flow:
         """ms left in the window of the open or rated prompt, 0 when none."""
         if self.state != PROMPT_OPEN and self.state != RATED:
             return 0
-        left = self._window - ticks_diff(self._now(), self._opened)
+        left = self._window - self._diff(self._now(), self._opened)
         return left if left > 0 else 0
 
     def screen(self):
@@ -157,11 +160,11 @@ class Flow:
     # -- internals -------------------------------------------------------------------------------------
 
     def _age(self):
-        d = ticks_diff(self._now(), self._opened)
+        d = self._diff(self._now(), self._opened)
         return d if d > 0 else 0
 
     def _window_over(self):
-        return ticks_diff(self._now(), self._opened) >= self._window
+        return self._diff(self._now(), self._opened) >= self._window
 
     def _open(self, pid, timeout_s):
         old = None

@@ -1,8 +1,10 @@
 # Keypad scanning with debounce and stuck-key detection. See firmware/DESIGN.md.
 #
 # Pins and the clock are injected: each pin is any object whose .value() returns 0 while its key is
-# down (keys switch to ground against a pull-up: active low), ticks_ms() is a millisecond clock that may
-# wrap (time.ticks_ms on the device, a fake in tests). Key index i is pins[i]; the application's order
+# down (keys switch to ground against a pull-up: active low), ticks_ms() is a millisecond clock that
+# wraps (the board's ticks_ms: time.ticks_ms on the device, a fake in tests) and diff its ticks_diff. A
+# key held longer than half a ticks period (6.2 days on a 32-bit port) stays stuck: its bit is cleared
+# only on release. Key index i is pins[i]; the application's order
 # is the score keys 1..scale, then the invite key (boards.Board.keys()).
 #
 # A key changes its stable state only after its raw level has stayed the same for debounce_ms, so
@@ -19,7 +21,7 @@ from time import ticks_diff
 
 
 class Keys:
-    def __init__(self, pins, ticks_ms, debounce_ms=30, stuck_ms=10000):
+    def __init__(self, pins, ticks_ms, debounce_ms=30, stuck_ms=10000, diff=ticks_diff):
         n = len(pins)
         if not 1 <= n <= 16:
             raise ValueError("keys: 1..16 pins")   # `stuck` is a 16-bit mask (PROTOCOL.md heartbeat)
@@ -27,6 +29,7 @@ class Keys:
             raise ValueError("keys: need 0 <= debounce_ms < stuck_ms")
         self._pins = pins
         self._ticks = ticks_ms
+        self._diff = diff
         self._debounce = debounce_ms
         self._stuck_ms = stuck_ms
         self._n = n
@@ -59,7 +62,7 @@ class Keys:
                 raw[i] = d
                 since[i] = now
                 continue
-            age = ticks_diff(now, since[i])
+            age = self._diff(now, since[i])
             if d != stable[i]:
                 if age < self._debounce:
                     continue

@@ -158,6 +158,8 @@ def esp32_checks():
 if mode == "esp32":
     esp32_checks()
     sys.exit(0)
+import simport
+simport.install()       # the esp32 port's machine.WDT and reset_cause, as every simulated keypad has
 from boards import load
 port = int(sys.argv[2])
 check(raises(lambda: load("sim", {})), "sim_port is required")
@@ -167,7 +169,7 @@ check(board.network_up() and board.rssi() is None and board.reset_cause() == 1, 
 board.watchdog_feed()
 pins = board.keys(5, True)
 check(len(pins) == 6 and len(board.keys(4, False)) == 4, "5 score keys + invite; 4 without invite")
-keys = Keys(pins, board.ticks_ms, debounce_ms=30, stuck_ms=400)
+keys = Keys(pins, board.ticks_ms, debounce_ms=30, stuck_ms=400, diff=board.ticks_diff)
 got = []
 
 

@@ -57,7 +57,8 @@ class Client:
     def __init__(self, host, port, client_id, user, password, will_topic, keepalive=30,
                  on_msg=None, on_link=None, will_msg=b"", on_puback=None, ticks_ms=time.ticks_ms,
                  retry_ms=5000, backoff_min_ms=500, backoff_max_ms=30000, conn_ms=10000,
-                 inflight=4, slot=300, max_size=300, tick_ms=100, rand=None, rsize=128):
+                 inflight=4, slot=300, max_size=300, tick_ms=100, rand=None, rsize=128,
+                 ticks_diff=time.ticks_diff):
         self._addr = (host, port)
         cid, user, pw, will = _b(client_id), _b(user), _b(password), _b(will_topic)
         b = bytearray(26 + len(cid) + len(user or b"") + len(pw or b"") + len(will or b"") + len(will_msg))
@@ -66,6 +67,7 @@ class Client:
         self.on_link = on_link
         self.on_puback = on_puback
         self._ticks = ticks_ms
+        self._dif = ticks_diff
         self._rand = rand or random.getrandbits
         # Keepalive: ping after half the keepalive without traffic; no PINGRESP within the other half
         # drops the link (the broker itself would drop us at 1.5 x keepalive).
@@ -77,8 +79,9 @@ class Client:
         self._p = pkt.Parser(max_size)
         # Preallocated, one buffer: the read buffer (rsize), then the slots (`slot` bytes each).
         self._mv = memoryview(bytearray(rsize + inflight * slot))
-        self._sl = array("i", bytes(4 * _S * inflight))
-        self._r = array("i", (0, 0, 0, -1, 0, 0))
+        # "l": a ticks value is a small int of the port (30 bits on the C3, 62 on the 64-bit unix port).
+        self._sl = array("l", (0,) * (_S * inflight))
+        self._r = array("l", (0, 0, 0, -1, 0, 0))
         self._w = None
         self._dead = asyncio.Event()
         self._stop = False
@@ -286,7 +289,7 @@ class Client:
         self._send(mv, self._sl[i + 1])
 
     async def _keeper(self, w):
-        dif = time.ticks_diff
+        dif = self._dif
         k, rr, sl = self._k, self._r, self._sl
         try:
             while True:
