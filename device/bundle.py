@@ -52,7 +52,7 @@ MODES = ("mpy", "romfs")
 
 # The board modules each board's bundle carries (boards/__init__ always): the S3 board is the C3 board
 # on other pins, the simulator's board is its own.
-BOARD_MODULES = {"sim": ("sim",), "esp32c3": ("esp32c3",), "esp32s3": ("esp32c3", "esp32s3")}
+BOARD_MODULES = {"sim": ("sim",), "esp32c3": ("wifi", "esp32c3"), "esp32s3": ("wifi", "esp32c3", "esp32s3")}
 # Board modules every board uses (the console reader).
 COMMON_BOARD = ("__init__", "console")
 PIN_MAPS = {"esp32c3": HARDWARE / "esp32c3-devkitm-1" / "pins.json",

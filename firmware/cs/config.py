@@ -42,6 +42,18 @@ def _exists(path):
         return False
 
 
+def _ipv4(host):
+    if not isinstance(host, str):
+        return False
+    parts = host.split(".")
+    if len(parts) != 4:
+        return False
+    for p in parts:
+        if not p.isdigit() or len(p) > 3 or int(p) > 255:
+            return False
+    return True
+
+
 def load(folder=""):
     """The Config, or None when the device is not provisioned. Raises ValueError for a broken one."""
     cpath = folder + CONFIG
@@ -59,8 +71,10 @@ def load(folder=""):
         raise ValueError("bad-device-id")
     if d.get("scale", 4) not in (4, 5):
         raise ValueError("bad-scale")
-    if "broker_host" not in d:
-        raise ValueError("no-broker")
+    if not _ipv4(d.get("broker_host")):
+        # An address, not a name: asyncio.open_connection resolves names with a blocking call, which
+        # would stop the key scan (and starve the watchdog) whenever the hall's DNS is slow or down.
+        raise ValueError("broker-not-an-ip-address")
     # Defaults in code, not in a module-level dict (code stays in flash, a dict would be heap).
     d.setdefault("epoch", 1)
     d.setdefault("scale", 4)
