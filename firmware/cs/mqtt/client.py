@@ -58,7 +58,7 @@ class Client:
                  on_msg=None, on_link=None, will_msg=b"", on_puback=None, ticks_ms=time.ticks_ms,
                  retry_ms=5000, backoff_min_ms=500, backoff_max_ms=30000, conn_ms=10000,
                  inflight=4, slot=300, max_size=300, tick_ms=100, rand=None, rsize=128,
-                 ticks_diff=time.ticks_diff):
+                 ticks_diff=time.ticks_diff, net_up=None):
         self._addr = (host, port)
         cid, user, pw, will = _b(client_id), _b(user), _b(password), _b(will_topic)
         b = bytearray(26 + len(cid) + len(user or b"") + len(pw or b"") + len(will or b"") + len(will_msg))
@@ -84,6 +84,8 @@ class Client:
         self._r = array("l", (0, 0, 0, -1, 0, 0))
         self._w = None
         self._dead = asyncio.Event()
+        self._wake = asyncio.Event()    # kick(): end a backoff wait now (the network just came up)
+        self._net = net_up              # None, or a callable: False while the station has no IP
         self._stop = False
 
     # ---- application API ----
@@ -119,6 +121,9 @@ class Client:
     async def run(self):
         k = self._k
         while not self._stop:
+            if self._net is not None and not self._net():
+                await self._pause(k[_BMAX])     # no network: a connect would only fail; kick() ends it
+                continue
             try:
                 await self._session()
             except (OSError, ValueError, asyncio.TimeoutError) as e:
@@ -128,7 +133,19 @@ class Client:
             d = min(k[_BMAX], k[_BMIN] << min(self.tries, 16))
             self.tries += 1
             # Jitter: a random delay in [d/2, d], so a hall's keypads do not reconnect in step.
-            await asyncio.sleep_ms(d // 2 + self._rand(16) * (d - d // 2) // 65535)
+            await self._pause(d // 2 + self._rand(16) * (d - d // 2) // 65535)
+
+    async def _pause(self, ms):
+        try:
+            await asyncio.wait_for_ms(self._wake.wait(), ms)
+        except asyncio.TimeoutError:
+            pass
+        self._wake.clear()
+
+    def kick(self):
+        # The network came back: try now rather than at the end of the backoff.
+        self.tries = 0
+        self._wake.set()
 
     def stop(self):
         # Clean end: DISCONNECT (the broker then discards the will), run() returns.
@@ -297,6 +314,9 @@ class Client:
                 if w.out_buf:   # only when the socket refused part of a write (drain() allocates)
                     await w.drain()
                 now = self._ticks()
+                if self._net is not None and not self._net():
+                    # Wi-Fi lost: the socket is dead even if lwIP has not noticed yet.
+                    raise OSError("wifi-down")
                 if not self.up:
                     if dif(now, rr[_T0]) >= k[_CONN]:
                         raise OSError("connack-timeout")
