@@ -21,6 +21,7 @@ from mpy import FIRMWARE, FW_TESTS, SIM_PORT, VECTORS, assert_mpy_ok, micropytho
 from countersign.sim.broker import free_port
 
 T = 15.0        # generous limit; every wait returns as soon as its line arrives
+STOCK_PINS = FIRMWARE.parent / "hardware" / "micropython-pins.json"
 MODULES = ["cs/keys.py", "cs/flow.py", "boards/__init__.py", "boards/sim.py", "boards/esp32c3.py",
            "boards/esp32s3.py"]
 
@@ -58,10 +59,15 @@ def test_module_compiles_with_mpy_cross(module: str, tmp_path: Path) -> None:
 
 
 def test_esp32_boards_on_a_fake_machine() -> None:
-    out = assert_mpy_ok("mp_board_sim.py", "esp32")
+    """The board modules on a fake machine whose Pin refuses what the stock image's pin table lacks."""
+    out = assert_mpy_ok("mp_board_sim.py", "esp32", env={"CS_STOCK_PINS": str(STOCK_PINS)})
     for name in ("keys in score order, then invite", "watchdog armed once at the first feed, fed",
-                 "error(2): red blinks twice", "rejoins back off while down",
-                 "esp32s3: the same board on its own pins"):
+                 "LED: one RGB pixel on GPIO8 (the board's own LED and the panel's)",
+                 "pressed: LED green, beep",
+                 "stored: LED blinks green twice", "error(2): LED blinks red twice",
+                 "an LED on GPIO19: Board() raises invalid pin", "rejoins back off while down",
+                 "esp32s3: the same board on its own pins (ESP32_GENERIC_S3)",
+                 "esp32s3: the same board on its own pins (ESP32_GENERIC_S3-SPIRAM_OCT)"):
         assert f"ok {name}" in out
 
 

@@ -82,6 +82,8 @@ def test_the_checked_in_diagram_is_current(board: Path) -> None:
     texts = " ".join(ET.fromstring(have).itertext())
     for role, gpio in pin_map(board)["pins"].items():
         assert f"GPIO{gpio}" in texts and role in texts, f"{role} on GPIO{gpio} missing from the diagram"
+    for role, what in pin_map(board).get("on_board", {}).items():
+        assert f"GPIO{pin_map(board)['pins'][role]} {role}: {what}" in texts, f"{role}: the board's own part"
 
 
 def test_a_changed_pin_map_makes_the_diagram_stale(tmp_path: Path) -> None:
@@ -121,8 +123,8 @@ def test_the_bom_lists_every_part_the_pin_map_wires(board: Path) -> None:
 def test_the_bom_has_the_parts_the_keypad_needs_with_numbers_and_costs() -> None:
     rows = bom()
     items = {r["item"]: r for r in rows}
-    for item in ("board-c3", "board-s3", "key-switch", "key-cap", "invite-switch", "led-green", "led-red",
-                 "r-led", "buzzer", "q-buzzer", "oled", "enclosure", "usb-cable", "wall-mount"):
+    for item in ("board-c3", "board-s3", "key-switch", "key-cap", "invite-switch", "led-rgb", "r-led-data",
+                 "c-led", "buzzer", "q-buzzer", "oled", "enclosure", "usb-cable", "wall-mount"):
         assert item in items, f"BOM has no {item}"
     assert "SSD1306" in items["oled"]["part_number"] + items["oled"]["description"]
     for r in rows:
@@ -132,7 +134,13 @@ def test_the_bom_has_the_parts_the_keypad_needs_with_numbers_and_costs() -> None
     # score keys and caps: one per key of each scale; the key5 position only on 5-key keypads
     for item in ("key-switch", "key-cap"):
         assert (int(items[item]["qty_4key"]), int(items[item]["qty_5key"])) == (4, 5), item
-    assert int(items["r-led"]["qty_4key"]) == 2
+    # one addressable RGB LED on the one LED line, with its series resistor and decoupling capacitor, and a
+    # part whose colour order matches the board's own LED sharing that line on the C3 (WS2812B: GRB)
+    for item in ("led-rgb", "r-led-data", "c-led"):
+        qty = (int(items[item]["qty_4key"]), int(items[item]["qty_5key"]))
+        assert items[item]["wired_to"] == "led" and qty == (1, 1), item
+    assert "WS2812B" in items["led-rgb"]["part_number"] and "GRB" in items["led-rgb"]["description"]
+    assert "330" in items["r-led-data"]["part_number"] and "100 nF" in items["c-led"]["description"]
     assert int(items["board-c3"]["qty_4key"]) == 1
 
 

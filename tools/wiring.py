@@ -30,7 +30,7 @@ SVG_NAME = "wiring.svg"
 # Signal order on the diagram: the score keys in firmware order (key1 = score 1), then the clerk's key,
 # feedback, display.
 ROLE_ORDER = ("key1", "key2", "key3", "key4", "key5", "invite",
-              "led_green", "led_red", "buzzer", "sda", "scl")
+              "led", "buzzer", "sda", "scl")
 FONT = "'Noto Sans CJK SC','Source Han Sans SC','Microsoft YaHei','PingFang SC',sans-serif"
 CAP_COLOURS = {"green": "#3aa35b", "yellow": "#e0b400", "red": "#d23c3c", "blue": "#3b6fd1"}
 
@@ -38,16 +38,16 @@ CAP_COLOURS = {"green": "#3aa35b", "yellow": "#e0b400", "red": "#d23c3c", "blue"
 HOW = {
     "key": "switch to GND, internal pull-up, active low",
     "invite": "switch to GND, internal pull-up, active low; on the clerk's side",
-    "led_green": "GPIO - 220 Ohm - LED anode; cathode to GND (pressed 600 ms, stored: 2 blinks)",
-    "led_red": "GPIO - 220 Ohm - LED anode; cathode to GND (error N: N blinks 150/150 ms)",
+    "led": "GPIO - 330 Ohm - LED DIN; VCC 3V3, 100 nF at the LED; green: pressed 600 ms, stored 2 blinks; "
+           "red: error N = N blinks",
     "buzzer": "GPIO (PWM) - 1 kOhm - NPN base; buzzer 3V3 to collector, 1N4148 across it, emitter to GND",
     "sda": "OLED SDA (SSD1306 at 0x3C, 400 kHz)",
     "scl": "OLED SCL",
 }
 POWER = (
     ("5V", "USB 5 V in (the board's USB-UART port): counter PC or 5 V 1 A wall adapter"),
-    ("3V3", "board regulator out: OLED VCC, buzzer +, (optional) external key pull-ups"),
-    ("GND", "keys, invite key, LED cathodes, transistor emitter, OLED GND"),
+    ("3V3", "board regulator out: LED VCC, OLED VCC, buzzer +, (optional) external key pull-ups"),
+    ("GND", "keys, invite key, LED GND, transistor emitter, OLED GND"),
 )
 
 
@@ -169,6 +169,10 @@ def render(pin_map: dict[str, Any], parts: list[Part], labels: dict[str, Any], s
             restricted.items(), key=lambda kv: int(kv[0])))
         svg.text(20, top + rows * row_h + 10, f"* restricted pins (see {source}): {notes}", size=11,
                  fill="#666")
+    # a part already on the board that shares a signal (the C3 DevKitM-1's own RGB LED on the LED line)
+    for k, (role, what) in enumerate(sorted(pin_map.get("on_board", {}).items())):
+        svg.text(20, top + rows * row_h + 26 + k * 14, f"On the board: GPIO{pins[role]} {role}: {what}",
+                 size=11, fill="#666")
     svg.text(20, layout_top, "Key layout facing the customer (best score on the left; key N = score N):",
              size=14, weight="bold")
     for k, scale in enumerate(("4", "5")):
@@ -184,7 +188,7 @@ def render(pin_map: dict[str, Any], parts: list[Part], labels: dict[str, Any], s
     inv = labels["invite"]
     y = layout_top + 16 + 2 * 110 + 10
     svg.text(20, y, f"Clerk side (facing the clerk): {inv['zh']} {inv['en']} = invite = "
-                    f"GPIO{pins['invite']}; the LEDs and the OLED face the customer.", size=12)
+                    f"GPIO{pins['invite']}; the LED and the OLED face the customer.", size=12)
     return svg.render(width, height, title)
 
 

@@ -5,7 +5,7 @@
 # before the keys work. tests/test_65_board_pins.py checks the two agree, that every Pin() here takes its
 # number from PINS, and that every number is valid and not reserved on the board (the json says why).
 #
-# Keys: inputs with pull-up, active low. Feedback: green and red LEDs (active high), a passive buzzer on
+# Keys: inputs with pull-up, active low. Feedback: one RGB LED (WS2812-type: green or red), a buzzer on
 # PWM, and an SSD1306 on I2C if the `ssd1306` driver (micropython-lib, `mip install ssd1306`) is on the
 # device and the display answers at 0x3C; without it show() does nothing. Patterns: boards/__init__.py
 # (their timings and the Player that plays them are here: only the hardware boards need them).
@@ -18,6 +18,7 @@ import time
 import network
 from machine import I2C, PWM, WDT, Pin
 from machine import reset_cause as _machine_reset_cause
+from micropython import const
 from time import ticks_diff
 
 from boards import cfg_get
@@ -32,8 +33,7 @@ PINS = {
     "sda": 6,
     "scl": 7,
     "buzzer": 10,
-    "led_green": 18,
-    "led_red": 19,
+    "led": 8,
 }
 
 # (on, off, on, off, ...) durations in ms for Player
@@ -52,6 +52,10 @@ _BEEP_HZ = 2700         # near a typical passive buzzer's resonance: loud for li
 _LOW_HZ = 1000
 _RETRY_MIN_MS = 1000
 _RETRY_MAX_MS = 30000
+# LED levels out of 255: a WS2812 colour draws ~12-20 mA at 255 and the C3 lights two LEDs; a few mA each is
+# bright enough indoors and stays inside the USB power budget (hardware/README.md, Power).
+_GREEN = const(48)
+_RED = const(64)
 
 
 class Player:
@@ -115,6 +119,32 @@ class _Buzzer:
         self._pwm.duty_u16(32768 if v else 0)
 
 
+class _Rgb:
+    """One RGB pixel on a WS2812-type data line (the C3's own LED and the panel LED in parallel on it)."""
+
+    def __init__(self, pin):
+        from neopixel import NeoPixel       # micropython-lib, frozen into every stock esp32 image
+        self._np = NeoPixel(pin, 1)
+        self._rgb = [0, 0, 0]
+
+    def set(self, i, level):
+        self._rgb[i] = level
+        self._np[0] = self._rgb
+        self._np.write()
+
+
+class _Channel:
+    """A Player output: one colour of the pixel. Colours lit together add up, as two LEDs would both show."""
+
+    def __init__(self, rgb, i, level):
+        self._rgb = rgb
+        self._i = i
+        self._level = level
+
+    def value(self, v):
+        self._rgb.set(self._i, self._level if v else 0)
+
+
 class Feedback:
     def __init__(self, green, red, buzzer, oled, ticks_ms):
         self._green = Player(green, ticks_ms)
@@ -170,7 +200,8 @@ class Board:
         p = self.PINS
         self._keys = [Pin(p[n], Pin.IN, Pin.PULL_UP) for n in SCORE_KEYS + (INVITE_KEY,)]
         self.ticks_ms = time.ticks_ms
-        self.feedback = Feedback(Pin(p["led_green"], Pin.OUT, value=0), Pin(p["led_red"], Pin.OUT, value=0),
+        rgb = _Rgb(Pin(p["led"], Pin.OUT, value=0))
+        self.feedback = Feedback(_Channel(rgb, 1, _GREEN), _Channel(rgb, 0, _RED),
                                  _Buzzer(Pin(p["buzzer"], Pin.OUT, value=0)),
                                  self._oled(p, cfg), time.ticks_ms)
         self._wlan = network.WLAN(network.STA_IF)

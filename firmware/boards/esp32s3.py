@@ -14,8 +14,7 @@ PINS = {
     "sda": 8,
     "scl": 9,
     "buzzer": 10,
-    "led_green": 17,
-    "led_red": 18,
+    "led": 17,
 }
 
 

@@ -8,9 +8,11 @@
 #   device: OLED released       sim: garbage, T 9, T i   device sees only the invite key (index 5)
 #   device: OLED bye
 #
-# Usage: mp_board_sim.py esp32  runs the ESP32 board modules against a fake `machine` and `network`
-# (put in sys.modules): pin directions and pulls, feedback patterns over time, the lazy watchdog, the
-# Wi-Fi rejoin backoff, and that the S3 board is the C3 board on other pins.
+# Usage: mp_board_sim.py esp32  runs the ESP32 board modules against a fake `machine`, `network` and
+# `neopixel` (put in sys.modules): pin directions and pulls, the LED's colours and the feedback patterns
+# over time, the lazy watchdog, the Wi-Fi rejoin backoff, and that the S3 board is the C3 board on other
+# pins. The fake machine.Pin refuses, as the stock image does, every GPIO outside that image's pin table
+# (hardware/micropython-pins.json, its path in CS_STOCK_PINS).
 import sys
 import time
 import mpyboot
@@ -23,10 +25,16 @@ mode = sys.argv[1]
 class FakePin:
     IN, OUT, PULL_UP = 1, 3, 2
     made = {}
+    table = ()          # the stock image's pin table (machine_pin.h): Pin(n) for any other n is refused
 
     def __init__(self, n, mode=None, pull=None, value=None):
+        if n not in FakePin.table:
+            raise ValueError("invalid pin")     # ports/esp32/machine_pin.c machine_pin_find()
         self.n, self.mode, self.pull, self.v = n, mode, pull, 1 if value is None else value
         FakePin.made[n] = self
+
+    def init(self, mode=None, pull=None, value=None):
+        self.mode = mode
 
     def value(self, v=None):
         if v is None:
@@ -43,6 +51,26 @@ class FakePWM:
 
     def duty_u16(self, d):
         self.duty = d
+
+
+class FakeNeoPixel:
+    """micropython-lib's neopixel.NeoPixel as the board uses it: np[0] = (r, g, b); np.write() shows it."""
+    made = []
+
+    def __init__(self, pin, n, bpp=3, timing=1):
+        pin.init(pin.OUT)                       # as the real one does
+        self.pin, self.n, self.px, self.shown = pin, n, [(0, 0, 0)] * n, []
+        FakeNeoPixel.made.append(self)
+
+    def __setitem__(self, i, rgb):
+        self.px[i] = tuple(rgb)
+
+    def write(self):
+        self.shown.append(self.px[0])
+
+    def now(self):
+        """The colour the LED shows: the last pixel written (none yet: dark)."""
+        return self.shown[-1] if self.shown else (0, 0, 0)
 
 
 class FakeWDT:
@@ -81,23 +109,55 @@ class Mod:
     pass
 
 
+def stock_tables():
+    import json
+    import os
+    path = os.getenv("CS_STOCK_PINS")
+    check(bool(path), "CS_STOCK_PINS names hardware/micropython-pins.json")
+    with open(path) as f:
+        images = json.load(f)["images"]
+    return {name: set(img["pin_table"]) for name, img in images.items()}
+
+
+def colours(b, np, ms):
+    """The LED's colours, each change once, while poll() runs the patterns for `ms`."""
+    seen = [np.now()]
+    t0 = time.ticks_ms()
+    while time.ticks_diff(time.ticks_ms(), t0) < ms:
+        b.poll()
+        if np.now() != seen[-1]:
+            seen.append(np.now())
+        time.sleep_ms(5)
+    return seen
+
+
 def esp32_checks():
+    tables = stock_tables()
     machine = Mod()
     machine.Pin, machine.PWM, machine.WDT, machine.I2C = FakePin, FakePWM, FakeWDT, None
     machine.reset_cause = lambda: 3
     network = Mod()
     network.WLAN, network.STA_IF = FakeWLAN, 0
+    neopixel = Mod()
+    neopixel.NeoPixel = FakeNeoPixel
     sys.modules["machine"] = machine
     sys.modules["network"] = network
+    sys.modules["neopixel"] = neopixel
+    FakePin.table = tables["ESP32_GENERIC_C3"]
+    check(raises(lambda: FakePin(19, FakePin.OUT), "invalid pin") and raises(lambda: FakePin(18), "invalid pin"),
+          "the fake C3 image refuses GPIO18/19 (USB serial/JTAG), as the stock one does")
     from boards import load
+    from boards.esp32c3 import Board, PINS
     b = load("esp32c3", {"oled": False, "wdt_ms": 5000})
     check(b.name == "esp32c3", "esp32c3 board loads (fake machine)")
     keys = b.keys(5, True)
     check([p.n for p in keys] == [0, 1, 3, 4, 5, 2], "keys in score order, then invite", [p.n for p in keys])
     check(all(p.mode == FakePin.IN and p.pull == FakePin.PULL_UP for p in keys), "keys: inputs with pull-up")
     check([p.n for p in b.keys(4, False)] == [0, 1, 3, 4], "4 keys without invite")
-    green, red = FakePin.made[18], FakePin.made[19]
-    check(green.mode == red.mode == FakePin.OUT and green.v == red.v == 0, "LEDs: outputs, off at start")
+    np = FakeNeoPixel.made[-1]
+    check(np.pin is FakePin.made[8] and np.pin.mode == FakePin.OUT and np.n == 1,
+          "LED: one RGB pixel on GPIO8 (the board's own LED and the panel's)", (np.pin.n, np.n))
+    check(np.shown and np.now() == (0, 0, 0), "LED written dark at start", np.shown)
     buz = b.feedback._buzzer._pwm
     check(buz.pin.n == 10 and buz.duty == 0, "buzzer PWM on GPIO10, silent")
     check(not FakeWDT.armed, "watchdog not armed before the first feed")
@@ -107,27 +167,25 @@ def esp32_checks():
     check(b.reset_cause() == 3, "reset cause from machine (3 = watchdog)")
     check(b.rssi() is None, "rssi unknown while Wi-Fi is down")
     # feedback patterns run by poll(), without blocking
-    t0 = time.ticks_ms()
+    green, red, dark = (0, 48, 0), (64, 0, 0), (0, 0, 0)
     b.feedback.pressed(3)
-    check(green.v == 1 and buz.duty > 0 and buz.f == 2700, "pressed: green on, beep")
-    while time.ticks_diff(time.ticks_ms(), t0) < 200:
-        b.poll()
-        time.sleep_ms(5)
-    check(green.v == 1 and buz.duty == 0, "after 200 ms: beep over, green still on")
-    while time.ticks_diff(time.ticks_ms(), t0) < 700:
-        b.poll()
-        time.sleep_ms(5)
-    check(green.v == 0, "after 600 ms: green off")
+    check(np.now() == green and buz.duty > 0 and buz.f == 2700, "pressed: LED green, beep", np.now())
+    seen = colours(b, np, 200)
+    check(seen == [green] and buz.duty == 0, "after 200 ms: beep over, LED still green", seen)
+    seen = colours(b, np, 500)
+    check(seen == [green, dark], "after 600 ms: LED dark", seen)
+    b.feedback.stored()
+    seen = colours(b, np, 400)
+    check(seen == [green, dark, green, dark], "stored: LED blinks green twice", seen)
     b.feedback.error(2)
-    seen = []
-    t0 = time.ticks_ms()
-    while time.ticks_diff(time.ticks_ms(), t0) < 800:
-        b.poll()
-        if not seen or seen[-1] != red.v:
-            seen.append(red.v)
-        time.sleep_ms(5)
-    check(seen == [1, 0, 1, 0], "error(2): red blinks twice", seen)
+    seen = colours(b, np, 800)
+    check(seen == [red, dark, red, dark], "error(2): LED blinks red twice", seen)
     check(buz.f == 1000 and buz.duty == 0, "error: low tone, finished")
+    b.feedback.stored()
+    b.feedback.error(1)
+    check(np.now() == red, "error over a stored blink: red only", np.now())
+    b.feedback.idle()
+    check(np.now() == dark, "idle: LED dark")
     b.feedback.show("no display")     # no OLED: nothing to do, no error
     # Wi-Fi: joins at once, rejoins with growing gaps while down, stops once up
     check(raises(lambda: b.connect_network({})), "no SSID: ValueError")
@@ -148,10 +206,27 @@ def esp32_checks():
         b.poll()
         time.sleep_ms(10)
     check(len(w.joins) == n and b.network_up() and b.rssi() == -67, "up: no rejoin, rssi known")
-    s3 = load("esp32s3", {"oled": False})
-    check(s3.name == "esp32s3" and [p.n for p in s3.keys(5, True)] == [4, 5, 6, 7, 15, 16],
-          "esp32s3: the same board on its own pins")
-    check(s3.feedback._buzzer._pwm.pin.n == 10 and FakePin.made[17].mode == FakePin.OUT, "s3 outputs")
+    # The previous pin plan (an LED on GPIO19, the other on GPIO18) stops the keypad before the app starts.
+    for n in (19, 18):
+        old = dict(PINS)
+        old["led"] = n
+
+        class Old(Board):
+            PINS = old
+        check(raises(lambda: Old({"oled": False}), "invalid pin"), "an LED on GPIO%d: Board() raises invalid pin" % n)
+    # A console pin is in the table: the image accepts it (tests/test_65_board_pins.py refuses the map).
+    check(20 in FakePin.table and 21 in FakePin.table, "GPIO20/21 (the UART REPL) are in the C3 table")
+    for image in ("ESP32_GENERIC_S3", "ESP32_GENERIC_S3-SPIRAM_OCT"):
+        FakePin.table = tables[image]
+        s3 = load("esp32s3", {"oled": False})
+        check(s3.name == "esp32s3" and [p.n for p in s3.keys(5, True)] == [4, 5, 6, 7, 15, 16],
+              "esp32s3: the same board on its own pins (%s)" % image)
+        np = FakeNeoPixel.made[-1]
+        check(s3.feedback._buzzer._pwm.pin.n == 10 and np.pin.n == 17 and np.pin.mode == FakePin.OUT,
+              "s3 outputs: buzzer GPIO10, LED GPIO17")
+        s3.feedback.pressed(1)
+        check(np.now() == green, "s3: pressed lights the LED green")
+    check(raises(lambda: FakePin(34), "invalid pin"), "the octal-PSRAM image refuses GPIO34")
     done()
 
 
