@@ -1,14 +1,14 @@
 # Keypad entry point: the port runs this file at power-up. It stays small and stable: the application
 # it starts is installed beside it (app.txt names where: apps/<id> for the .mpy tree on the filesystem,
 # /rom for a ROMFS image; device/bundle.py) and can change without it.
-try:
-    import micropython
+while True:
+    try:
+        import micropython
 
-    micropython.kbd_intr(-1)    # first of all: no Ctrl-C into a REPL until cs.start decides
-except KeyboardInterrupt:       # one that arrived before the line above took effect
-    import machine
-
-    machine.reset()
+        micropython.kbd_intr(-1)    # first of all: no Ctrl-C into a REPL until cs.start decides
+        break
+    except KeyboardInterrupt:       # one that arrived before the line above took effect: again
+        pass
 import sys
 
 

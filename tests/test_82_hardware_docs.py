@@ -231,7 +231,7 @@ def test_the_guide_uses_the_device_commands_as_the_tool_parses_them() -> None:
 
 def test_the_guide_names_the_console_markers_the_firmware_prints() -> None:
     text = GUIDE.read_text(encoding="utf-8")
-    app = (FIRMWARE / "cs" / "app.py").read_text() + (FIRMWARE / "main.py").read_text()
+    app = "".join((FIRMWARE / f).read_text() for f in ("cs/app.py", "cs/start.py", "main.py"))
     for marker in ("CS:BOOT", "CS:PROVISIONED", "CS:UNPROVISIONED", "CS:LINK", "CS:RATED", "CS:STORED",
                    "CS:STATUS", "CS:FULL", "CS:PROMPT", "CS:NORATING"):
         # "CS:%s" % ("RATED" if rating else "NORATING") prints two of them

@@ -43,6 +43,13 @@ def cfg_get(cfg, name, default=None):
     return getattr(cfg, name, default)
 
 
+def reset():
+    """Reset the keypad (the app never ends in a REPL; cs/start.py). Never returns."""
+    import machine
+
+    machine.reset()
+
+
 def load(name, cfg):
     if name not in ("sim", "esp32c3", "esp32s3"):
         raise ValueError("unknown board")

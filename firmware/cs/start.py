@@ -46,9 +46,9 @@ def _held(board):
 
 
 def _reset():
-    import machine
+    import boards
 
-    machine.reset()
+    boards.reset()
 
 
 def _wait_for_service(board, why):
