@@ -65,7 +65,11 @@ def test_esp32_boards_on_a_fake_machine() -> None:
                  "LED: one RGB pixel on GPIO8 (the board's own LED and the panel's)",
                  "pressed: LED green, beep",
                  "stored: LED blinks green twice", "error(2): LED blinks red twice",
-                 "an LED on GPIO19: Board() raises invalid pin", "rejoins back off while down",
+                 "an LED on GPIO19: Board() raises invalid pin",
+                     "no access point: the driver keeps trying, the board makes no second connect()",
+                     "rejoined by the driver, still one connect()",
+                     "idle: one more connect() after the backoff, then up",
+                     "disconnect() never called (it cancels the driver's reconnects)",
                  "esp32s3: the same board on its own pins (ESP32_GENERIC_S3)",
                  "esp32s3: the same board on its own pins (ESP32_GENERIC_S3-SPIRAM_OCT)"):
         assert f"ok {name}" in out

@@ -7,10 +7,16 @@
 #                                 in order, then the invite key if `invite` (cs.keys index = that order)
 #   feedback                    -> an object with pressed(score), stored(), show(text), error(code), idle()
 #                                  (the sim board is its own feedback)
-#   ticks_ms()                  -> millisecond clock (time.ticks_ms)
+#   ticks_ms(), ticks_diff(a, b), ticks_add(t, ms)
+#                               -> the keypad's ticks clock: time's on a keypad; on the sim board a 32-bit
+#                                  port's (2**30 period, starting just before the wrap). Every ticks value
+#                                  is compared with this ticks_diff, never subtracted.
 #   poll()                      -> service the board without blocking: LED/buzzer patterns, the sim socket,
-#                                  Wi-Fi reconnect; call it on every key scan (every ~10 ms)
-#   network_up() -> bool, connect_network(cfg) (starts joining, never blocks; poll() retries with backoff)
+#                                  the Wi-Fi state; call it on every key scan (every ~10 ms)
+#   network_up() -> bool, connect_network(cfg) (starts joining once, never blocks; boards/wifi.py)
+#   console_line() -> str|None  -> a line typed on the USB serial console (boards/console.py); raises
+#                                  KeyboardInterrupt at a Ctrl-C once allow_break(True) (service mode)
+#   allow_break(on), reset()    -> service mode's Ctrl-C; reset the keypad (never returns)
 #   watchdog_feed()             -> feed the hardware watchdog (armed at the first call)
 #   reset_cause() -> int        -> PROTOCOL.md hello `reset`: 1 power-on, 2 hard reset, 3 watchdog,
 #                                  4 deep-sleep wake, 5 soft reset (MicroPython's machine constants)

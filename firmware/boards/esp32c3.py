@@ -6,22 +6,26 @@
 # number from PINS, and that every number is valid and not reserved on the board (the json says why).
 #
 # Keys: inputs with pull-up, active low. Feedback: one RGB LED (WS2812-type: green or red), a buzzer on
-# PWM, and an SSD1306 on I2C if the `ssd1306` driver (micropython-lib, `mip install ssd1306`) is on the
-# device and the display answers at 0x3C; without it show() does nothing. Patterns: boards/__init__.py
-# (their timings and the Player that plays them are here: only the hardware boards need them).
-# Network: Wi-Fi station; connect_network() starts joining and returns, poll() rejoins with backoff and
-# jitter while it is down. Watchdog: machine.WDT, armed at the first watchdog_feed() (so boot work such
-# as loading the outbox is not raced against it), wdt_ms in the config (default 8000).
-import random
+# PWM, and an SSD1306 on I2C if the `ssd1306` driver (firmware/drivers/ssd1306.py, in the bundle of a
+# board with an OLED) is there and the display answers at 0x3C; without it show() does nothing.
+# Patterns: boards/__init__.py (their timings and the Player that plays them are here: only the hardware
+# boards need them).
+# Network: Wi-Fi station, boards/wifi.py (one connect(), then the driver's own reconnects).
+# Watchdog: machine.WDT, armed at the first watchdog_feed() (so boot work such as loading the outbox is
+# not raced against it), wdt_ms in the config (default 8000). Console: boards/console.py, polled on
+# stdin (the USB-UART) without blocking.
 import time
 
 import network
 from machine import I2C, PWM, WDT, Pin
+from machine import reset as _machine_reset
 from machine import reset_cause as _machine_reset_cause
 from micropython import const
-from time import ticks_diff
+from time import ticks_add, ticks_diff
 
 from boards import cfg_get
+from boards.console import Console
+from boards.wifi import Wifi
 
 PINS = {
     "key1": 0,
@@ -50,8 +54,6 @@ INVITE_KEY = "invite"
 _OLED_ADDR = 0x3C
 _BEEP_HZ = 2700         # near a typical passive buzzer's resonance: loud for little current
 _LOW_HZ = 1000
-_RETRY_MIN_MS = 1000
-_RETRY_MAX_MS = 30000
 # LED levels out of 255: a WS2812 colour draws ~12-20 mA at 255 and the C3 lights two LEDs; a few mA each is
 # bright enough indoors and stays inside the USB power budget (hardware/README.md, Power).
 _GREEN = const(48)
@@ -95,7 +97,7 @@ class Player:
             return
         now = self._ticks()
         while pat and ticks_diff(now, self._t) >= pat[self._i]:
-            self._t += pat[self._i]
+            self._t = ticks_add(self._t, pat[self._i])
             self._i += 1
             if self._i == len(pat):
                 self._left -= 1
@@ -200,14 +202,15 @@ class Board:
         p = self.PINS
         self._keys = [Pin(p[n], Pin.IN, Pin.PULL_UP) for n in SCORE_KEYS + (INVITE_KEY,)]
         self.ticks_ms = time.ticks_ms
+        self.ticks_diff = ticks_diff
+        self.ticks_add = ticks_add
         rgb = _Rgb(Pin(p["led"], Pin.OUT, value=0))
         self.feedback = Feedback(_Channel(rgb, 1, _GREEN), _Channel(rgb, 0, _RED),
                                  _Buzzer(Pin(p["buzzer"], Pin.OUT, value=0)),
                                  self._oled(p, cfg), time.ticks_ms)
         self._wlan = network.WLAN(network.STA_IF)
-        self._wifi = None               # (ssid, password) once connect_network() was called
-        self._retry_ms = _RETRY_MIN_MS
-        self._next_try = time.ticks_ms()
+        self.wifi = Wifi(self._wlan, time.ticks_ms, ticks_diff, ticks_add)
+        self.console = Console()
         self._wdt = None
         self._wdt_ms = cfg_get(cfg, "wdt_ms", 8000)
 
@@ -236,36 +239,16 @@ class Board:
 
     def poll(self):
         self.feedback.poll()
-        if self._wifi is None or self._wlan.isconnected():
-            self._retry_ms = _RETRY_MIN_MS
-            return
-        now = time.ticks_ms()
-        if time.ticks_diff(now, self._next_try) < 0:
-            return
-        # Rejoin with exponential backoff and jitter: after an access-point restart a hall's keypads
-        # must not all ask at the same instant.
-        self._join()
-        self._next_try = time.ticks_add(now, self._retry_ms + random.getrandbits(10))
-        self._retry_ms = min(self._retry_ms * 2, _RETRY_MAX_MS)
+        self.wifi.poll()
 
     def network_up(self):
-        return self._wlan.isconnected()
+        return self.wifi.up
 
     def connect_network(self, cfg):
         ssid = cfg_get(cfg, "wifi_ssid")
         if not ssid:
             raise ValueError("wifi_ssid")
-        self._wifi = (ssid, cfg_get(cfg, "wifi_password", ""))
-        self._wlan.active(True)
-        self._join()
-        self._next_try = time.ticks_add(time.ticks_ms(), self._retry_ms)
-
-    def _join(self):
-        try:
-            self._wlan.disconnect()
-            self._wlan.connect(self._wifi[0], self._wifi[1])    # returns at once; joins in the background
-        except OSError:
-            pass                        # the driver is busy: the next poll() tries again
+        self.wifi.start(ssid, cfg_get(cfg, "wifi_password", ""))
 
     def watchdog_feed(self):
         if self._wdt is None:
@@ -276,12 +259,16 @@ class Board:
         return _machine_reset_cause()
 
     def console_line(self):
-        # On a keypad the USB serial console is MicroPython's own REPL: technicians use mpremote
-        # (`countersign device inspect`), so the app reads no commands from it.
-        return None
+        return self.console.line()
+
+    def allow_break(self, on):
+        self.console.brk = on
+
+    def reset(self):
+        _machine_reset()
 
     def rssi(self):
-        if not self._wlan.isconnected():
+        if not self.wifi.up:
             return None
         try:
             r = self._wlan.status("rssi")

@@ -152,6 +152,11 @@ class Board:
     def allow_break(self, on):
         self.console.brk = on
 
+    def reset(self):
+        import machine
+
+        machine.reset()
+
     def rssi(self):
         return None
 

@@ -22,101 +22,14 @@ from cs.keys import Keys
 mode = sys.argv[1]
 
 
-class FakePin:
-    IN, OUT, PULL_UP = 1, 3, 2
-    made = {}
-    table = ()          # the stock image's pin table (machine_pin.h): Pin(n) for any other n is refused
-
-    def __init__(self, n, mode=None, pull=None, value=None):
-        if n not in FakePin.table:
-            raise ValueError("invalid pin")     # ports/esp32/machine_pin.c machine_pin_find()
-        self.n, self.mode, self.pull, self.v = n, mode, pull, 1 if value is None else value
-        FakePin.made[n] = self
-
-    def init(self, mode=None, pull=None, value=None):
-        self.mode = mode
-
-    def value(self, v=None):
-        if v is None:
-            return self.v
-        self.v = v
+from fake_esp32 import FakeNeoPixel, FakePin, FakeWDT, install, stock_tables
 
 
-class FakePWM:
-    def __init__(self, pin, freq=0, duty_u16=0):
-        self.pin, self.f, self.duty = pin, freq, duty_u16
-
-    def freq(self, f):
-        self.f = f
-
-    def duty_u16(self, d):
-        self.duty = d
-
-
-class FakeNeoPixel:
-    """micropython-lib's neopixel.NeoPixel as the board uses it: np[0] = (r, g, b); np.write() shows it."""
-    made = []
-
-    def __init__(self, pin, n, bpp=3, timing=1):
-        pin.init(pin.OUT)                       # as the real one does
-        self.pin, self.n, self.px, self.shown = pin, n, [(0, 0, 0)] * n, []
-        FakeNeoPixel.made.append(self)
-
-    def __setitem__(self, i, rgb):
-        self.px[i] = tuple(rgb)
-
-    def write(self):
-        self.shown.append(self.px[0])
-
-    def now(self):
-        """The colour the LED shows: the last pixel written (none yet: dark)."""
-        return self.shown[-1] if self.shown else (0, 0, 0)
-
-
-class FakeWDT:
-    armed = []
-
-    def __init__(self, timeout):
-        self.feeds = 0
-        FakeWDT.armed.append(timeout)
-        FakeWDT.last = self
-
-    def feed(self):
-        self.feeds += 1
-
-
-class FakeWLAN:
-    def __init__(self, _):
-        self.up, self.joins, self.on = False, [], False
-
-    def active(self, on):
-        self.on = on
-
-    def isconnected(self):
-        return self.up
-
-    def disconnect(self):
-        pass
-
-    def connect(self, ssid, pw):
-        self.joins.append(time.ticks_ms())
-
-    def status(self, what):
-        return -67
-
-
-class Mod:
-    pass
-
-
-def stock_tables():
-    import json
-    import os
-    path = os.getenv("CS_STOCK_PINS")
-    check(bool(path), "CS_STOCK_PINS names hardware/micropython-pins.json")
-    with open(path) as f:
-        images = json.load(f)["images"]
-    return {name: set(img["pin_table"]) for name, img in images.items()}
+def run(b, ms):
+    t0 = time.ticks_ms()
+    while time.ticks_diff(time.ticks_ms(), t0) < ms:
+        b.poll()
+        time.sleep_ms(10)
 
 
 def colours(b, np, ms):
@@ -133,17 +46,7 @@ def colours(b, np, ms):
 
 def esp32_checks():
     tables = stock_tables()
-    machine = Mod()
-    machine.Pin, machine.PWM, machine.WDT, machine.I2C = FakePin, FakePWM, FakeWDT, None
-    machine.reset_cause = lambda: 3
-    network = Mod()
-    network.WLAN, network.STA_IF = FakeWLAN, 0
-    neopixel = Mod()
-    neopixel.NeoPixel = FakeNeoPixel
-    sys.modules["machine"] = machine
-    sys.modules["network"] = network
-    sys.modules["neopixel"] = neopixel
-    FakePin.table = tables["ESP32_GENERIC_C3"]
+    install("ESP32_GENERIC_C3", reset_cause=3)
     check(raises(lambda: FakePin(19, FakePin.OUT), "invalid pin") and raises(lambda: FakePin(18), "invalid pin"),
           "the fake C3 image refuses GPIO18/19 (USB serial/JTAG), as the stock one does")
     from boards import load
@@ -187,25 +90,29 @@ def esp32_checks():
     b.feedback.idle()
     check(np.now() == dark, "idle: LED dark")
     b.feedback.show("no display")     # no OLED: nothing to do, no error
-    # Wi-Fi: joins at once, rejoins with growing gaps while down, stops once up
+    # Wi-Fi as the esp32 driver wants it: one connect(), the driver's own reconnects, never disconnect()
     check(raises(lambda: b.connect_network({})), "no SSID: ValueError")
-    b.connect_network({"wifi_ssid": "hall", "wifi_password": "pw"})
     w = b._wlan
-    check(w.on and len(w.joins) == 1 and not b.network_up(), "connect_network starts joining, returns at once")
-    t0 = time.ticks_ms()
-    while time.ticks_diff(time.ticks_ms(), t0) < 4500:
-        b.poll()
-        time.sleep_ms(10)
-    gaps = [time.ticks_diff(w.joins[i + 1], w.joins[i]) for i in range(len(w.joins) - 1)]
-    check(2 <= len(w.joins) <= 4 and all(gaps[i + 1] > gaps[i] for i in range(len(gaps) - 1)),
-          "rejoins back off while down", gaps)
-    w.up = True
-    n = len(w.joins)
-    t0 = time.ticks_ms()
-    while time.ticks_diff(time.ticks_ms(), t0) < 1500:
-        b.poll()
-        time.sleep_ms(10)
-    check(len(w.joins) == n and b.network_up() and b.rssi() == -67, "up: no rejoin, rssi known")
+    w.ap = False
+    b.connect_network({"wifi_ssid": "hall", "wifi_password": "pw"})
+    check(w.on and w.joins == 1 and not b.network_up(), "connect_network: one connect(), returns at once")
+    run(b, 3000)
+    check(w.joins == 1 and b.wifi.status == 201 and not b.network_up(),
+          "no access point: the driver keeps trying, the board makes no second connect()", b.wifi.status)
+    w.ap = True
+    run(b, 1000)
+    check(b.network_up() and b.rssi() == -67 and w.joins == 1, "the access point appears: up, rssi known")
+    w.drop()                            # beacon timeout: the driver reconnects by itself
+    run(b, 100)
+    check(not b.network_up(), "a drop is seen as down")
+    run(b, 1000)
+    check(b.network_up() and w.joins == 1, "rejoined by the driver, still one connect()")
+    w.stop()                            # the driver gave up (STAT_IDLE): now it is the board's turn
+    run(b, 1500)
+    check(not b.network_up() and w.joins == 1, "idle: not asked again at once (backoff)")
+    run(b, 2500)
+    check(b.network_up() and w.joins == 2, "idle: one more connect() after the backoff, then up", w.joins)
+    check(w.disconnects == 0, "disconnect() never called (it cancels the driver's reconnects)")
     # The previous pin plan (an LED on GPIO19, the other on GPIO18) stops the keypad before the app starts.
     for n in (19, 18):
         old = dict(PINS)
