@@ -49,9 +49,10 @@ bench: deps
 	@mkdir -p out
 	$(PY) -m countersign.sim.bench --json out/bench.json
 
-# The keypad firmware bundle as it goes onto a keypad (out/firmware-bundle: firmware.romfs, the ROMFS
-# image of cs/ and boards/ as .mpy, and main.py), checked against its flash budget
-# firmware/size-budget.json: prints every figure, its budget and the headroom; fails when over.
+# The keypad firmware bundles as they go onto a keypad (device/bundle.py, one per board under
+# out/firmware-bundle: the .mpy tree of cs/ and boards/, the same as a ROMFS image, and main.py), checked
+# against their flash budget firmware/size-budget.json: prints every figure, its budget and the
+# headroom; fails when over.
 FW_BUNDLE := out/firmware-bundle
 firmware: venv
 	$(PY) tools/fwsize.py --bundle $(FW_BUNDLE) --budget firmware/size-budget.json

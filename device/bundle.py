@@ -150,11 +150,15 @@ def _version(src: Path) -> str:
     return m.group(1) if m else "?"
 
 
+def path_for(board: str, out: Path = DEFAULT_OUT, src: Path = FIRMWARE) -> Path:
+    """Where the bundle of ``board`` for the sources as they are now is (or would be) built."""
+    return out / f"{board}-{_fingerprint(board, sources(board, src), src)}"
+
+
 def build(board: str, out: Path = DEFAULT_OUT, src: Path = FIRMWARE) -> Bundle:
     """Build (or find, when nothing changed) the bundle of ``board`` under ``out``."""
     files = sources(board, src)
-    fp = _fingerprint(board, files, src)
-    final = out / f"{board}-{fp}"
+    final = path_for(board, out, src)
     if (final / MANIFEST).exists():
         return load(final)
     out.mkdir(parents=True, exist_ok=True)

@@ -55,12 +55,22 @@ def register(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--port", required=True, help="the keypad's serial port (/dev/ttyUSB0)")
     common.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the keypad")
 
-    f = sub.add_parser("flash", parents=[common], help="MicroPython image (esptool) + app bundle (mpremote)")
-    f.add_argument("--image", type=Path, help="MicroPython firmware image")
-    f.add_argument("--version", help="MicroPython version (image from --images)")
-    f.add_argument("--images", type=Path, help="folder of downloaded images")
+    f = sub.add_parser("flash", parents=[common],
+                       help="MicroPython (esptool, when needed) + the app (over the raw REPL)")
+    f.add_argument("--image", type=Path,
+                   help="MicroPython image file, e.g. ESP32_GENERIC_C3-20250415-v1.25.0.bin")
+    f.add_argument("--version", help="MicroPython version: its official image is taken from --images")
+    f.add_argument("--images", type=Path,
+                   help="folder of downloaded images (default ~/.cache/countersign/micropython)")
+    f.add_argument("--erase", action="store_true",
+                   help="erase the whole flash before the image (a board that ran other firmware); "
+                        "refused on a keypad with a config or unsent ratings")
     f.add_argument("--board", choices=("auto", "esp32c3", "esp32s3", "sim"), default="auto")
-    f.add_argument("--bundle", type=Path, help="build folder of the app bundle (default out/firmware-bundle)")
+    f.add_argument("--install", choices=("auto", "mpy", "romfs"), default="auto",
+                   help="how the app goes on: a ROMFS partition when the board has one (auto), or the "
+                        ".mpy tree")
+    f.add_argument("--bundle", type=Path,
+                   help="build folder of the app bundles (default out/firmware-bundle)")
     f.add_argument("--dry-run", action="store_true", help="print every step, touch nothing")
     f.set_defaults(func=_flash)
 
@@ -144,22 +154,22 @@ def _after_provision(res: Any, svg: Path | None) -> None:
     for line in res.done:
         _say(f"registered: {line}")
     _say(f"provisioned {i.device_id}: hall {i.hall}, window {i.window}, epoch {i.epoch}")
-    if res.virtual:
-        _say("power-cycle the keypad now: it boots with the new identity (a simulator keypad has no reset)")
-    else:
-        _say("the keypad was reset: it boots with the new identity")
+    _say("the keypad was reset: it boots with the new identity, in normal mode")
     _say(label.render(i.device_id, i.hall, i.window, i.epoch, svg))
 
 
 def _flash(args: argparse.Namespace) -> int:
     def go(a: argparse.Namespace) -> int:
-        from countersign.sim import bundle
-
+        from . import bundle
         from .flash import DEFAULT_IMAGES, flash
 
-        flash(a.port, board=a.board, image=a.image, version=a.version, images=a.images or DEFAULT_IMAGES,
-              bundle_dir=a.bundle or bundle.ROOT / "out" / "firmware-bundle", dry_run=a.dry_run,
-              timeout=a.timeout, say=_say)
+        r = flash(a.port, board=a.board, image=a.image, version=a.version, images=a.images or DEFAULT_IMAGES,
+                  bundle_dir=a.bundle or bundle.DEFAULT_OUT, erase=a.erase, install=a.install,
+                  dry_run=a.dry_run, timeout=a.timeout, say=_say)
+        if not a.dry_run:
+            _say(f"flashed: app {r.bundle.app_id} ({r.mode}) on a {r.board} keypad"
+                 + (f", MicroPython from {r.image.name}" if r.image else "")
+                 + ("; it was already installed" if r.already else "") + "; the keypad was reset")
         return 0
     return _run(go, args)
 

@@ -1,13 +1,16 @@
 """Firmware bundle sizes against the checked-in budget (``make firmware``).
 
-Builds the bundle that goes onto a keypad (``countersign.sim.bundle.build``: a ROMFS image of cs/ and
-boards/ compiled by mpy-cross, plus main.py), reads the size of every .mpy module out of the ROMFS image
-itself (what is really flashed, not a recompilation), and compares them with
-``firmware/size-budget.json``. It prints each figure with its budget and headroom, ESPHome style, and
-exits 1 when anything is over budget, so a growing firmware fails the build instead of a keypad in the
-field.
+Builds the bundle of every board that goes onto a keypad (``countersign.device.bundle.build``: cs/ and
+boards/ compiled by mpy-cross into a .mpy tree, the same tree as a ROMFS image, and main.py), and
+compares with ``firmware/size-budget.json``: per board the tree (what ``countersign device flash``
+writes under ``apps/<id>/`` on a stock image) and the ROMFS image (for an image with a ROMFS partition),
+main.py, and every .mpy module, whose size is read out of the ROMFS image itself (what is really
+flashed, not a recompilation) and must equal the tree's file. It prints each figure with its budget and
+headroom, ESPHome style, and exits 1 when anything is over budget, so a growing firmware fails the build
+instead of a keypad in the field.
 
-    python tools/fwsize.py [--bundle out/firmware-bundle] [--budget firmware/size-budget.json] [--no-build]
+    python tools/fwsize.py [--bundle out/firmware-bundle] [--budget firmware/size-budget.json]
+                           [--board esp32c3 ...] [--no-build]
 
 Exit codes: 0 within budget, 1 over budget, 2 the bundle or the budget could not be read or built.
 """
@@ -15,6 +18,7 @@ Exit codes: 0 within budget, 1 over budget, 2 the bundle or the budget could not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -25,8 +29,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = ROOT / "out" / "firmware-bundle"
 DEFAULT_BUDGET = ROOT / "firmware" / "size-budget.json"
-IMAGE = "firmware.romfs"
-ENTRY = "main.py"
 
 # ROMFS format (MicroPython's vfs.VfsRom, written by mpremote.romfs.VfsRomWriter): a 3-byte header and a
 # length, then records of (kind, length, payload) with lengths as big-endian base-128 varints.
@@ -133,46 +135,79 @@ def load_budget(path: Path) -> dict[str, Any]:
         raise SizeError(f"cannot read the budget {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise SizeError(f"{path}: not a JSON object")
-    for key in ("image", "main.py"):
-        if not isinstance(data.get(key), int) or data[key] <= 0:
-            raise SizeError(f"{path}: {key!r} must be a positive integer (bytes)")
+    if not isinstance(data.get("main.py"), int) or data["main.py"] <= 0:
+        raise SizeError(f"{path}: 'main.py' must be a positive integer (bytes)")
+    boards = data.get("boards")
+    if not isinstance(boards, dict) or not boards:
+        raise SizeError(f"{path}: 'boards' must map each board to its 'tree' and 'image' budgets")
+    for board, b in boards.items():
+        for key in ("tree", "image"):
+            if not isinstance(b, dict) or not isinstance(b.get(key), int) or b[key] <= 0:
+                raise SizeError(f"{path}: boards.{board}.{key} must be a positive integer (bytes)")
     modules = data.get("modules", {})
     if not isinstance(modules, dict) or not all(isinstance(v, int) and v > 0 for v in modules.values()):
         raise SizeError(f"{path}: 'modules' must map module paths to positive byte counts")
     return data
 
 
-def figures(bundle: Path, budget: dict[str, Any]) -> list[Figure]:
-    """The bundle's sizes with their budgets: the image, main.py, then every module in the image."""
+def _bundle(out: Path, board: str, build: bool) -> Any:
+    from countersign.device import bundle as fwbundle
+
     try:
-        image = (bundle / IMAGE).read_bytes()
-        entry = (bundle / ENTRY).stat().st_size
-    except OSError as exc:
-        raise SizeError(f"no bundle in {bundle}: {exc}") from exc
+        if build:
+            return fwbundle.build(board, out)
+        return fwbundle.load(fwbundle.path_for(board, out))
+    except fwbundle.BundleError as exc:
+        raise SizeError(f"no bundle of {board} in {out}: {exc}") from exc
+
+
+def figures(out: Path, budget: dict[str, Any], boards: list[str] | None = None,
+            build: bool = True) -> list[Figure]:
+    """Every board's tree and image with their budgets, main.py, then each module of each board."""
     modules: dict[str, int] = budget.get("modules", {})
-    files = romfs_files(image)
-    missing = sorted(set(modules) - set(files))
+    names = boards or list(budget["boards"])
+    unknown = [b for b in names if b not in budget["boards"]]
+    if unknown:
+        raise SizeError(f"no budget for board {', '.join(unknown)} (add it under 'boards')")
+    out_figs: list[Figure] = []
+    module_figs: dict[str, Figure] = {}
+    seen: set[str] = set()
+    entry = 0
+    for board in names:
+        b = _bundle(out, board, build)
+        try:
+            image = b.image.read_bytes()
+            entry = b.entry.stat().st_size
+        except OSError as exc:
+            raise SizeError(f"bundle {b.path} is incomplete: {exc}") from exc
+        files = romfs_files(image)
+        tree = {rel: size for rel, (size, _digest) in b.files.items()}
+        if files != tree:
+            differ = sorted(set(files) ^ set(tree)) or sorted(k for k in files if files[k] != tree[k])
+            raise SizeError(f"{board}: the ROMFS image and the .mpy tree differ ({', '.join(differ[:5])})")
+        seen |= set(files)
+        per = budget["boards"][board]
+        out_figs.append(Figure(f"{board} tree ({b.app_dir})", b.tree_bytes, per["tree"]))
+        out_figs.append(Figure(f"{board} ROMFS image", len(image), per["image"]))
+        for name, size in files.items():
+            module_figs.setdefault(name, Figure("  " + name, size, modules.get(name)))
+    from countersign.device import bundle as fwbundle
+
+    known = set(seen)
+    for board in budget["boards"]:          # a module of a board not measured this time still exists
+        with contextlib.suppress(fwbundle.BundleError):
+            known |= set(fwbundle.sources(board))
+    missing = sorted(set(modules) - known)
     if missing:
-        raise SizeError(f"budgeted modules not in the image: {', '.join(missing)} "
+        raise SizeError(f"budgeted modules in no board's bundle: {', '.join(missing)} "
                         "(renamed? update the budget)")
-    out = [Figure("ROM image (" + IMAGE + ")", len(image), budget["image"]),
-           Figure(ENTRY, entry, budget["main.py"])]
-    out += [Figure("  " + name, size, modules.get(name)) for name, size in sorted(files.items())]
-    return out
+    out_figs.append(Figure("main.py", entry, budget["main.py"]))
+    return out_figs + [module_figs[k] for k in sorted(module_figs)]
 
 
 def report(figs: list[Figure]) -> str:
     width = max(len(f.name) for f in figs)
     return "\n".join(f.line(width) for f in figs)
-
-
-def build(bundle: Path) -> None:
-    from countersign.sim import bundle as fwbundle
-
-    try:
-        fwbundle.build(bundle)
-    except fwbundle.BundleError as exc:
-        raise SizeError(str(exc)) from exc
 
 
 def _show(path: Path) -> str:
@@ -185,19 +220,19 @@ def _show(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE,
-                    help="bundle folder (default: %(default)s)")
+                    help="build folder of the bundles (default: %(default)s)")
     ap.add_argument("--budget", type=Path, default=DEFAULT_BUDGET, help="budget JSON (default: %(default)s)")
-    ap.add_argument("--no-build", action="store_true", help="check an existing bundle, do not build it")
+    ap.add_argument("--board", action="append", help="only this board (repeatable; default: every board "
+                    "in the budget)")
+    ap.add_argument("--no-build", action="store_true", help="check existing bundles, do not build them")
     args = ap.parse_args(argv)
     try:
         budget = load_budget(args.budget)
-        if not args.no_build:
-            build(args.bundle)
-        figs = figures(args.bundle, budget)
+        figs = figures(args.bundle, budget, args.board, build=not args.no_build)
     except SizeError as exc:
         print(f"fwsize: {exc}", file=sys.stderr)
         return 2
-    print(f"firmware bundle {_show(args.bundle)}  (budget {_show(args.budget)})")
+    print(f"firmware bundles in {_show(args.bundle)}  (budget {_show(args.budget)})")
     print(report(figs))
     over = [f.name.strip() for f in figs if f.over]
     if over:
