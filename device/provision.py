@@ -2,29 +2,37 @@
 
 Steps, in this order (each one a raw-REPL command over the keypad's serial port, see link.py):
 
-1. interrupt the app, read what the keypad holds: config.json (present = provisioned), outbox.bin;
+1. read what the keypad holds: config.json (present = provisioned), outbox.bin. An unprovisioned
+   keypad offers its REPL as it is; a provisioned one only in service mode (keys 1 and 4 held at
+   power-up): in normal mode it is refused with how to restart it in service mode;
 2. refuse a provisioned keypad without ``--force``, and always refuse one whose outbox still holds
    unsent ratings (``countersign device replace`` reconciles them first);
-3. remove config.json first (from here on the keypad is unprovisioned: an old config never meets a new
-   key), then the old outbox and counters (nothing unsent is in them), then write ``device.key``
-   (new-then-rename), then ``config.json.new`` and rename it to ``config.json``: the rename is the
+3. remove config.json and device.key first, together (from here on the keypad is unprovisioned, and an
+   unprovisioned keypad, which offers a REPL to anyone with a cable, never holds a registered key), then
+   the old outbox and counters (nothing unsent is in them), then write ``device.key`` (new-then-rename,
+   a key no file lists yet), then ``config.json.new`` and rename it to ``config.json``: the rename is the
    instant the keypad becomes provisioned. A keypad cut off at any point before it boots
    ``CS:UNPROVISIONED`` and can be provisioned again without ``--force``;
 4. read both files back and compare;
 5. only then register the key: gateway keystore, province registry, broker passwd/acl, SIGHUPs
-   (hall.py). If that fails the keypad's config.json is removed again (roll back), so neither side lists
-   a half-provisioned keypad;
-6. a board is reset (machine.reset()); a simulator keypad has no reset: the tool says to power-cycle it;
+   (hall.py). If that fails the keypad's config.json and key are removed again (roll back), so no
+   keypad is left half provisioned and none keeps a key a file may list;
+6. the keypad is reset (machine.reset(), a simulated keypad too): it boots in normal mode;
 7. the label (label.py).
 
 Identity: the device id is ``<hall>-<6 hex digits>`` unless given; the key is 32 random bytes unless a
 key file is given; the epoch is one more than the id's registered epoch (1 for a new id) unless given,
 and a given epoch must be newer than the registered one (seqs restart at 1 in a new epoch: an old epoch
-would hand out seqs the gateway already has).
+would hand out seqs the gateway already has). ``--broker-host`` must be an IPv4 address: the keypad's
+``asyncio.open_connection`` resolves a name with a blocking call, which would stall its key scan and
+starve its watchdog. An ESP32 board's config names its board (``board``: esp32c3 or esp32s3, as its
+MicroPython reports it), which picks its pin map at boot.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import secrets
 from collections.abc import Callable
@@ -35,7 +43,7 @@ from countersign.protocol import topics
 from countersign.protocol.keystore import DeviceKey, Keystore
 
 from . import outbox as obx
-from .errors import DeviceToolError, Refused
+from .errors import SERVICE_MODE, DeviceToolError, NormalMode, Refused
 from .hall import HallFiles
 from .link import KeypadLink
 
@@ -90,6 +98,18 @@ def read_state(link: KeypadLink) -> KeypadState:
     return KeypadState(cfg, obx.parse(link.read_file("outbox.bin")))
 
 
+def check_broker_host(host: str) -> None:
+    """The keypad dials the broker by IPv4 address (cs/config.py refuses anything else at boot): a host
+    name would be resolved by a blocking call."""
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError as exc:
+        raise DeviceToolError(f"--broker-host {host!r} is not an IPv4 address: the keypad resolves names "
+                              "with a blocking call (its key scan and watchdog would stall), so it takes "
+                              "only an address; give the gateway's as the keypad reaches it, e.g. "
+                              "192.168.10.2") from exc
+
+
 def choose_identity(ks: Keystore, req: ProvisionRequest, *, same_window_ok: str | None = None) -> Identity:
     hall = ks.hall
     if not hall:
@@ -132,25 +152,31 @@ def config_doc(ident: Identity, req: ProvisionRequest) -> dict[str, Any]:
 def write_identity(link: KeypadLink, ident: Identity, doc: dict[str, Any], hook: Hook | None = None) -> None:
     """Step 3 and 4: unprovision, wipe, key, config (the rename last), then read back."""
     step = hook or (lambda _s: None)
-    link.remove(CONFIG)
-    link.remove(CONFIG + ".new")
+    _remove(link, [CONFIG, KEY, CONFIG + ".new", KEY + ".new"])     # the config first, in one command
     step("unprovisioned")
-    for name in WIPE:
-        link.remove(name)
+    _remove(link, list(WIPE))
     step("wiped")
     link.write_file(KEY, ident.key)
     step("key-written")
     text = json.dumps(doc).encode()
-    link.exec("import gc;gc.collect();_f=open('config.json.new','wb')")
-    link.exec(f"_f.write({text!r})")
-    link.exec("_f.flush();_f.close();del _f")
+    link.exec(f"import gc\ngc.collect()\n_f=open('config.json.new','wb')\n_f.write({text!r})\n_f.flush()\n"
+              "_f.close()\ndel _f")
     step("config-new-written")
     link.rename(CONFIG + ".new", CONFIG)
     step("config-renamed")
     if link.read_file(KEY) != ident.key or link.read_file(CONFIG) != text:
-        link.remove(CONFIG)
+        unprovision(link)
         raise DeviceToolError(f"keypad on {link.port}: the files read back differ from what was written "
                               "(flash fault?); it is left unprovisioned")
+
+
+def _remove(link: KeypadLink, paths: list[str]) -> None:
+    link.exec(f"import os\nfor _p in {paths!r}:\n try:\n  os.remove(_p)\n except OSError:\n  pass")
+
+
+def unprovision(link: KeypadLink) -> None:
+    """Roll back: config first (the keypad is unprovisioned from here), then the key it must not keep."""
+    _remove(link, [CONFIG, KEY])
 
 
 @dataclass
@@ -162,13 +188,26 @@ class Result:
 
 def provision(port: str, hall: HallFiles, req: ProvisionRequest, *, force: bool = False,
               timeout: float = 5.0, hook: Hook | None = None, replacing: str | None = None,
-              revoke: list[str] | None = None, allow_pending: bool = False) -> Result:
+              revoke: list[str] | None = None, allow_pending: bool = False,
+              link: KeypadLink | None = None) -> Result:
     """Provision the keypad on ``port``. ``replacing``/``revoke``/``allow_pending`` are for replace.py:
-    the window's old keypad, revoked in the same keystore write, whose ratings were reconciled."""
+    the window's old keypad, revoked in the same keystore write, whose ratings were reconciled; ``link``
+    an open session on ``port`` (replace --same-id: the session that read the old outbox)."""
+    check_broker_host(req.broker_host)
     ks = hall.load()
     ident = choose_identity(ks, req, same_window_ok=replacing)
     doc = config_doc(ident, req)
-    with KeypadLink(port, timeout) as link:
+    with contextlib.ExitStack() as stack:
+        if link is None:
+            try:
+                link = stack.enter_context(KeypadLink(port, timeout))
+            except NormalMode as exc:
+                raise Refused(f"keypad on {port} runs in normal mode (no REPL): to provision it again, "
+                              f"{SERVICE_MODE}, then run the command again"
+                              if force else
+                              f"keypad on {port} is provisioned (it runs in normal mode, no REPL); "
+                              "provisioning it again needs --force and service mode: "
+                              f"{SERVICE_MODE}") from exc
         st = read_state(link)
         if st.config is not None and not force:
             c = st.config
@@ -179,15 +218,17 @@ def provision(port: str, hall: HallFiles, req: ProvisionRequest, *, force: bool 
             seqs = ", ".join(f"{e}/{s}" for e, s in st.outbox.seqs()[:20])
             raise Refused(f"keypad on {port} holds {st.outbox.depth} unsent ratings (epoch/seq {seqs}); "
                           "use `countersign device replace` so they reach the gateway first")
+        kind = link.board.kind
+        if kind in ("esp32c3", "esp32s3") and "board" not in doc:
+            doc["board"] = kind             # cs/start.py picks the board module (pins) by it
         write_identity(link, ident, doc, hook)
         dk = DeviceKey(ident.key, ident.epoch, ident.window, ident.scale, ident.hall)
         try:
             done = hall.apply(add={ident.device_id: dk}, revoke=revoke)
         except (DeviceToolError, OSError) as exc:
-            link.remove(CONFIG)             # roll back: the keypad is unprovisioned again
+            unprovision(link)               # roll back: unprovisioned again, and without the key
             raise DeviceToolError(f"registering {ident.device_id} failed, the keypad is unprovisioned "
                                   f"again: {exc}") from exc
         virtual = link.virtual
-        if not virtual:
-            link.reset()
+        link.reset()
     return Result(ident, done, virtual)

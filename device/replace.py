@@ -3,8 +3,11 @@
 Old keypad D1 (epoch e) at window W; new keypad D2: a new id (``<hall>-<hex>``) or, with ``--same-id``,
 D1's id again, in both cases with epoch e+1 and a new key. In order:
 
-1. D1's unsent ratings are read from its outbox over its serial port (the app is stopped: D1 makes no
-   new rating from here on). They are COSE_Mac0 messages D1 already signed, so the tool publishes them
+1. D1's unsent ratings are read from its outbox over its serial port, in service mode (keys 1 and 4
+   held at power-up; in normal mode it offers no REPL and the tool says how to restart it). Its app is
+   stopped and stays stopped for the whole replacement (the session is held open, its watchdog
+   extended): D1 makes no new rating and sends nothing itself from here on; afterwards, left in its
+   REPL, its own watchdog resets it. They are COSE_Mac0 messages D1 already signed, so the tool publishes them
    to the hall broker exactly as D1 would (user D1, D1's broker password derived from its registered
    key, QoS 1 on D1's up topic) and waits for the gateway's acks (MAC verified with D1's key) on D1's
    down topic: an acked seq is committed at the gateway. This works whether or not D1 itself could
@@ -25,7 +28,9 @@ so when it is not.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 import urllib.request
 from collections.abc import Callable
@@ -36,10 +41,10 @@ from countersign.protocol.errors import ProtocolError
 from countersign.protocol.keystore import mqtt_password
 
 from . import outbox as obx
-from .errors import DeviceToolError, NoAnswer, Refused
+from .errors import SERVICE_MODE, DeviceToolError, NoAnswer, NormalMode, Refused
 from .hall import HallFiles
 from .link import KeypadLink
-from .provision import ProvisionRequest, Result, provision, read_state
+from .provision import ProvisionRequest, Result, check_broker_host, provision, read_state
 
 
 @dataclass
@@ -135,6 +140,7 @@ def replace(hall: HallFiles, old: str, port: str, req: ProvisionRequest, *, old_
             same_id: bool = False, force_revoke: bool = False, drain_timeout: float = 30.0,
             timeout: float = 5.0, gateway_url: str | None = None,
             say: Callable[[str], None] = print) -> ReplaceResult:
+    check_broker_host(req.broker_host)
     ks = hall.load()
     dk = ks.devices.get(old)
     if dk is None or dk.revoked:
@@ -147,44 +153,53 @@ def replace(hall: HallFiles, old: str, port: str, req: ProvisionRequest, *, old_
     reconciled: list[tuple[int, int]] = []
     outstanding: list[tuple[int, int]] = []
     pending: list[obx.Pending] | None = None
-    if old_port is not None:
-        try:
-            with KeypadLink(old_port, timeout) as link:
-                st = read_state(link)
-        except NoAnswer as exc:
-            if not force_revoke:
-                raise Refused(f"{exc}; its unsent ratings cannot be read: {old} is not revoked "
-                              "(--force-revoke to revoke it anyway)") from exc
-            say(f"warning: {exc}; revoking {old} without its unsent ratings (--force-revoke)")
-            st = None
-        if st is not None:
-            if st.config is not None and st.config.get("device_id") != old:
-                raise Refused(f"the keypad on {old_port} is {st.config.get('device_id')}, not {old}")
-            pending = st.outbox.pending
-    elif not force_revoke:
-        raise Refused(f"give the old keypad's port (--old-port) so its unsent ratings are reconciled, "
-                      f"or --force-revoke to revoke {old} without them")
-    if pending:
-        say(f"{old}: {len(pending)} unsent ratings (epoch/seq "
-            + " ".join(f"{p.epoch}/{p.seq}" for p in pending[:20]) + "): publishing them to the gateway")
-        d = drain(old, dk.key, pending, req.broker_host, req.broker_port, drain_timeout)
-        reconciled = sorted(d.acked & {(p.epoch, p.seq) for p in pending})
-        outstanding = d.outstanding
-        if outstanding:
-            listing = " ".join(f"{e}/{s}" for e, s in outstanding)
-            if not force_revoke:
-                raise Refused(f"{len(outstanding)} ratings of {old} are not acked by the gateway "
-                              f"(epoch/seq {listing}): {old} is not revoked (--force-revoke to do it anyway)")
-            say(f"warning: revoking {old} with {len(outstanding)} ratings unacked: {listing}")
-        say(f"{old}: {len(reconciled)} ratings acked by the gateway")
-    elif pending is not None:
-        say(f"{old}: outbox empty, nothing to reconcile")
-    if same_id:
-        if gateway_url is None:
-            say("note: ratings the gateway has not forwarded yet will fail the province's check after the "
-                "re-key; give --gateway-url to wait for its backlog")
-        elif not wait_forwarded(gateway_url, drain_timeout, threading.Event().wait):
-            raise Refused("the gateway's forwarding backlog did not drain: not re-keying yet")
-    new = provision(port, hall, req, force=True, timeout=timeout, replacing=old,
-                    revoke=[] if same_id else [old], allow_pending=True)
+    with contextlib.ExitStack() as stack:
+        old_link: KeypadLink | None = None
+        if old_port is not None:
+            try:
+                old_link = stack.enter_context(KeypadLink(old_port, timeout))
+                st = read_state(old_link)
+            except NoAnswer as exc:
+                why = (f"the old keypad on {old_port} runs in normal mode, which offers no REPL: "
+                       f"{SERVICE_MODE}, then run replace again" if isinstance(exc, NormalMode) else str(exc))
+                if not force_revoke:
+                    raise Refused(f"{why}; its unsent ratings cannot be read: {old} is not revoked "
+                                  "(--force-revoke to revoke it anyway)") from exc
+                say(f"warning: {why}; revoking {old} without its unsent ratings (--force-revoke)")
+                st = None
+            if st is not None:
+                if st.config is not None and st.config.get("device_id") != old:
+                    raise Refused(f"the keypad on {old_port} is {st.config.get('device_id')}, not {old}")
+                pending = st.outbox.pending
+        elif not force_revoke:
+            raise Refused(f"give the old keypad's port (--old-port) so its unsent ratings are reconciled, "
+                          f"or --force-revoke to revoke {old} without them")
+        if pending:
+            say(f"{old}: {len(pending)} unsent ratings (epoch/seq "
+                + " ".join(f"{p.epoch}/{p.seq}" for p in pending[:20])
+                + (" ..." if len(pending) > 20 else "") + "): publishing them to the gateway")
+            d = drain(old, dk.key, pending, req.broker_host, req.broker_port, drain_timeout)
+            reconciled = sorted(d.acked & {(p.epoch, p.seq) for p in pending})
+            outstanding = d.outstanding
+            if outstanding:
+                listing = " ".join(f"{e}/{s}" for e, s in outstanding)
+                if not force_revoke:
+                    raise Refused(f"{len(outstanding)} ratings of {old} are not acked by the gateway "
+                                  f"(epoch/seq {listing}): {old} is not revoked (--force-revoke to do it "
+                                  "anyway)")
+                say(f"warning: revoking {old} with {len(outstanding)} ratings unacked: {listing}")
+            say(f"{old}: {len(reconciled)} ratings acked by the gateway")
+        elif pending is not None:
+            say(f"{old}: outbox empty, nothing to reconcile")
+        if same_id:
+            if gateway_url is None:
+                say("note: ratings the gateway has not forwarded yet will fail the province's check after "
+                    "the re-key; give --gateway-url to wait for its backlog")
+            elif not wait_forwarded(gateway_url, drain_timeout, threading.Event().wait):
+                raise Refused("the gateway's forwarding backlog did not drain: not re-keying yet")
+        # The same keypad (--same-id on its own port) is provisioned in the session that read it.
+        same = old_link if old_link is not None and os.path.realpath(port) == os.path.realpath(
+            old_port or "") else None
+        new = provision(port, hall, req, force=True, timeout=timeout, replacing=old,
+                        revoke=[] if same_id else [old], allow_pending=True, link=same)
     return ReplaceResult(old, reconciled, outstanding, new)

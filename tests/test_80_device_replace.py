@@ -1,5 +1,7 @@
-"""`countersign device replace`: a keypad with unsent ratings (made while the hall broker was down) is
-replaced; its ratings reach the gateway before its key is revoked, and the new keypad rates at once."""
+"""`countersign device replace`: a keypad with unsent ratings (made while the hall broker was down, then
+its Wi-Fi gone for good) is replaced; its ratings reach the gateway before its key is revoked, and the
+new keypad rates at once. The old keypad's outbox is read in service mode (keys 1 and 4 held at
+power-up): in normal mode it offers no REPL and the tool says so."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from device_helpers import hall_args, hall_with_gateway_process, run
+from device_helpers import hall_args, hall_with_gateway_process, host, power_cycle, run, service_mode
 
 from countersign.protocol.keystore import Keystore
+from countersign.sim.broker import free_port
 from countersign.sim.chain import Chain
 from countersign.sim.fwdevice import FirmwareConfig, FirmwareDevice
 
@@ -32,18 +35,10 @@ def _rows(chain: Chain, dev: str) -> list[tuple[int, int, int]]:
         conn.close()
 
 
-def _power_cycle(fw: FirmwareDevice) -> int:
-    fw.kill()
-    mark = fw.mark()
-    fw.attach_console()
-    fw.release_keys()
-    fw.start(write_config=False, install=False)
-    return mark
-
-
 def _old_keypad_with_pending(chain: Chain, capsys: pytest.CaptureFixture[str]) -> tuple[FirmwareDevice, str]:
-    """hf01-w01 makes two ratings while the hall broker is down, then is stopped at the bench
-    (inspect --no-resume shows them); the broker comes back with the keypad still stopped."""
+    """hf01-w01 makes two ratings while the hall broker is down; then its Wi-Fi dies for good (its config
+    is pointed at a dead port: it can never send them itself, a usual reason to replace a keypad). The
+    broker comes back; inspect, in service mode, shows the two ratings waiting. Left in normal mode."""
     cfg = chain.firmware_config(OLD)
     cfg.console = "pty"
     fw = chain.fw[OLD] = FirmwareDevice(cfg)
@@ -56,14 +51,21 @@ def _old_keypad_with_pending(chain: Chain, capsys: pytest.CaptureFixture[str]) -
     assert fw.wait_line(r"CS:SESSION clerk=10001", 10, start=mark)
     chain.hall_broker.stop()
     seqs = [fw.invite_and_rate(4), fw.invite_and_rate(2)]
-    fw.detach_console()
-    host = str(fw.serial.host) if fw.serial else ""
-    rc, out, err = run(capsys, "inspect", "--port", host, "--json", "--no-resume")
+    fw.kill()
+    path = fw.cfg.folder / "config.json"
+    doc = json.loads(path.read_text())
+    doc["broker_port"] = free_port()
+    path.write_text(json.dumps(doc))
+    chain.hall_broker.start()
+    service_mode(fw)
+    mark = fw.mark()
+    rc, out, err = run(capsys, "inspect", "--port", host(fw), "--json")
     assert rc == 0, err
     r = json.loads(out)
-    assert r["outbox_pending"] == [[1, s] for s in seqs] and r["outbox_depth"] == 2 and not r["resumed"]
-    chain.hall_broker.start()
-    return fw, host
+    assert r["mode"] == "service" and r["resumed"]
+    assert r["outbox_pending"] == [[1, s] for s in seqs] and r["outbox_depth"] == 2
+    assert fw.wait_until(lambda lines: any("SIM RESET cause=2" in ln for ln in lines[mark:]), 10)
+    return fw, host(fw)
 
 
 def _new_keypad(chain: Chain) -> FirmwareDevice:
@@ -71,7 +73,7 @@ def _new_keypad(chain: Chain) -> FirmwareDevice:
                          chain.port(), console="pty", read_console=False)
     fw = chain.fw["spare"] = FirmwareDevice(cfg)
     fw.cfg.folder.mkdir(parents=True)
-    fw.start(write_config=False)             # flashed at the depot, never provisioned
+    fw.start(write_config=False)             # flashed at the depot, never provisioned: it has a REPL
     return fw
 
 
@@ -79,10 +81,18 @@ def test_replace_reconciles_pending_ratings_then_revokes(chain: Chain,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     old, old_host = _old_keypad_with_pending(chain, capsys)
     new = _new_keypad(chain)
-    host = str(new.serial.host) if new.serial else ""
-    args = ["replace", "--old", OLD, "--old-port", old_host, "--port", host, "--drain-timeout", "3",
+    port = host(new)
+    args = ["replace", "--old", OLD, "--old-port", old_host, "--port", port, "--drain-timeout", "3",
             "--option", f"sim_port={new.cfg.sim_port}"]
 
+    # In normal mode (after inspect's reset) the old keypad offers no REPL: refused, saying what to do.
+    rc, out, err = run(capsys, *args, "--timeout", "2", *hall_args(chain))
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"the old keypad on {old_host} runs in normal mode" in err and "hold keys 1 and 4" in err
+    assert f"{OLD} is not revoked" in err
+    assert not Keystore.load(chain.first.keystore_path).devices[OLD].revoked
+
+    service_mode(old)
     chain.kill_gateway()                     # nobody acks: the ratings cannot be reconciled now
     rc, out, err = run(capsys, *args, *_hall_args_no_gateway(chain))
     assert rc == 2 and "Traceback" not in err
@@ -92,6 +102,7 @@ def test_replace_reconciles_pending_ratings_then_revokes(chain: Chain,
     assert not ks.devices[OLD].revoked and len(ks.devices) == 1
 
     chain.start_gateway()
+    service_mode(old)                        # the refusal left it in its REPL, where its watchdog reset it
     rc, out, err = run(capsys, *args, *hall_args(chain))
     assert rc == 0, err
     assert f"{OLD}: 2 unsent ratings reconciled; {OLD} revoked" in out
@@ -105,7 +116,7 @@ def test_replace_reconciles_pending_ratings_then_revokes(chain: Chain,
     assert chain.province is not None
     chain.province.reload_registry()
 
-    mark = _power_cycle(new)
+    mark = power_cycle(new)
     assert new.wait_line(rf"CS:PROVISIONED id={new_id} hall=hf01 window=1", 20, start=mark)
     assert new.wait_line(r"CS:LINK up", 20, start=mark), new.lines[mark:]
     chain.sign_in("1", "10001", "张伟")                          # window 1 is the new keypad's now
@@ -126,9 +137,12 @@ def _hall_args_no_gateway(chain: Chain) -> list[str]:
 
 def test_replace_same_keypad_reflashed_keeps_its_id_with_a_new_epoch(
         chain: Chain, capsys: pytest.CaptureFixture[str]) -> None:
-    fw, host = _old_keypad_with_pending(chain, capsys)
+    fw, port = _old_keypad_with_pending(chain, capsys)
     old_key = Keystore.load(chain.first.keystore_path).devices[OLD].key
-    rc, out, err = run(capsys, "replace", "--old", OLD, "--old-port", host, "--port", host, "--same-id",
+    service_mode(fw)
+    # One session reads its outbox and provisions it again: no reset in between (a reset would boot it
+    # in normal mode, without a REPL).
+    rc, out, err = run(capsys, "replace", "--old", OLD, "--old-port", port, "--port", port, "--same-id",
                         "--option", f"sim_port={fw.cfg.sim_port}", *hall_args(chain))
     assert rc == 0, err
     assert f"{OLD}: 2 unsent ratings reconciled" in out
@@ -137,7 +151,8 @@ def test_replace_same_keypad_reflashed_keeps_its_id_with_a_new_epoch(
     dk = Keystore.load(chain.first.keystore_path).devices[OLD]
     assert dk.epoch == 2 and dk.key != old_key and not dk.revoked
     assert not (fw.cfg.folder / "outbox.bin").exists()          # reconciled, then wiped
-    mark = _power_cycle(fw)
+    assert json.loads((fw.cfg.folder / "config.json").read_text())["broker_port"] == chain.first.port
+    mark = power_cycle(fw)
     assert fw.wait_line(r"CS:BOOT fw=\S+ boot=1 epoch=2", 20, start=mark), fw.lines[mark:]
     assert fw.wait_line(r"CS:LINK up", 20, start=mark), fw.lines[mark:]
     chain.sign_in("1", "10001", "张伟")
