@@ -448,15 +448,21 @@ def _deploy_rom(link: KeypadLink, image: Path) -> None:
     """The image into ROMFS partition 0 with mpremote's own `romfs deploy` code (it knows both the
     partition object of an esp32 image and a plain buffer), on this session's transport."""
     from mpremote import commands
-    from mpremote.transport import TransportError
+    from mpremote.transport import TransportError, TransportExecError
 
     state = SimpleNamespace(transport=link.transport, ensure_raw_repl=lambda: None, did_action=lambda: None)
     args = SimpleNamespace(path=str(image), partition=0, mpy=False)
     said = io.StringIO()
+    link.transport.gap = max(link.timeout, 10.0)     # mpremote's commands wait up to 10 s (an erase)
     try:
         with contextlib.redirect_stdout(said):
             commands._do_romfs_deploy(state, args)
-    except (commands.CommandError, TransportError, SystemExit, OSError) as exc:
+    except (TransportError, OSError) as exc:
+        if isinstance(exc, TransportExecError):
+            raise DeviceToolError(f"ROMFS deploy on {link.port} failed: {exc}") from exc
+        raise NoAnswer(f"the keypad on {link.port} stopped answering during the ROMFS deploy ({exc})"
+                       ) from exc
+    except (commands.CommandError, SystemExit) as exc:
         last = [ln.strip() for ln in said.getvalue().replace("\r", "\n").splitlines() if ln.strip()]
         raise DeviceToolError(f"ROMFS deploy on {link.port} failed: {str(exc) or (last or ['?'])[-1]}"
                               ) from exc

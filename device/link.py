@@ -69,11 +69,16 @@ class _Transport(SerialTransport):  # type: ignore[misc]  # mpremote ships no ty
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pending = bytearray()
+        # The longest silence any read waits for (the current command's timeout): mpremote waits 10 s
+        # for a prompt, which after a cut cable only delays the error.
+        self.gap: float | None = None
 
     def read_until(self, min_num_bytes: int, ending: bytes, timeout: float | None = 10,
                    data_consumer: Any = None, timeout_overall: float | None = None) -> bytes:
         buf = self._pending
         self._pending = bytearray()
+        if self.gap is not None and timeout is not None:
+            timeout = min(timeout, self.gap)
         start = last = time.monotonic()
         while True:
             i = buf.find(ending)
@@ -307,6 +312,7 @@ class KeypadLink:
         self.info: BoardInfo | None = None
         self.extended = False           # the watchdog was extended by this session
         self.ended = False              # the session ended the keypad's run (reset): nothing to restore
+        self.lost = False               # the keypad stopped answering (a cut cable): nobody to restore
         self.write_chunk = 1024
 
     # -- session ---------------------------------------------------------------------------------
@@ -369,7 +375,7 @@ class KeypadLink:
     def close(self) -> None:
         if self._t is None:
             return
-        if self.extended and not self.ended and self.info is not None:
+        if self.extended and not self.ended and not self.lost and self.info is not None:
             # Give the keypad its own watchdog back: left in the REPL, it resets as it would unattended.
             with contextlib.suppress(DeviceToolError):
                 self.exec(f"import machine\nmachine.WDT(timeout={self.info.wdt_ms})")
@@ -406,9 +412,13 @@ class KeypadLink:
     def exec(self, code: str, timeout: float | None = None) -> str:
         if self._t is None:
             raise DeviceToolError(f"the link to {self.port} is closed")
+        self._t.gap = timeout or self.timeout
         try:
-            out, err = self._t.exec_raw(code, timeout=timeout or self.timeout)
+            # mpremote prints what it read when the raw REPL stops answering: not for the terminal.
+            with contextlib.redirect_stdout(io.StringIO()):
+                out, err = self._t.exec_raw(code, timeout=self._t.gap)
         except (TransportError, OSError, ValueError) as exc:
+            self.lost = True
             raise NoAnswer(f"the keypad on {self.port} stopped answering ({exc})") from exc
         if err:
             last = err.decode(errors="replace").strip().splitlines()[-1:]
@@ -429,7 +439,7 @@ class KeypadLink:
 
     def read_file(self, path: str) -> bytes | None:
         """The file's bytes (one exec, streamed as base64 lines), or None when there is no such file."""
-        out = self.exec(_READ % (path, _READ_CHUNK), timeout=max(self.timeout, 10.0))
+        out = self.exec(_READ % (path, _READ_CHUNK))
         head, _, body = out.partition("\n")
         if head.strip() == "-":
             return None
@@ -467,7 +477,7 @@ class KeypadLink:
         """sha256 (hex) of each file, computed on the keypad; None for a missing file."""
         out: dict[str, str | None] = {}
         for i in range(0, len(paths), 16):          # a bounded list literal per exec
-            got = self.eval_json(_SHA % (paths[i:i + 16],), timeout=max(self.timeout, 30.0))
+            got = self.eval_json(_SHA % (paths[i:i + 16],))
             out.update({str(k): (None if v is None else str(v)) for k, v in got.items()})
         return out
 
@@ -484,11 +494,11 @@ class KeypadLink:
         return [(str(name), bool(d)) for name, d in got]
 
     def rmtree(self, path: str) -> None:
-        self.exec(_RMTREE % (path,), timeout=max(self.timeout, 30.0))
+        self.exec(_RMTREE % (path,))
 
     def reset(self) -> None:
         """machine.reset(): the keypad boots with what is on flash (on a simulated keypad too: the
         simulator restarts its process). The session ends here."""
         self.ended = True
-        with contextlib.suppress(TransportError, OSError):   # it resets under us: no answer is right
-            self._t.exec_raw_no_follow("import machine\nmachine.reset()")
+        with contextlib.suppress(TransportError, OSError), contextlib.redirect_stdout(io.StringIO()):
+            self._t.exec_raw_no_follow("import machine\nmachine.reset()")    # it resets under us

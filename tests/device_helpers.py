@@ -59,14 +59,17 @@ def host(fw: FirmwareDevice) -> str:
     return str(fw.serial.host)
 
 
-def power_cycle(fw: FirmwareDevice, hold: str = "") -> int:
+def power_cycle(fw: FirmwareDevice, hold: str = "", hold_s: float = 3.0) -> int:
     """Unplug and plug in again (``hold=SERVICE``: keys 1 and 4 held, service mode), watching the
     console from the first line; returns the mark to wait from. ``detach_console()`` before a tool."""
     fw.kill()
     mark = fw.mark()
-    fw.attach_console()
+    if fw.serial is not None and fw.serial.running:
+        fw.attach_console()
+    else:
+        fw.cfg.read_console = True          # its first power-on: the cable is made and read from now
     fw.release_keys()
-    fw.start(write_config=False, install=False, hold=hold)
+    fw.start(write_config=False, install=False, hold=hold, hold_s=hold_s)
     return mark
 
 
