@@ -56,7 +56,7 @@ from types import SimpleNamespace
 from . import bundle, esp
 from . import image as img
 from .bundle import Bundle
-from .errors import DeviceToolError, NoAnswer, NormalMode, Refused
+from .errors import SERVICE_MODE, DeviceToolError, NoAnswer, NormalMode, Refused
 from .link import SESSION_WDT_MS, BoardInfo, KeypadLink
 
 DEFAULT_IMAGES = Path.home() / ".cache" / "countersign" / "micropython"
@@ -306,8 +306,12 @@ def _wait_repl(port: str, timeout: float, say: Callable[[str], None]) -> KeypadL
     while time.monotonic() < end:
         try:
             return KeypadLink(port, timeout).open()
-        except NormalMode:
-            raise                   # a keypad kept its config (no --erase): service mode is needed again
+        except NormalMode as exc:
+            # A keypad kept its config (no --erase) and boots its old app in normal mode after esptool's
+            # reset: the image is done, only the app is left, and that needs service mode again.
+            raise NormalMode(f"MicroPython is written, but the keypad on {port} now runs its app in normal "
+                             f"mode (no REPL): {SERVICE_MODE}, then run flash again without --image or "
+                             "--version to install the app") from exc
         except DeviceToolError as exc:
             last = exc
             time.sleep(0.5)         # the port is not back yet (a real board, not a test's condition)

@@ -28,6 +28,7 @@ from countersign.device import bundle
 from countersign.device import provision as prov
 from countersign.device.errors import DeviceToolError
 from countersign.device.hall import HallFiles
+from countersign.device.inspect import text
 from countersign.protocol.keystore import Keystore
 from countersign.sim.chain import Chain
 from countersign.sim.fwdevice import FirmwareDevice
@@ -107,6 +108,8 @@ def test_flash_provision_and_a_rating_reaches_the_gateway(chain: Chain, capsys: 
     assert r["mode"] == "normal" and not r["repl"] and r["live"]["id"] == dev and r["live"]["outbox"] == 0
     assert "service mode" in r["note"] and "keys 1 and 4" in r["note"]
     assert r["config"] is None and fw.resets == [2, 2]   # nothing was stopped or reset
+    shown = text(r)
+    assert "mode          normal" in shown and f"id            {dev}" in shown and "keys 1 and 4" in shown
 
     # inspect in service mode: read over serial, secrets left out, and the keypad reset afterwards.
     service_mode(fw)
@@ -122,6 +125,9 @@ def test_flash_provision_and_a_rating_reaches_the_gateway(chain: Chain, capsys: 
     assert r["running"] and r["link"] is True and r["heap_free"] > 0 and r["resumed"]
     assert r["heap_free_at_rest"] > 4096
     assert "wifi_password" not in r["config"] and key.hex() not in out
+    shown = text(r)
+    assert "mode          service" in shown and "outbox        0 unsent" in shown
+    assert "the keypad was reset: it boots in normal mode" in shown
     assert wait_reset(fw, mark)
     mark = power_cycle(fw)
     assert fw.wait_line(r"CS:LINK up", 20, start=mark), fw.lines[mark:]
