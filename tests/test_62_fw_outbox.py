@@ -1,12 +1,17 @@
 """Firmware outbox and counters (firmware/cs/outbox.py, cs/state.py) on the real MicroPython unix port.
 
 - tests/fw/mp_outbox.py: append/ack/pending, full policy, compaction, torn and bad records, temp files,
-  seq reservation and epochs; then 9000 appends + acks inside a 64 KB heap, run as .mpy (mpy-cross) the
-  way a device runs it, with the free heap measured before and after.
+  seq reservation and epochs; the sender's cursor (in order, once each, after appends, acks, a compaction
+  under it and a link drop; no allocation under heap_lock; a drain of 2,100 reads at most 2 records per
+  rating); compaction in bounded steps with appends and acks between them and a power cut between any
+  two; then 9000 appends, a compaction of all 9000 and their drain inside a 64 KB heap, run as .mpy
+  (mpy-cross) the way a device runs it, with the free heap measured before and after. Each on the host
+  filesystem and on littlefs (tests/fw/lfsrig.py: a RAM flash, or a flash image file in the 64 KB heap).
 - tests/fw/mp_crashloop.py: a keypad storing ratings in a loop is SIGKILLed at seeded random moments (or
-  cut mid-record, or mid-compaction) and booted again on the same folder, 30 times: every rating reported
-  stored is still there or was acked, no (epoch, seq) is handed out twice, every load is clean, and the
-  CPython reference outbox reads the firmware's file to the same items.
+  cut mid-record, or mid-compaction, or between two compaction steps) and booted again on the same
+  folder, 30 times: every rating reported stored is still there or was acked, no (epoch, seq) is handed
+  out twice, every load is clean, and the CPython reference outbox reads the firmware's file to the same
+  items. On the host filesystem and on littlefs over a flash image file (a kill mid-way through a write).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from mpy import FIRMWARE, FW_TESTS, VECTORS, assert_mpy_ok, micropython
 
 from countersign.sim.outbox import Outbox as RefOutbox
@@ -38,24 +44,34 @@ def _env(firmware: Path) -> dict[str, str]:
     return dict(os.environ, CS_FIRMWARE=str(firmware), CS_VECTORS=str(VECTORS), CS_FW_TESTS=str(FW_TESTS))
 
 
-def test_outbox_checks_from_source(tmp_path: Path) -> None:
-    out = assert_mpy_ok("mp_outbox.py", str(tmp_path))
+@pytest.mark.parametrize("fs", ["host", "lfs"])
+def test_outbox_checks_from_source(tmp_path: Path, fs: str) -> None:
+    # "lfs": the same checks on littlefs over a RAM flash (tests/fw/lfsrig.py), the keypad's filesystem.
+    out = assert_mpy_ok("mp_outbox.py", str(tmp_path), fs, heap="16M" if fs == "lfs" else None)
     assert re.search(r"passed \d+ checks", out)
+    m = re.search(r"drain: (\d+) ratings, (\d+) sent, (\d+) records read", out)
+    assert m, out
+    made, sent, reads = map(int, m.groups())
+    print(m.group(0))
+    assert made >= 2100 and sent >= made and reads <= 2 * made
 
 
-def test_outbox_in_a_64k_heap_as_mpy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fs", ["host", "lfsfile"])
+def test_outbox_in_a_64k_heap_as_mpy(tmp_path: Path, fs: str) -> None:
     # A 64 KB heap cannot compile these sources on the fly (a device runs .mpy too): compile first.
+    # The memory part only ("mem"): the other checks need more room for their own lists of items.
+    # "lfsfile": littlefs on a flash image file (a RAM flash would not fit in the heap).
     lib = tmp_path / "lib"
     (lib / "cs").mkdir(parents=True)
     for mod in ("__init__", "outbox", "state"):
         src = FIRMWARE / "cs" / f"{mod}.py"
         subprocess.run([mpy_cross(), "-o", str(lib / "cs" / f"{mod}.mpy"), str(src)], check=True)
-    for mod in ("mpyboot", "mp_outbox"):
+    for mod in ("mpyboot", "mp_outbox", "lfsrig"):
         subprocess.run([mpy_cross(), "-o", str(lib / f"{mod}.mpy"), str(FW_TESTS / f"{mod}.py")], check=True)
     data = tmp_path / "data"
     data.mkdir()
-    r = subprocess.run([micropython(), "-X", "heapsize=64K", "-m", "mp_outbox", str(data)], cwd=lib,
-                       env=_env(lib), capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run([micropython(), "-X", "heapsize=64K", "-m", "mp_outbox", str(data), fs, "mem"],
+                       cwd=lib, env=_env(lib), capture_output=True, text=True, timeout=300, check=False)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     m = re.search(r"heap total (\d+) free before (\d+) free with 9000 pending (\d+) free after (\d+)", out)
@@ -66,6 +82,8 @@ def test_outbox_in_a_64k_heap_as_mpy(tmp_path: Path) -> None:
     assert before - full < 2048, "the index of 9000 pending ratings must stay small"
     assert before - after < 1024, "the heap must not grow over 9000 appends and acks"
     assert "ok 9000 appends fit the capacity" in out
+    assert "ok a compaction of 9000 pending items needs no second index in the heap" in out
+    assert "ok a drain of 9000 reads at most 2 records per rating" in out
 
 
 def msg(e: int, s: int) -> bytes:
@@ -86,9 +104,9 @@ def _keys(e: str, seqs: str) -> set[Key]:
     return {(int(e), int(s)) for s in seqs.split(",") if s}
 
 
-def boot(folder: Path, seed: int, epoch: int, mode: str, kill_after: int) -> Boot:
+def boot(folder: Path, seed: int, epoch: int, mode: str, kill_after: int, fs: str = "host") -> Boot:
     """One boot; SIGKILL it right after its `kill_after`-th `stored` line (mode "run")."""
-    cmd = [micropython(), str(FW_TESTS / "mp_crashloop.py"), str(folder), str(seed), str(epoch), mode]
+    cmd = [micropython(), str(FW_TESTS / "mp_crashloop.py"), str(folder), str(seed), str(epoch), mode, fs]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(FIRMWARE),
                             text=True)
     assert proc.stdout is not None
@@ -124,7 +142,10 @@ def boot(folder: Path, seed: int, epoch: int, mode: str, kill_after: int) -> Boo
     return b
 
 
-def test_power_cut_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fs", ["host", "lfsfile"])
+def test_power_cut_loop(tmp_path: Path, fs: str) -> None:
+    # "lfsfile": the outbox on littlefs over a flash image file that every flash page write goes to
+    # (tests/fw/lfsrig.py), so the SIGKILL can land in the middle of littlefs writing a block.
     rng = random.Random(SEED)
     folder = tmp_path / "dev"
     folder.mkdir()
@@ -146,7 +167,7 @@ def test_power_cut_loop(tmp_path: Path) -> None:
         else:
             mode = "run"
         modes.append(mode.split(":")[0])
-        b = boot(folder, SEED * 1000 + run, epoch, mode, rng.randint(1, 120))
+        b = boot(folder, SEED * 1000 + run, epoch, mode, rng.randint(1, 120), fs)
         depth, torn, bad, _ = b.load
         pend = set(b.pending)
         # the outbox loads cleanly: no bad record; a torn tail only after a cut mid-record, exactly it

@@ -1,10 +1,15 @@
 # One boot of a keypad that stores ratings in a loop, for tests/test_62_fw_outbox.py, which kills it
 # (SIGKILL) at seeded random moments and boots it again on the same folder.
 #
-# argv: folder seed epoch [mode]; mode "run" (default: loop until killed, at most 3000 steps),
+# argv: folder seed epoch [mode [fs]]; mode "run" (default: loop until killed, at most 3000 steps),
 # "load" (load, report, stop), "tear:K:C" (the K-th append writes only C bytes of its record, then
 # the process dies: a power cut mid-write), "cutcompact:K" (the K-th compaction dies after its temp
-# file is written, before the rename).
+# file is written, before the rename). fs "host" (default: the files in the folder) or "lfsfile"
+# (littlefs on folder/flash.img, tests/fw/lfsrig.py: a kill can land mid-way through a flash write;
+# "load" then copies the log out to folder/outbox.log for the host's reader).
+#
+# Compactions run both ways the firmware runs them: all at once, and in steps (cs/app.py's compactor
+# task) with appends and acks between the steps, so a kill can land between two steps.
 #
 # Output, one line each, printed only AFTER what it states is done (a kill may cut the next one):
 #   load <depth> <torn> <bad> <compactions>   pending <e:s,...>   msgs <ok|bad>   boot <n> <next seq>
@@ -18,8 +23,14 @@ import cs.outbox
 from cs.outbox import Outbox
 from cs.state import State
 
-D, SEED, EPOCH = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+HOST, SEED, EPOCH = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 MODE = sys.argv[4] if len(sys.argv) > 4 else "run"
+FS = sys.argv[5] if len(sys.argv) > 5 else "host"
+if FS == "host":
+    D = HOST
+else:
+    import lfsrig
+    D = lfsrig.setup(FS, HOST)
 random.seed(SEED)
 
 
@@ -47,6 +58,11 @@ out("pending " + ",".join("%d:%d" % p for p in pend))
 out("msgs " + ("ok" if ok else "bad"))
 if MODE == "load":
     ob.close()
+    if D != HOST:
+        with open(D + "/outbox.log", "rb") as f:
+            data = f.read()
+        with open(HOST + "/outbox.log", "wb") as f:
+            f.write(data)
     out("end")
     sys.exit(0)
 st = State(D + "/state.json", epoch=EPOCH, max_seq=ob.max_seq(EPOCH))
@@ -85,7 +101,13 @@ class CutOs:
 
 
 n_compact = 0
+stepping = False
 for step in range(3000):
+    if stepping:
+        if ob.compact_step(1 + random.getrandbits(2)):     # 1..4 records: many steps, many kill points
+            stepping = False
+            n_compact += 1
+            out("compacted")
     e = st.epoch
     s = st.next_seq()
     if step == 0:
@@ -107,11 +129,14 @@ for step in range(3000):
             ob.ack(e0, pick)
             out("acked %d %s" % (e0, ",".join(str(q) for q in pick)))
             pend = [p for p in pend if not (p[0] == e0 and p[1] in pick)]
-    elif r > 245:
+    elif r > 245 and not stepping:
         if n_compact == cut_at:
             cs.outbox.os = CutOs(cs.outbox.os)
         out("compacting")
-        ob.compact()
-        n_compact += 1
-        out("compacted")
+        if r & 1:
+            stepping = True             # in steps from the next iteration on
+        else:
+            ob.compact()
+            n_compact += 1
+            out("compacted")
 out("end")
