@@ -131,7 +131,8 @@ class App:
         print("CS:LINK", "up" if up else "down")
         if up:
             self._sent_upto = 0
-            self._progress_at = self.clock.mono()
+            self._progress_at = self.board.ticks_ms()
+            self.outbox.rewind()        # from the oldest unacked: what was in flight may be lost
             self._health(_T_HELLO)
             self._kick.set()
 
@@ -148,7 +149,7 @@ class App:
         if typ == _T_ACK:
             seqs = f[_K_SEQS]
             if f[_K_EPOCH] == self.state.epoch and self.outbox.ack(self.state.epoch, seqs):
-                self._progress_at = self.clock.mono()
+                self._progress_at = self.board.ticks_ms()
                 for seq in seqs:
                     print("CS:STORED seq=%d" % seq)
                 self.fb.stored()
@@ -207,22 +208,52 @@ class App:
             await asyncio.sleep_ms(_SCAN_MS)
 
     async def _sender(self):
-        # Offers outbox records to the client in seq order, as slots free up; never blocks the keys.
+        # Offers the outbox's unacked records to the client in (epoch, seq) order as slots free up,
+        # from the outbox's cursor, which goes on from where it stopped: each record is read once per
+        # pass, not once per free slot. It starts over when the link comes up (_on_link) and when no
+        # ack came for a while. A message read while every slot is taken is held here, not read again.
+        ob, client, board = self.outbox, self.client, self.board
+        buf = bytearray(256)        # PROTOCOL.md: an up message is at most 256 bytes
+        mv = memoryview(buf)
+        m = mv[:0]
+        held = seq = 0              # length and seq of the message in buf not yet taken by the client
         while True:
             await self._kick.wait()
             self._kick.clear()
-            if not self.client.up:
+            if not client.up:
                 continue
-            if self.outbox.depth and self.clock.mono() - self._progress_at > _ACK_TIMEOUT_MS:
-                self._sent_upto = 0                       # no ack for a while: offer everything again
-                self._progress_at = self.clock.mono()
-            for _epoch, seq, msg in self.outbox.pending(self._rec):
-                if seq <= self._sent_upto:
-                    continue
-                if self.client.publish(self._up, msg, 1) is None:
+            if ob.depth and board.ticks_diff(board.ticks_ms(), self._progress_at) > _ACK_TIMEOUT_MS:
+                ob.rewind()                               # no ack for a while: offer everything again
+                self._sent_upto = 0
+                self._progress_at = board.ticks_ms()
+            while True:
+                if not held:
+                    held, seq = ob.next_pending(buf), ob.cur_seq
+                    if not held:
+                        break
+                if len(m) != held:
+                    m = mv[:held]                         # a new view only when the length changes
+                if client.publish(self._up, m, 1) is None:
                     break                                 # no free slot (or link down): the next kick
+                held = 0
                 self._sent_upto = seq
                 await asyncio.sleep_ms(0)
+
+    async def _compactor(self):
+        # Drops acked records from the outbox file off the key path: in steps of a few records with
+        # the loop running in between, so key scanning and the watchdog feed never wait long for it.
+        ob = self.outbox
+        while True:
+            await asyncio.sleep_ms(1000)
+            if not ob.compact_due():
+                continue
+            try:
+                while not ob.compact_step():
+                    await asyncio.sleep_ms(0)
+            except OSError as e:
+                # No room for the copy (the old log is whole and in use): try again in a minute.
+                print("CS:COMPACT-FAILED", e.args[0] if e.args else "?")
+                await asyncio.sleep_ms(60000)
 
     async def _timer(self):
         hb = self.cfg.heartbeat_s * 1000
@@ -240,4 +271,5 @@ class App:
         print("CS:BOOT fw=%s boot=%d epoch=%d" % (VERSION, self.state.boot, self.state.epoch))
         print("CS:PROVISIONED id=%s hall=%s window=%s outbox=%d" % (
             self.cfg.device_id, self.cfg.hall, self.cfg.window, self.outbox.depth))
-        await asyncio.gather(self.client.run(), self._keys(), self._sender(), self._timer())
+        await asyncio.gather(self.client.run(), self._keys(), self._sender(), self._timer(),
+                             self._compactor())
