@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--presses", type=int, default=300, help="presses for the latency figure")
     ap.add_argument("--fw-ratings", type=int, default=10_000,
                     help="ratings for the firmware heap run (0: skip the firmware figures)")
+    ap.add_argument("--drain-ratings", type=int, default=2100,
+                    help="pending ratings for the firmware drain run (a week offline; 0: skip it)")
     ap.add_argument("--json", type=Path, help="write (merge) the figures into this JSON file")
     args = ap.parse_args(argv)
     ks = _keystore(args.devices)
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         lat = press_to_stored(work, args.presses)
         fws = [fwbench.run(work / f"fw-{mode}", args.fw_ratings, mode=mode)
                for mode in bundle.MODES] if args.fw_ratings else []
+        drains = [fwbench.drain(work / f"drain-{mode}", args.drain_ratings, mode=mode)
+                  for mode in bundle.MODES] if args.drain_ratings else []
     ratio = ing["rate"] / base["rate"] if base["rate"] else 0.0
     print(f"signed rating on the wire: {size} bytes")
     print(f"plain paho QoS1 pass-through: {base['rate']:>9.0f} msg/s ({base['received']}/{base['messages']} "
@@ -208,6 +212,17 @@ def main(argv: list[str] | None = None) -> int:
             "free_end": fw.end_free, "free_samples": fw.frees, "peak_used": fw.peak_used,
             "flash_bytes": fw.image_bytes, "commit_us_p50_p99_max": fw.commit_us,
             "stored_us_p50_p99_max": fw.stored_us}
+    for d in drains:
+        print(f"firmware drain ({d.mode}): {d.ratings} pending ratings acked in {d.drain_ms / 1000:.1f} s "
+              f"after the link came up, {d.reads_per_rating:.2f} records read per rating "
+              f"(target < 5 s, <= 2); free heap {d.free_offline} B with them pending, lowest {d.free_min} B "
+              "while draining")
+        fw_json = fw_json or {"rating_wire_bytes": size, "modes": {}}
+        fw_json.setdefault("drain", {})[d.mode] = {
+            "ratings": d.ratings, "stored": d.stored, "heap_budget": d.heap, "drain_ms": d.drain_ms,
+            "rated_offline_ms": d.rated_ms, "records_read": d.reads,
+            "records_read_per_rating": round(d.reads_per_rating, 3), "compactions": d.compactions,
+            "free_offline": d.free_offline, "free_min": d.free_min}
     if args.json:
         existing: dict[str, Any] = {}
         if args.json.exists():
