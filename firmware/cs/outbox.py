@@ -13,8 +13,8 @@
 #
 # Sending: a cursor (rewind, next_pending) walks the file once per pass from a remembered offset and
 # gives each unacked item once, into the caller's buffer, with no allocation: draining N ratings reads
-# about N records, where re-reading the file per free MQTT slot read N*N/8. `reads` counts every record
-# read (cursor, compaction, load, pending) so tests and the bench can hold it to that.
+# about N records, where re-reading the file per free MQTT slot read ~N*N/5 (63,546 for 500). `reads`
+# counts every record read (cursor, compaction, load, pending) so tests and the bench can hold it to that.
 #
 # Durability: one write() per record, then flush(). On the unix port flush() is fsync(); on a device
 # littlefs flush() is lfs_file_sync(): the record is committed to flash when it returns, and a power
