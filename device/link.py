@@ -12,8 +12,8 @@ mode; nothing at all is ``NoAnswer``. mpremote prints what it read when the raw 
 captured here (it is what tells the cases apart) instead of reaching the technician's terminal.
 
 The watchdog: on an ESP32 ``machine.WDT`` keeps running when the app stops (Ctrl-C, raw REPL), and the
-app's is 8 s. So the first thing a session does, when the app ran this boot (``cs.app`` is in
-``sys.modules``: the firmware leaves nothing else behind that says its watchdog is armed), is
+app's is 8 s. So the first thing a session does, when the app armed it this boot (the firmware's
+``boards.wdt_ms`` is set; older firmware: ``cs.app`` is in ``sys.modules``), is
 ``machine.WDT(timeout=SESSION_WDT_MS)``: the esp32 port reconfigures the one watchdog on every
 construction (ports/esp32/machine_wdt.c, esp_task_wdt_reconfigure). A keypad whose app never ran
 (unprovisioned, no app installed) has no watchdog, and constructing one would start it, so it is left
@@ -153,7 +153,7 @@ class BoardInfo:
 
 
 _ENTER = """import sys
-if 'cs.app' in sys.modules:
+if 'cs.app' in sys.modules or getattr(sys.modules.get('boards'),'wdt_ms',0):
  import machine
  machine.WDT(timeout=%d)
  print(1)

@@ -40,6 +40,12 @@
 # functions and names cost heap on the keypad.
 
 
+# The hardware watchdog's timeout once a board armed it this boot (0: not armed). It outlives the app
+# in the REPL, as the watchdog does: a technician's tool reads it to know it must extend the watchdog
+# before its session (device/link.py).
+wdt_ms = 0
+
+
 def cfg_get(cfg, name, default=None):
     """A config value from a dict or an object (cs.config's shape is its own business)."""
     if cfg is None:

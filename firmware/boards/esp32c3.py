@@ -23,6 +23,7 @@ from machine import reset_cause as _machine_reset_cause
 from micropython import const
 from time import ticks_add, ticks_diff
 
+import boards
 from boards import cfg_get
 from boards.console import Console
 from boards.wifi import Wifi
@@ -253,6 +254,7 @@ class Board:
     def watchdog_feed(self):
         if self._wdt is None:
             self._wdt = WDT(timeout=self._wdt_ms)
+            boards.wdt_ms = self._wdt_ms
         self._wdt.feed()
 
     def reset_cause(self):

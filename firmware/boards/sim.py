@@ -27,6 +27,7 @@ import time
 
 from micropython import const
 
+import boards
 from boards import cfg_get
 from boards.console import Console
 
@@ -142,6 +143,7 @@ class Board:
             from machine import WDT     # the simulator's (sim/port/esp32boot.py), esp32 semantics
 
             self._wdt = WDT(timeout=self._wdt_ms)
+            boards.wdt_ms = self._wdt_ms
         self._wdt.feed()
 
     def reset_cause(self):

@@ -51,6 +51,28 @@ def _reset():
     boards.reset()
 
 
+def _release():
+    # The REPL gets the heap back: the stopped app's tasks sit in asyncio's queue (a module global) and
+    # hold the app, its buffers and its modules; a technician's tool needs that room at once.
+    import gc
+
+    if "asyncio.core" in sys.modules:
+        sys.modules["asyncio"].new_event_loop()
+        sys.modules["asyncio.core"].cur_task = None     # the task that was running: the app's
+    # The boards package stays (its wdt_ms tells a tool that the watchdog runs, device/link.py), without
+    # its submodules; a package keeps each imported submodule as an attribute.
+    b = sys.modules.get("boards")
+    for name in list(sys.modules):
+        if name == "cs" or name.startswith("cs.") or name.startswith("boards.") or name == "ssd1306":
+            del sys.modules[name]
+            if b is not None and name.startswith("boards."):
+                try:
+                    delattr(b, name[7:])
+                except AttributeError:
+                    pass
+    gc.collect()
+
+
 def _wait_for_service(board, why):
     # No REPL: a technician restarts the keypad in service mode (keys 1 + 4 held) to repair it.
     while True:
@@ -103,6 +125,7 @@ def run():
             _reset()
         if board is not None:
             board.close()
+        _release()
         micropython.kbd_intr(3)
         raise
     except Exception as e:  # noqa: the app must never leave a REPL behind: report, then reset
