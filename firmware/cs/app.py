@@ -62,7 +62,8 @@ class App:
                              # Sized to the protocol, not to MQTT's maxima: an up message is at most
                              # 256 bytes (limits.py) and a keypad's downlinks are smaller still.
                              inflight=_INFLIGHT, slot=_SLOT, max_size=_MAX_DOWN,
-                             ticks_ms=board.ticks_ms, ticks_diff=board.ticks_diff)
+                             ticks_ms=board.ticks_ms, ticks_diff=board.ticks_diff,
+                             net_up=board.network_up)
         self.outbox = Outbox(folder + "outbox.bin", cfg.capacity)
         self.board = board
         self.cfg = cfg
@@ -76,16 +77,14 @@ class App:
         self.keys = Keys(board.keys(cfg.scale, cfg.invite_key), board.ticks_ms, diff=board.ticks_diff)
         self.fb = board.feedback
         self.bad_downlink = 0
-        # Preallocated: a payload, and one record buffer for two uses that never overlap: seal() writes
-        # a message there that is copied (into the outbox file or a client slot) before any await, and
-        # pending() reads each record there for the sender, which hands it to publish() (a copy into a
-        # slot) before its await; pending() reads the next record only after that.
+        # Preallocated: a payload, and the sealed message, which is copied (into the outbox file or a
+        # client slot) before any await; the sender reads records into a buffer of its own.
         self._payload = bytearray(160)
         self._rec = bytearray(272)
         self._up = b"cs/1/d/%s/up" % cfg.device_id.encode()   # bytes: not re-encoded per publish
         self._kick = asyncio.Event()      # something to send: a new record, a free slot, a reconnect
         self._sent_upto = 0               # highest seq offered since the last (re)connect or timeout
-        self._progress_at = 0             # mono ms of the last ack (or of the last full resend)
+        self._progress_at = 0             # board ticks of the last ack (or of the last full resend)
         self.client.subscribe("cs/1/d/%s/down" % cfg.device_id, 1)
 
     # -- making records --------------------------------------------------------------------------
@@ -100,13 +99,13 @@ class App:
             print("CS:FULL")
             return False
         seq = self.state.next_seq()
-        mono = self.clock.mono()
-        t = self.clock.unix_s(mono)
+        mono = self.clock.mono32()
+        t = self.clock.unix_s()
         if rating:
             n = msgs.rating(self._payload, self.state.epoch, seq, score, self.cfg.scale, prompt, t,
-                            mono & 0xFFFFFFFF, delay, self.state.boot)
+                            mono, delay, self.state.boot)
         else:
-            n = msgs.no_rating(self._payload, self.state.epoch, seq, prompt, t, mono & 0xFFFFFFFF, delay,
+            n = msgs.no_rating(self._payload, self.state.epoch, seq, prompt, t, mono, delay,
                                self.state.boot)
         try:
             self.outbox.append(self.state.epoch, seq, self._seal(n))
@@ -122,7 +121,7 @@ class App:
     def _health(self, typ):
         n = msgs.health(self._payload, typ, self.state.epoch, self.state.boot, self.clock.new_nonce(),
                         VERSION, self.board.reset_cause(), gc.mem_free(), self.outbox.depth,
-                        self.outbox.free, self.clock.mono() // 1000, self.board.rssi(), self.flow.ignored,
+                        self.outbox.free, self.clock.uptime_s(), self.board.rssi(), self.flow.ignored,
                         self.keys.stuck, self.clock.unix_s())
         self.client.publish(self._up, self._seal(n), 1)
 
@@ -186,8 +185,14 @@ class App:
     # -- tasks -----------------------------------------------------------------------------------
     async def _keys(self):
         board, flow, keys = self.board, self.flow, self.keys
+        wifi = False            # the station's state as last reported (a local: no instance attribute)
         while True:
             board.poll()
+            if board.network_up() != wifi:
+                wifi = not wifi
+                print("CS:WIFI", "up" if wifi else "down")
+                if wifi:
+                    self.client.kick()            # connect now, not at the end of a backoff
             line = board.console_line()
             if line is not None:
                 self._command(line.strip())
@@ -256,11 +261,12 @@ class App:
                 await asyncio.sleep_ms(60000)
 
     async def _timer(self):
-        hb = self.cfg.heartbeat_s * 1000
-        last_hb = self.clock.mono()
+        # Heartbeats on the uptime in seconds (a long interval: never ticks arithmetic, cs/clock.py).
+        hb = self.cfg.heartbeat_s
+        last_hb = self.clock.uptime_s()
         while True:
             await asyncio.sleep_ms(1000)
-            now = self.clock.mono()
+            now = self.clock.uptime_s()
             if self.outbox.depth:
                 self._kick.set()                          # lets the sender notice an ack timeout
             if self.client.up and now - last_hb >= hb:
@@ -271,5 +277,9 @@ class App:
         print("CS:BOOT fw=%s boot=%d epoch=%d" % (VERSION, self.state.boot, self.state.epoch))
         print("CS:PROVISIONED id=%s hall=%s window=%s outbox=%d" % (
             self.cfg.device_id, self.cfg.hall, self.cfg.window, self.outbox.depth))
+        try:
+            self.board.connect_network(self.cfg)     # joins in the background; the keys work meanwhile
+        except ValueError as e:
+            print("CS:WIFI unconfigured", e.args[0] if e.args else "")
         await asyncio.gather(self.client.run(), self._keys(), self._sender(), self._timer(),
                              self._compactor())

@@ -56,12 +56,7 @@ class Clock:
         self._base = (now_ms, self._s, self._ms)
         return True
 
-    def mono(self):
-        # Until app.py moves to uptime_s()/mono32(): ms since boot as a growing int. Never ticks math.
-        self.tick()
-        return self._s * 1000 + self._ms
-
-    def unix_s(self, _mono=None):
+    def unix_s(self):
         """Unix seconds now, or None while the time is unknown."""
         b = self._base
         if b is None:

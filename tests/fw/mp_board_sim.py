@@ -140,8 +140,10 @@ def esp32_checks():
 if mode == "esp32":
     esp32_checks()
     sys.exit(0)
-import simport
-simport.install()       # the esp32 port's machine.WDT and reset_cause, as every simulated keypad has
+import os
+sys.path.append(os.getenv("CS_SIM_PORT"))      # sim/port: the esp32 port's machine.WDT and reset_cause,
+import simport                                 # as every simulated keypad has them
+simport.install()
 from boards import load
 port = int(sys.argv[2])
 check(raises(lambda: load("sim", {})), "sim_port is required")

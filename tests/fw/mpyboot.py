@@ -4,11 +4,8 @@ import sys
 
 FIRMWARE = os.getenv("CS_FIRMWARE")
 VECTORS = os.getenv("CS_VECTORS")
-SIM_PORT = os.getenv("CS_SIM_PORT")     # sim/port: the esp32 port's machine.WDT/reset (simport.install)
 if FIRMWARE and FIRMWARE not in sys.path:
     sys.path.insert(0, FIRMWARE)
-if SIM_PORT and SIM_PORT not in sys.path:
-    sys.path.append(SIM_PORT)
 
 _n = [0]
 
