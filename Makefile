@@ -82,7 +82,7 @@ lint: venv mpy-stubs
 	cd out/typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml $(CURDIR)/tools/*.py
 	MYPYPATH=$(CURDIR)/$(MPY_STUBS) $(VENV)/bin/mypy --config-file tools/mypy-firmware.ini \
 	  --custom-typeshed-dir $(MPY_STUBS) --cache-dir out/mypy-firmware-cache \
-	  firmware/main.py firmware/cs firmware/boards
+	  firmware/main.py firmware/cs firmware/boards firmware/drivers
 
 clean:
 	rm -rf $(VENV) $(XCHECK) out .pytest_cache

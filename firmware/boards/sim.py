@@ -42,11 +42,13 @@ _RETRY_MS = const(1000)
 _PERIOD = const(0x40000000)
 _HALF = const(0x20000000)
 _MASK = const(0x3FFFFFFF)
-_OFF = (_PERIOD - int(os.getenv("CS_SIM_WRAP_S") or "30") * 1000 - time.ticks_ms()) & _MASK
+_OFF = (_PERIOD - int(os.getenv("CS_SIM_WRAP_S") or "30") * 1000 - time.ticks_ms()) & _MASK  # type: ignore[operator]
 
 
 def ticks_ms():
-    return (time.ticks_ms() + _OFF) & _MASK
+    # The stubs type ticks as opaque (_TicksMs); they are small ints on every port, and this stand-in
+    # for a 32-bit port's clock is arithmetic on them by design.
+    return (time.ticks_ms() + _OFF) & _MASK  # type: ignore[operator]
 
 
 def ticks_diff(a, b):
@@ -225,8 +227,11 @@ class Board:
         self._attach(s)
 
     def _accept(self):
+        listener = self._listener
+        if listener is None:
+            return
         try:
-            s, _ = self._listener.accept()
+            s, _ = listener.accept()
         except OSError:
             return
         self._drop()                    # the newest simulator wins
@@ -249,8 +254,11 @@ class Board:
                 self._next_try = ticks_add(ticks_ms(), _RETRY_MS)
 
     def _read(self):
+        conn = self._conn
+        if conn is None:
+            return
         try:
-            data = self._conn.recv(256)
+            data = conn.recv(256)
         except OSError:
             return                      # EAGAIN: nothing after all
         if not data:

@@ -38,9 +38,12 @@ class Wifi:
         self._join()
 
     def _join(self):
+        creds = self._creds
+        if creds is None:
+            return
         self.joins += 1
         try:
-            self._w.connect(self._creds[0], self._creds[1])   # returns at once, joins in the background
+            self._w.connect(creds[0], creds[1])   # returns at once, joins in the background
             self._retry_at = None
         except OSError:
             self._later()

@@ -165,10 +165,10 @@ def _item(d, s, n, depth, lim, tag):
         if arg > lim[1]:
             raise ValueError("over-limit")
         if major == _ARRAY:
-            out = []
+            arr = []
             for _ in range(arg):
-                out.append(_item(d, s, n, depth + 1, lim, None))
-            return out
+                arr.append(_item(d, s, n, depth + 1, lim, None))
+            return arr
         out = {}
         p0 = p1 = -1
         for _ in range(arg):

@@ -58,7 +58,8 @@ def _release():
 
     if "asyncio.core" in sys.modules:
         sys.modules["asyncio"].new_event_loop()
-        sys.modules["asyncio.core"].cur_task = None     # the task that was running: the app's
+        # The task that was running, the app's (asyncio.core's own global; not in the stubs).
+        sys.modules["asyncio.core"].cur_task = None  # type: ignore[attr-defined]
     # The boards package stays (its wdt_ms tells a tool that the watchdog runs, device/link.py), without
     # its submodules; a package keeps each imported submodule as an attribute.
     b = sys.modules.get("boards")

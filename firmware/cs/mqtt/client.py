@@ -158,7 +158,8 @@ class Client:
 
     async def _session(self):
         self._dead.clear()
-        r, w = await asyncio.wait_for_ms(asyncio.open_connection(*self._addr), self._k[_CONN])
+        # The stubs' wait_for_ms returns an unparameterised awaitable: the streams' types are lost there.
+        r, w = await asyncio.wait_for_ms(asyncio.open_connection(*self._addr), self._k[_CONN])  # type: ignore[var-annotated]
         self._w = w
         try:
             # Nagle would hold a small PUBLISH up to ~40 ms behind an unacked one. Best effort: not every
