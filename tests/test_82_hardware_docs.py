@@ -233,7 +233,8 @@ def test_the_guide_names_the_console_markers_the_firmware_prints() -> None:
     text = GUIDE.read_text(encoding="utf-8")
     app = "".join((FIRMWARE / f).read_text() for f in ("cs/app.py", "cs/start.py", "main.py"))
     for marker in ("CS:BOOT", "CS:PROVISIONED", "CS:UNPROVISIONED", "CS:LINK", "CS:RATED", "CS:STORED",
-                   "CS:STATUS", "CS:FULL", "CS:PROMPT", "CS:NORATING"):
+                   "CS:STATUS", "CS:FULL", "CS:PROMPT", "CS:NORATING", "CS:SERVICE", "CS:WIFI",
+                   "CS:BADCONFIG", "CS:NOAPP", "CS:CRASH"):
         # "CS:%s" % ("RATED" if rating else "NORATING") prints two of them
         printed = marker in app or (f'"{marker[3:]}"' in app and '"CS:%s' in app)
         assert printed, f"{marker} is no longer printed by the firmware: update the guide and this test"
