@@ -70,6 +70,8 @@ def test_esp32_boards_on_a_fake_machine() -> None:
                      "rejoined by the driver, still one connect()",
                      "idle: one more connect() after the backoff, then up",
                      "disconnect() never called (it cancels the driver's reconnects)",
+                     "OLED: the SSD1306 initialised at 0x3C, display on last",
+                     "OLED: show() sends one whole frame with the text lit",
                  "esp32s3: the same board on its own pins (ESP32_GENERIC_S3)",
                  "esp32s3: the same board on its own pins (ESP32_GENERIC_S3-SPIRAM_OCT)"):
         assert f"ok {name}" in out

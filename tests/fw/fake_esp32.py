@@ -163,6 +163,26 @@ class FakeWLAN:
         return _STAT_CONNECTING
 
 
+class FakeI2C:
+    """machine.I2C with an SSD1306 on the bus when `display` is set: records what is written to it."""
+    display = True
+    last = None
+
+    def __init__(self, bus, sda=None, scl=None, freq=400000):
+        self.sda, self.scl, self.freq = sda, scl, freq
+        self.writes = []
+        FakeI2C.last = self
+
+    def scan(self):
+        return [0x3C] if FakeI2C.display else []
+
+    def writeto(self, addr, data):
+        self.writes.append((addr, bytes(data)))
+
+    def writevto(self, addr, parts):
+        self.writes.append((addr, b"".join(bytes(p) for p in parts)))
+
+
 def stock_tables():
     path = os.getenv("CS_STOCK_PINS")
     if not path:
@@ -176,7 +196,7 @@ def install(image, reset_cause=1):
     """Put the fake machine, network and neopixel of a stock image in sys.modules; returns machine."""
     FakePin.table = stock_tables()[image]
     machine = Mod()
-    machine.Pin, machine.PWM, machine.WDT, machine.I2C = FakePin, FakePWM, FakeWDT, None
+    machine.Pin, machine.PWM, machine.WDT, machine.I2C = FakePin, FakePWM, FakeWDT, FakeI2C
     machine.reset_cause = lambda: reset_cause
     machine.resets = []
     machine.reset = lambda: machine.resets.append(time.ticks_ms())

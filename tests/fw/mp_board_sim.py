@@ -22,7 +22,7 @@ from cs.keys import Keys
 mode = sys.argv[1]
 
 
-from fake_esp32 import FakeNeoPixel, FakePin, FakeWDT, install, stock_tables
+from fake_esp32 import FakeI2C, FakeNeoPixel, FakePin, FakeWDT, install, stock_tables
 
 
 def run(b, ms):
@@ -113,6 +113,21 @@ def esp32_checks():
     run(b, 2500)
     check(b.network_up() and w.joins == 2, "idle: one more connect() after the backoff, then up", w.joins)
     check(w.disconnects == 0, "disconnect() never called (it cancels the driver's reconnects)")
+    # The OLED, through the SSD1306 driver the bundle ships (firmware/drivers/ssd1306.py).
+    sys.path.append(mpyboot.FIRMWARE + "/drivers")
+    o = load("esp32c3", {"oled": True})
+    i2c = FakeI2C.last
+    check(i2c.sda.n == 6 and i2c.scl.n == 7 and i2c.freq == 400000, "OLED: I2C on GPIO6/7 at 400 kHz")
+    check(i2c.writes and i2c.writes[0][0] == 0x3C and i2c.writes[0][1][-1] == 0xAF,
+          "OLED: the SSD1306 initialised at 0x3C, display on last", i2c.writes[:1])
+    i2c.writes.clear()
+    o.feedback.show("Please rate")
+    frame = i2c.writes[-1][1]
+    check(len(frame) == 1 + 128 * 64 // 8 and frame[0] == 0x40 and any(frame[1:]),
+          "OLED: show() sends one whole frame with the text lit", len(frame))
+    FakeI2C.display = False
+    check(load("esp32c3", {"oled": True}).feedback._oled is None, "no display answering: the keypad works without")
+    FakeI2C.display = True
     # The previous pin plan (an LED on GPIO19, the other on GPIO18) stops the keypad before the app starts.
     for n in (19, 18):
         old = dict(PINS)
