@@ -127,7 +127,7 @@ class App:
 
     # -- MQTT events -----------------------------------------------------------------------------
     def _on_link(self, up):
-        print("CS:LINK", "up" if up else "down")
+        print("CS:LINK", "up" if up else "down " + str(self.client.last_error))
         if up:
             self._sent_upto = 0
             self._progress_at = self.board.ticks_ms()
@@ -144,6 +144,15 @@ class App:
         except ValueError as e:
             self.bad_downlink += 1
             print("CS:BADDOWN", e.args[0] if e.args else "?")
+            return
+        except MemoryError:
+            # No room to decode it this time. Raised into the client it would end the session, and the
+            # broker would redeliver the same message into the same failure for ever; dropped here it
+            # is PUBACKed, and what it said comes again: an ack by the resend after the ack timeout (the
+            # gateway dedups), a time sync at the next heartbeat, a prompt or session not at all (a
+            # prompt must count in its own moment only).
+            print("CS:LOWMEM downlink")
+            gc.collect()
             return
         if typ == _T_ACK:
             seqs = f[_K_SEQS]

@@ -165,9 +165,11 @@ def _item(d, s, n, depth, lim, tag):
         if arg > lim[1]:
             raise ValueError("over-limit")
         if major == _ARRAY:
-            arr = []
-            for _ in range(arg):
-                arr.append(_item(d, s, n, depth + 1, lim, None))
+            # Sized once (arg is bounded above): an ack's 32 seqs as one block, not the four a growing
+            # list reallocates through, which a fragmented keypad heap may not have.
+            arr = [None] * arg
+            for i in range(arg):
+                arr[i] = _item(d, s, n, depth + 1, lim, None)
             return arr
         out = {}
         p0 = p1 = -1
