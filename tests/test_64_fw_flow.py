@@ -39,6 +39,13 @@ def test_keys_in_a_64k_heap() -> None:
     assert_mpy_ok("mp_keys.py", heap="64K")
 
 
+def test_clock_across_the_ticks_wrap_of_this_port_and_of_a_32_bit_port() -> None:
+    out = assert_mpy_ok("mp_clock.py", heap="64K")
+    for name in ("uptime and mono go on across the wrap", "the synced time goes on across the wrap",
+                 "tick() allocates nothing"):
+        assert f"ok port: {name}" in out and f"ok 32-bit: {name}" in out, out
+
+
 def test_flow_every_transition() -> None:
     out = assert_mpy_ok("mp_flow.py", heap="64K")
     for name in ("first press rates: key 2 is score 3", "timeout: expired, the app sends a no-rating for 7",
