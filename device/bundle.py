@@ -37,6 +37,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from countersign.protocol.keystore import write_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 HARDWARE = ROOT / "hardware"
@@ -244,16 +246,16 @@ def install_into(folder: Path, bundle: Bundle, mode: str = "mpy") -> None:
             if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() == digest:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(target, (bundle.tree / rel).read_bytes())
+            write_atomic(target, (bundle.tree / rel).read_bytes())
         where = bundle.app_dir
     else:
         image = bundle.image.read_bytes()
         size = romfs_partition_size(bundle)
-        _write_atomic(folder / "romfs.partition", image + b"\xff" * (size - len(image)))
+        write_atomic(folder / "romfs.partition", image + b"\xff" * (size - len(image)))
         where = ROM
     if not (folder / ENTRY).exists() or (folder / ENTRY).read_bytes() != bundle.entry.read_bytes():
-        _write_atomic(folder / ENTRY, bundle.entry.read_bytes())
-    _write_atomic(folder / POINTER, (where + "\n").encode())
+        write_atomic(folder / ENTRY, bundle.entry.read_bytes(), 0o644)
+    write_atomic(folder / POINTER, (where + "\n").encode())
     # The tree the pointer named before stays (a switch back needs it); older ones go.
     keep = {bundle.app_id, old.rsplit("/", 1)[-1] if old else ""}
     apps = folder / APPS
@@ -269,12 +271,3 @@ def installed(folder: Path) -> str | None:
         return (folder / POINTER).read_text().strip() or None
     except OSError:
         return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".new")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

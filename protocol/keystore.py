@@ -129,13 +129,13 @@ class Keystore:
         write_atomic(Path(path), json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n")
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+def write_atomic(path: Path, data: str | bytes, mode: int = 0o600) -> None:
     """Write-new-then-rename with fsync of file and folder: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)

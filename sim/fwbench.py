@@ -9,7 +9,6 @@ back by esp32boot)."""
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 from countersign.device import bundle
 
 from .chain import Chain, ChainConfig
-from .fwdevice import PORT_BOOT, PORT_HEAP, FirmwareDevice, micropython_exe
+from .fwdevice import FirmwareDevice, port_boot
 from .proc import end
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +50,22 @@ class BudgetError(RuntimeError):
     pass
 
 
+def _bench_keypad(c: Chain, mode: str, driver: Path, heap: int,
+                  env: dict[str, str]) -> tuple[FirmwareDevice, bundle.Bundle, list[str], dict[str, str]]:
+    """The chain's first keypad installed in ``mode`` with ``driver`` in main.py's place (compiled, as a
+    keypad runs code: compiling from source needs more RAM than the budget); its boot command and env."""
+    fw = FirmwareDevice(c.firmware_config(c.device_ids[0]))
+    fw.cfg.mode = mode
+    fw.cfg.write()
+    fw.install()
+    built = bundle.build("sim", fw.cfg.bundle)
+    subprocess.run([bundle.mpy_cross_exe(), "-o", str(fw.cfg.folder / f"{driver.stem}.mpy"), str(driver)],
+                   check=True)
+    rom = bundle.romfs_partition_size(built) if mode == "romfs" else 0
+    cmd, e = port_boot(heap, rom, main=driver.stem, env=env)
+    return fw, built, cmd, e
+
+
 def run(workdir: Path, ratings: int, mode: str = "romfs", heap: int | None = None,
         timeout: float = 1200) -> BudgetRun:
     heap = heap or bundle.device_heap(mode)
@@ -58,21 +73,9 @@ def run(workdir: Path, ratings: int, mode: str = "romfs", heap: int | None = Non
     c.start(devices=False)
     try:
         c.sign_in("1", "10001", "张伟")
-        fw = FirmwareDevice(c.firmware_config(c.device_ids[0]))
-        fw.cfg.mode = mode
-        fw.cfg.write()
-        fw.install()
-        built = bundle.build("sim", fw.cfg.bundle)
-        # Compiled, as a keypad runs code: compiling from source needs more RAM than the budget.
-        subprocess.run([bundle.mpy_cross_exe(), "-o", str(fw.cfg.folder / "budget.mpy"), str(DRIVER)],
-                       check=True)
-        rom = bundle.romfs_partition_size(built) if mode == "romfs" else 0
-        env = {**os.environ, "CS_BUDGET_N": str(ratings), "CS_SIM_MAIN": "budget", "CS_SIM_HEAP": str(heap)}
-        if rom:
-            env["CS_SIM_ROMFS"] = str(rom)
-        r = subprocess.run([micropython_exe(), "-X", f"heapsize={heap + rom + 1024 + PORT_HEAP}",
-                            str(PORT_BOOT)], cwd=fw.cfg.folder, capture_output=True, text=True,
-                           timeout=timeout, check=False, env=env)
+        fw, built, cmd, env = _bench_keypad(c, mode, DRIVER, heap, {"CS_BUDGET_N": str(ratings)})
+        r = subprocess.run(cmd, cwd=fw.cfg.folder, capture_output=True, text=True, timeout=timeout,
+                           check=False, env=env)
         image_bytes = built.image.stat().st_size if mode == "romfs" else built.tree_bytes
     finally:
         c.stop()
@@ -125,21 +128,10 @@ def drain(workdir: Path, ratings: int = 2100, mode: str = "romfs", heap: int | N
     try:
         c.sign_in("1", "10001", "张伟")
         dev = c.device_ids[0]
-        fw = FirmwareDevice(c.firmware_config(dev))
-        fw.cfg.mode = mode
-        fw.cfg.write()
-        fw.install()
-        built = bundle.build("sim", fw.cfg.bundle)
-        subprocess.run([bundle.mpy_cross_exe(), "-o", str(fw.cfg.folder / "drain.mpy"), str(DRAIN_DRIVER)],
-                       check=True)
-        rom = bundle.romfs_partition_size(built) if mode == "romfs" else 0
-        env = {**os.environ, "CS_DRAIN_N": str(ratings), "CS_SIM_MAIN": "drain", "CS_SIM_HEAP": str(heap)}
-        if rom:
-            env["CS_SIM_ROMFS"] = str(rom)
+        fw, _built, cmd, env = _bench_keypad(c, mode, DRAIN_DRIVER, heap, {"CS_DRAIN_N": str(ratings)})
         c.hall_broker.stop()            # the week offline
-        proc = subprocess.Popen([micropython_exe(), "-X", f"heapsize={heap + rom + 1024 + PORT_HEAP}",
-                                 str(PORT_BOOT)], cwd=fw.cfg.folder, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=env)
+        proc = subprocess.Popen(cmd, cwd=fw.cfg.folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env)
         assert proc.stdout is not None
         timer = threading.Timer(timeout, proc.kill)
         timer.start()

@@ -44,6 +44,21 @@ PORT_HEAP = 16384
 RESET_CAUSES = {1: "power-on", 2: "hard reset", 3: "watchdog"}
 
 
+def port_boot(budget: int, rom_bytes: int = 0, *, repl: bool = False, main: str | None = None,
+              env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that boot a simulated keypad (run it in the keypad's folder): the
+    app gets ``budget`` bytes of heap, the image a ROMFS partition of ``rom_bytes`` (0: none), ``repl``
+    keeps the REPL after main.py, ``main`` runs in main.py's place (a bench driver)."""
+    heap = budget + PORT_HEAP + (rom_bytes + 1024 if rom_bytes else 0)
+    cmd = [micropython_exe(), "-X", f"heapsize={heap}", *(["-i"] if repl else []), str(PORT_BOOT)]
+    e = dict(os.environ, CS_SIM_HEAP=str(budget), **(env or {}))
+    if rom_bytes:
+        e["CS_SIM_ROMFS"] = str(rom_bytes)
+    if main:
+        e["CS_SIM_MAIN"] = main
+    return cmd, e
+
+
 class _LineReader:
     """Text lines from a pyserial port, for the console pump (a cable end never reaches EOF)."""
 
@@ -214,17 +229,12 @@ class FirmwareDevice:
             if self._chip is None:
                 self._chip = _Chip(self._chip_reset)
             boot = self._chip.power_on()
-            budget = self.cfg.heap or bundle.device_heap(self.cfg.mode)
-            cmd = [micropython_exe(), "-X", f"heapsize={budget + self._rom_bytes() + PORT_HEAP}"]
-            if self.cfg.console == "pty":
-                cmd.append("-i")
-            cmd.append(str(PORT_BOOT))
-            env = dict(os.environ, CS_SIM_CHIP=self._chip.address, CS_SIM_BOOT=str(boot),
-                       CS_SIM_RESET_CAUSE=str(cause), CS_SIM_HEAP=str(budget))
-            if self._romfs():
-                env["CS_SIM_ROMFS"] = str(self._rom_bytes())
+            chip = {"CS_SIM_CHIP": self._chip.address, "CS_SIM_BOOT": str(boot),
+                    "CS_SIM_RESET_CAUSE": str(cause)}
             if hold:
-                env.update(CS_SIM_HOLD=hold, CS_SIM_HOLD_MS=str(int(hold_s * 1000)))
+                chip.update(CS_SIM_HOLD=hold, CS_SIM_HOLD_MS=str(int(hold_s * 1000)))
+            cmd, env = port_boot(self.cfg.heap or bundle.device_heap(self.cfg.mode), self._rom_bytes(),
+                                 repl=self.cfg.console == "pty", env=chip)
             # Console lines are kept across restarts (a power cut does not erase what was seen); use
             # mark() to wait for something after a point.
             if self.cfg.console == "pty":
@@ -249,7 +259,7 @@ class FirmwareDevice:
         """Size of the simulated ROMFS partition (flash on a keypad, heap here), 0 without one."""
         if not self._romfs():
             return 0
-        return bundle.romfs_partition_size(bundle.build("sim", self.cfg.bundle)) + 1024
+        return bundle.romfs_partition_size(bundle.build("sim", self.cfg.bundle))
 
     def _chip_reset(self, cause: int) -> None:
         """The chip resets: the process dies where it stands and the keypad boots again."""

@@ -13,15 +13,14 @@ a Ctrl-C does not stop the app.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
-from mpy import FW_TESTS, micropython
+from mpy import FW_TESTS
 
 from countersign.device import bundle
 from countersign.sim.chain import Chain, ChainConfig
-from countersign.sim.fwdevice import PORT_BOOT, PORT_HEAP
+from countersign.sim.fwdevice import port_boot
 
 STOCK_PINS = Path(__file__).resolve().parent.parent / "hardware" / "micropython-pins.json"
 DRIVER_HEAP = 32768     # the test's driver and fakes, on top of the keypad's budget
@@ -40,12 +39,10 @@ def test_the_app_on_the_esp32c3_board_joins_wifi_rates_survives_a_drop(tmp_path:
         for name in ("fake_esp32", "mp_esp32_app"):
             subprocess.run([bundle.mpy_cross_exe(), "-o", str(fc.folder / f"{name}.mpy"),
                             str(FW_TESTS / f"{name}.py")], check=True)
-        heap = bundle.device_heap("mpy") + DRIVER_HEAP
-        env = dict(os.environ, CS_SIM_MAIN="mp_esp32_app", CS_SIM_HEAP=str(heap),
-                   CS_STOCK_PINS=str(STOCK_PINS))
-        r = subprocess.run([micropython(), "-X", f"heapsize={heap + PORT_HEAP}", str(PORT_BOOT)],
-                           cwd=fc.folder, input="\x03status\n", capture_output=True, text=True, timeout=180,
-                           env=env, check=False)
+        cmd, env = port_boot(bundle.device_heap("mpy") + DRIVER_HEAP, main="mp_esp32_app",
+                             env={"CS_STOCK_PINS": str(STOCK_PINS)})
+        r = subprocess.run(cmd, cwd=fc.folder, input="\x03status\n", capture_output=True, text=True,
+                           timeout=180, env=env, check=False)
     finally:
         c.stop()
     out = r.stdout + r.stderr

@@ -28,10 +28,16 @@ class Console:
         except (OSError, TypeError):
             self._on = False       # no console at all (a process without stdin)
 
+    def _ready(self):
+        # ipoll, not poll: poll() returns a new list on every call, and this runs on every key scan.
+        for _ in self._p.ipoll(0):
+            return True
+        return False
+
     def line(self):
         """A whole line typed since the last call (str), or None."""
         n = 0
-        while self._on and n < _PER_POLL and self._p.poll(0):
+        while self._on and n < _PER_POLL and self._ready():
             c = sys.stdin.buffer.read(1)
             n += 1
             if not c:              # EOF or hang-up: nobody can type here any more

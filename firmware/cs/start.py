@@ -29,7 +29,9 @@ def board_name(cfg):
     # reference ESP32-C3).
     if sys.platform == "linux":
         return "sim"
-    return cfg.get("board", "esp32c3") if isinstance(cfg, dict) else getattr(cfg, "board", "esp32c3")
+    import boards
+
+    return boards.cfg_get(cfg, "board", "esp32c3")
 
 
 def _held(board):
