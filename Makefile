@@ -49,7 +49,7 @@ bench: deps
 	@mkdir -p out
 	$(PY) -m countersign.sim.bench --json out/bench.json
 
-# The keypad firmware bundles as they go onto a keypad (device/bundle.py, one per board under
+# The keypad firmware bundles as they go onto a keypad (common/bundle.py, one per board under
 # out/firmware-bundle: the .mpy tree of cs/ and boards/, the same as a ROMFS image, and main.py), checked
 # against their flash budget firmware/size-budget.json: prints every figure, its budget and the
 # headroom; fails when over.
@@ -71,13 +71,12 @@ $(MPY_STUBS_STAMP): $(STAMP)
 mpy-stubs: $(MPY_STUBS_STAMP)
 
 # mypy cannot follow setuptools' folder mapping (protocol/ -> countersign.protocol, ...), so it checks a
-# tree of symlinks laid out as the installed package (and tools/ beside it, strict as well).
-TYPECHECK := out/typecheck/countersign
+# tree of symlinks laid out from pyproject's package-dir (tools/typetree.py), tools/ beside it. lint-imports
+# checks the one-way import rule (pyproject [tool.importlinter]).
 lint: venv mpy-stubs
 	$(VENV)/bin/ruff check .
-	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)
-	@ln -s $(CURDIR)/countersign/__init__.py $(CURDIR)/countersign/cli.py $(TYPECHECK)/
-	@for d in protocol gateway province sim device; do ln -s $(CURDIR)/$$d $(TYPECHECK)/$$d; done
+	$(PY) tools/typetree.py out/typecheck
+	cd out/typecheck && PYTHONPATH=. $(CURDIR)/$(VENV)/bin/lint-imports --no-cache $(CURDIR)/pyproject.toml
 	cd out/typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p countersign
 	cd out/typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml $(CURDIR)/tools/*.py
 	MYPYPATH=$(CURDIR)/$(MPY_STUBS) $(VENV)/bin/mypy --config-file tools/mypy-firmware.ini \

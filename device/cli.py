@@ -160,7 +160,8 @@ def _after_provision(res: Any, svg: Path | None) -> None:
 
 def _flash(args: argparse.Namespace) -> int:
     def go(a: argparse.Namespace) -> int:
-        from . import bundle
+        from countersign.common import bundle
+
         from .flash import DEFAULT_IMAGES, flash
 
         r = flash(a.port, board=a.board, image=a.image, version=a.version, images=a.images or DEFAULT_IMAGES,

@@ -53,9 +53,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import bundle, esp
+from countersign.common import bundle
+from countersign.common.bundle import Bundle
+
+from . import esp
 from . import image as img
-from .bundle import Bundle
 from .errors import SERVICE_MODE, DeviceToolError, NoAnswer, NormalMode, Refused
 from .link import SESSION_WDT_MS, BoardInfo, KeypadLink
 

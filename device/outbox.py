@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from countersign.sim.outbox import KIND_ITEM, ack_seqs, item, records
+from countersign.common.outbox import KIND_ITEM, ack_seqs, item, records
 
 
 @dataclass(frozen=True)

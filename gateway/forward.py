@@ -35,9 +35,9 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from countersign.common.mqtt import tcp_no_delay
 from countersign.protocol import batch, cbor, cose, keystore, limits, topics
 from countersign.protocol.errors import ProtocolError
-from countersign.protocol.transport import tcp_no_delay
 
 log = logging.getLogger(__name__)
 

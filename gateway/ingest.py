@@ -29,10 +29,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from countersign.common.mqtt import tcp_no_delay
 from countersign.protocol import cose, limits, messages, topics
 from countersign.protocol.errors import LimitError, ProtocolError, SchemaError
 from countersign.protocol.keystore import DeviceKey, Keystore
-from countersign.protocol.transport import tcp_no_delay
 
 from .config import GatewayConfig
 from .stats import Stats

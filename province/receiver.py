@@ -34,10 +34,10 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from countersign.common.mqtt import tcp_no_delay
 from countersign.protocol import batch, cose, messages, topics
 from countersign.protocol.errors import ProtocolError
 from countersign.protocol.keystore import Keystore
-from countersign.protocol.transport import tcp_no_delay
 
 from . import store as st
 from .config import ProvinceConfig

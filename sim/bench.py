@@ -25,7 +25,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from countersign.device import bundle
+from countersign.common import bundle
 from countersign.gateway.brokerconf import write_broker_files
 from countersign.gateway.config import GatewayConfig
 from countersign.gateway.gateway import Gateway

@@ -16,14 +16,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from countersign.device import bundle
+from countersign.common import bundle
 
 from .chain import Chain, ChainConfig
 from .fwdevice import FirmwareDevice, port_boot
 from .proc import end
 
-ROOT = Path(__file__).resolve().parent.parent
-DRIVER = ROOT / "firmware" / "bench" / "budget.py"
+DRIVER = bundle.FIRMWARE / "bench" / "budget.py"
 budgets = bundle.budgets
 
 
@@ -95,7 +94,7 @@ def run(workdir: Path, ratings: int, mode: str = "romfs", heap: int | None = Non
                      int(one(r"BUDGET end (\d+)").group(1)), lat[0], lat[1], out)  # type: ignore[arg-type]
 
 
-DRAIN_DRIVER = ROOT / "firmware" / "bench" / "drain.py"
+DRAIN_DRIVER = bundle.FIRMWARE / "bench" / "drain.py"
 
 
 @dataclass

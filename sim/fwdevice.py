@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from countersign.device import bundle
+from countersign.common import bundle
 
 from .proc import end
 from .serialport import VirtualSerial
 
 _TAP_GAP_S = 0.1 + 2 * 0.03 + 0.02    # the sim board's hold + twice the debounce + scan slack
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = bundle.DEFAULT_OUT
 PORT_BOOT = Path(__file__).resolve().parent / "port" / "esp32boot.py"
 # Heap the unix process gets beyond the keypad's budget, for what lives in C or in flash on a keypad

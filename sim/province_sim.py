@@ -762,7 +762,7 @@ class ProvinceSim:
         chain = self.chain = self._build()
         specs = self.worker_specs(chain)
         if cfg.firmware:
-            from countersign.device import bundle
+            from countersign.common import bundle
             bundle.build("sim", DEFAULT_BUNDLE)    # once here, not in every worker
         report: dict[str, Any] = {}
         try:

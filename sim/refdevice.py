@@ -41,6 +41,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from countersign.common.mqtt import tcp_no_delay
+from countersign.common.outbox import DEFAULT_CAPACITY, Outbox
 from countersign.protocol import cose, messages, topics
 from countersign.protocol.errors import ProtocolError
 from countersign.protocol.keystore import mqtt_password, write_atomic
@@ -55,11 +57,9 @@ from countersign.protocol.messages import (
     Session,
     TimeSync,
 )
-from countersign.protocol.transport import tcp_no_delay
 
 from .devclock import Cancellable, Scheduler, TimerLike
 from .devclock import mono_ms as _default_mono_ms
-from .outbox import DEFAULT_CAPACITY, Outbox
 
 log = logging.getLogger(__name__)
 

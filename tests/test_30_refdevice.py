@@ -15,12 +15,12 @@ import pytest
 from conftest import make_keystore
 from refdev_helpers import Peer, device_config
 
+from countersign.common.outbox import Outbox, OutboxFull
 from countersign.protocol import cose, messages
 from countersign.protocol.keystore import Keystore
 from countersign.protocol.messages import Heartbeat, Hello, NoRating, Rating, TimeSync
 from countersign.sim.broker import Mosquitto
 from countersign.sim.devclock import Scheduler
-from countersign.sim.outbox import Outbox, OutboxFull
 from countersign.sim.refdevice import Outcome, RefDevice, State
 
 DEV = "hf01-w01"

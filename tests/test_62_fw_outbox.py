@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from mpy import FIRMWARE, FW_TESTS, VECTORS, assert_mpy_ok, micropython
 
-from countersign.sim.outbox import Outbox as RefOutbox
+from countersign.common.outbox import Outbox as RefOutbox
 
 SEED = 62
 RUNS = 30

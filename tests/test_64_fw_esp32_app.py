@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mpy import FW_TESTS
 
-from countersign.device import bundle
+from countersign.common import bundle
 from countersign.sim.chain import Chain, ChainConfig
 from countersign.sim.fwdevice import port_boot
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from countersign.device import bundle
+from countersign.common import bundle
 from countersign.sim import fwbench
 
 

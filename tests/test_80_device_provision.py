@@ -24,7 +24,7 @@ from device_helpers import (
     wait_reset,
 )
 
-from countersign.device import bundle
+from countersign.common import bundle
 from countersign.device import provision as prov
 from countersign.device.errors import DeviceToolError
 from countersign.device.hall import HallFiles

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from countersign.device import bundle as fwbundle
+from countersign.common import bundle as fwbundle
 
 ROOT = Path(__file__).resolve().parent.parent
 FWSIZE = ROOT / "tools" / "fwsize.py"

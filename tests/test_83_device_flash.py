@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from device_helpers import SERVICE, blank_keypad, host, power_cycle, run, wait_reset
 
-from countersign.device import bundle
+from countersign.common import bundle
+from countersign.common.outbox import Outbox
 from countersign.device.errors import NoAnswer
 from countersign.device.flash import flash
 from countersign.sim.fwdevice import FirmwareConfig, FirmwareDevice
-from countersign.sim.outbox import Outbox
 
 FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
 KEEP = ("config.json", "device.key", "outbox.bin")      # what flashing must never touch

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from device_helpers import SERVICE, host, power_cycle, run, wait_reset
 
-from countersign.device import bundle
+from countersign.common import bundle
+from countersign.common.outbox import Outbox
 from countersign.device.errors import NoAnswer, NormalMode
 from countersign.device.link import KeypadLink
 from countersign.sim.broker import free_port
 from countersign.sim.fwdevice import FirmwareConfig, FirmwareDevice
-from countersign.sim.outbox import Outbox
 
 WDT_S = 8.0
 

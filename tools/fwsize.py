@@ -1,6 +1,6 @@
 """Firmware bundle sizes against the checked-in budget (``make firmware``).
 
-Builds the bundle of every board that goes onto a keypad (``countersign.device.bundle.build``: cs/ and
+Builds the bundle of every board that goes onto a keypad (``countersign.common.bundle.build``: cs/ and
 boards/ compiled by mpy-cross into a .mpy tree, the same tree as a ROMFS image, and main.py), and
 compares with ``firmware/size-budget.json``: per board the tree (what ``countersign device flash``
 writes under ``apps/<id>/`` on a stock image) and the ROMFS image (for an image with a ROMFS partition),
@@ -151,7 +151,7 @@ def load_budget(path: Path) -> dict[str, Any]:
 
 
 def _bundle(out: Path, board: str, build: bool) -> Any:
-    from countersign.device import bundle as fwbundle
+    from countersign.common import bundle as fwbundle
 
     try:
         if build:
@@ -191,7 +191,7 @@ def figures(out: Path, budget: dict[str, Any], boards: list[str] | None = None,
         out_figs.append(Figure(f"{board} ROMFS image", len(image), per["image"]))
         for name, size in files.items():
             module_figs.setdefault(name, Figure("  " + name, size, modules.get(name)))
-    from countersign.device import bundle as fwbundle
+    from countersign.common import bundle as fwbundle
 
     known = set(seen)
     for board in budget["boards"]:          # a module of a board not measured this time still exists

@@ -35,14 +35,33 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from countersign.protocol.keystore import write_atomic
 
-ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE = ROOT / "firmware"
-HARDWARE = ROOT / "hardware"
-DEFAULT_OUT = ROOT / "out" / "firmware-bundle"
+
+def _data_dir(package: str) -> Path:
+    # Both packages are regular folders of the installed package (or of the checkout, in an editable
+    # install), so their resource root is a real directory the builder can walk.
+    return Path(str(resources.files(package)))
+
+
+FIRMWARE = _data_dir("countersign.firmware")
+HARDWARE = _data_dir("countersign.hardware")
+
+
+def _default_out() -> Path:
+    # In a checkout, beside the sources (make firmware, the tests); installed from a wheel, the user's
+    # cache: site-packages is not ours to write.
+    checkout = FIRMWARE.parent
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / "out" / "firmware-bundle"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "countersign" / "firmware-bundle"
+
+
+DEFAULT_OUT = _default_out()
 ENTRY = "main.py"
 POINTER = "app.txt"
 APPS = "apps"
