@@ -1,6 +1,6 @@
 # Keypad entry point: the port runs this file at power-up. It stays small and stable: the application
 # it starts is installed beside it (app.txt names where: apps/<id> for the .mpy tree on the filesystem,
-# /rom for a ROMFS image; device/bundle.py) and can change without it.
+# /rom for a ROMFS image; common/bundle.py) and can change without it.
 while True:
     try:
         import micropython

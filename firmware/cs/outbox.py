@@ -1,6 +1,6 @@
 # Durable outbox: an append-only log of the signed messages waiting for the gateway's ack.
 #
-# File format: the same as the CPython reference (sim/outbox.py), so either side can read the other's
+# File format: the same as the CPython reference (common/outbox.py), so either side can read the other's
 # file. Records one after another, integers big-endian:
 #     kind (1) | body length (2) | body | CRC32 of kind+length+body (4)
 #     kind 1 ITEM: epoch (2) | seq (4) | message (the COSE_Mac0 exactly as sent: a resend is identical)

@@ -1,7 +1,7 @@
 # SSD1306 128 x 64 OLED on I2C: just what the keypad's screen needs (init, show), on MicroPython's
 # framebuf (in every stock esp32 image), which does the drawing (fill, text).
 #
-# Shipped in the bundle of a board whose pin map has an OLED (device/bundle.py): stock images do not
+# Shipped in the bundle of a board whose pin map has an OLED (common/bundle.py): stock images do not
 # carry a display driver, and `mip install` needs a network a technician's bench may not have.
 import framebuf
 
