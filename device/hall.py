@@ -8,9 +8,10 @@ known. The callers call it only after the keypad itself holds its new config, so
 keypad whose provisioning failed.
 
 The broker's passwd file is rebuilt from the keystore: one ``$7$`` line per keypad that is not revoked
-(``brokerconf.password_hash`` of ``mqtt_password(key)``); the lines of service users that are not
+(``common.brokerconf.password_hash`` of ``mqtt_password(key)``); the lines of service users that are not
 keypads (the gateway's, the observer's) are kept as they are, so the tool never needs the gateway's
-password. With ``gateway_password_file`` the file is regenerated whole by ``brokerconf.passwd_text``.
+password. With ``gateway_password_file`` the file is regenerated whole by
+``common.brokerconf.hall_passwd_text``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from countersign.gateway.brokerconf import OBSERVER_USER, acl_text, passwd_text, password_hash
+from countersign.common.brokerconf import OBSERVER_USER, hall_acl_text, hall_passwd_text, password_hash
 from countersign.protocol.keystore import DeviceKey, Keystore, KeystoreError, mqtt_password, write_atomic
 
 from .errors import DeviceToolError
@@ -77,10 +78,11 @@ class HallFiles:
         return done
 
     def _write_broker(self, ks: Keystore) -> None:
-        assert self.broker_dir is not None
+        if self.broker_dir is None:
+            raise DeviceToolError("no broker folder to write the passwd and acl into")
         passwd = self.broker_dir / "passwd"
         if self.gateway_password_file is not None:
-            text = passwd_text(ks, self.gateway_password_file.read_text().strip())
+            text = hall_passwd_text(ks, self.gateway_password_file.read_text().strip())
             observer = False
         else:
             try:
@@ -93,7 +95,7 @@ class HallFiles:
             text = "\n".join(lines) + "\n"
             observer = any(ln.split(":", 1)[0] == OBSERVER_USER for ln in keep)
         write_atomic(passwd, text, mode=0o640)
-        write_atomic(self.broker_dir / "acl", acl_text(observer), mode=0o644)
+        write_atomic(self.broker_dir / "acl", hall_acl_text(observer), mode=0o644)
 
 
 def _what(add: dict[str, DeviceKey], revoke: list[str]) -> str:

@@ -13,6 +13,7 @@ from countersign.protocol.errors import ProtocolError
 from countersign.protocol.keystore import Keystore, new_signing_key, public_bytes, save_signing_key
 
 from .brokerconf import write_broker_files
+from .errors import ConfigError
 
 log = logging.getLogger("countersign.gateway.cli")
 
@@ -47,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         cfg = GatewayConfig.load(args.config)
         gw = Gateway(cfg, on_fatal=lambda _exc: stop.set())
-    except (ProtocolError, OSError) as exc:
+    except (ConfigError, ProtocolError, OSError) as exc:
         print(f"countersign gateway: {exc}", file=sys.stderr)
         return 2
 

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from countersign.common.clock import wall_ms
 from countersign.protocol import topics
-from countersign.protocol.errors import ProtocolError
 
+from .errors import ConfigError
 
-class ConfigError(ProtocolError, ValueError):
-    reason = "bad-config"
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
+__all__ = ["ConfigError", "GatewayConfig"]
 
 
 @dataclass

@@ -1,9 +1,22 @@
-"""Errors of the gateway's local API: each maps to one HTTP status and changes nothing when raised."""
+"""The gateway's own errors (the wire contract's are protocol.errors.ProtocolError).
+
+API errors each map to one HTTP status and change nothing when raised.
+"""
 
 from __future__ import annotations
 
 
-class ApiError(ValueError):
+class GatewayError(Exception):
+    """Base of the gateway's errors."""
+
+
+class ConfigError(GatewayError, ValueError):
+    """The gateway's configuration cannot be used."""
+
+    reason = "bad-config"
+
+
+class ApiError(GatewayError, ValueError):
     status = 400
 
     def __init__(self, message: str, status: int | None = None) -> None:

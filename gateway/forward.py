@@ -2,8 +2,9 @@
 
 How a rating travels (DESIGN-BRIEF invariant 1: nothing is lost, nothing is aged out):
 
-1. The gateway calls ``enqueue(conn, entry)`` inside the same transaction that stores the rating (or
-   opens the prompt), so a committed rating is always in ``uplink_entries``; a rolled-back one never is.
+1. The store (store.py) calls ``enqueue(conn, entry)`` inside the same transaction that stores the rating
+   (or opens the prompt), so a committed rating is always in ``uplink_entries``; a rolled-back one never
+   is. The queue's tables and SQL are the store's; this module is the thread that empties it.
 2. The forwarder thread, woken by ``wake()``, takes the oldest unbatched entries in one transaction,
    builds a ``batch.Batch``, signs it (COSE_Sign1, Ed25519, kid = hall id) and stores the signed bytes in
    ``batches`` while marking the entries with the batch id. From then on the batch is a fixed byte
@@ -35,77 +36,17 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from countersign.common.clock import wall_ms
+from countersign.common.db import open_db
 from countersign.common.mqtt import tcp_no_delay
 from countersign.protocol import batch, cbor, cose, keystore, limits, topics
 from countersign.protocol.errors import ProtocolError
 
+from .store import HELD_BATCH_ID, init_uplink_schema, uplink_backlog
+
 log = logging.getLogger(__name__)
 
 PROVINCE_KID = b"province"
-
-# Entries that cannot be decoded back from the database (disk corruption, a schema bug) are held here
-# rather than put in a batch the province would refuse; they stay in the backlog and raise an alarm.
-HELD_BATCH_ID = 0
-
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS batches (
-        id INTEGER PRIMARY KEY,          -- the batch id the province dedups on, with the hall
-        created_ms INTEGER NOT NULL,
-        signed BLOB NOT NULL,            -- the COSE_Sign1 bytes, resent unchanged until acked
-        entries INTEGER NOT NULL,
-        sent_count INTEGER NOT NULL DEFAULT 0,
-        last_sent_ms INTEGER,
-        acked_ms INTEGER,                -- NULL until the province's signed ack: never aged out
-        stored INTEGER, dups INTEGER,
-        rejected TEXT                    -- JSON [[entry index, reason], ...] from the ack
-    )""",
-    "CREATE INDEX IF NOT EXISTS batches_unacked ON batches (id) WHERE acked_ms IS NULL",
-    """CREATE TABLE IF NOT EXISTS uplink_entries (
-        id INTEGER PRIMARY KEY,
-        entry BLOB NOT NULL,             -- deterministic CBOR map of a batch.DeviceEntry / PromptEntry
-        kind INTEGER NOT NULL,           -- batch.EntryKind
-        created_ms INTEGER NOT NULL,
-        batch_id INTEGER                 -- NULL until put in a batch, 0 = held (undecodable, alarmed)
-    )""",
-    "CREATE INDEX IF NOT EXISTS uplink_entries_unbatched ON uplink_entries (id) WHERE batch_id IS NULL",
-    "CREATE INDEX IF NOT EXISTS uplink_entries_batch ON uplink_entries (batch_id)",
-)
-
-
-def init_schema(conn: sqlite3.Connection) -> None:
-    """Create the forwarding tables if they do not exist (idempotent; no commit of the caller's work)."""
-    for stmt in SCHEMA:
-        conn.execute(stmt)
-
-
-def enqueue(conn: sqlite3.Connection, entry: batch.DeviceEntry | batch.PromptEntry,
-            created_ms: int | None = None) -> None:
-    """Queue one entry for the province, inside the caller's open transaction (no commit here).
-
-    ``created_ms`` defaults to the entry's own gateway timestamp (received or prompt-opened ms).
-    """
-    if isinstance(entry, batch.DeviceEntry):
-        kind, ms = batch.EntryKind.DEVICE_MESSAGE, entry.received_ms
-    elif isinstance(entry, batch.PromptEntry):
-        kind, ms = batch.EntryKind.PROMPT, entry.prompt_ms
-    else:
-        raise TypeError(f"cannot forward {type(entry).__name__}")
-    conn.execute("INSERT INTO uplink_entries (entry, kind, created_ms) VALUES (?, ?, ?)",
-                 (cbor.dumps(entry.to_map()), int(kind), ms if created_ms is None else created_ms))
-
-
-def open_db(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
-    """A connection the way the gateway opens its store: WAL, synchronous=FULL, explicit transactions."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=check_same_thread)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # NORMAL can roll back the last commits on power loss; an ack state must never be forgotten.
-    conn.execute("PRAGMA synchronous=FULL")
-    return conn
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 
 def _no_alarm(kind: str, detail: str) -> None:
     del kind, detail
@@ -135,7 +76,7 @@ class ForwarderConfig:
     retry_s: float = 10.0
     backlog_threshold: int = 10_000
     max_inflight: int = 8
-    now_ms: Callable[[], int] = _wall_ms
+    now_ms: Callable[[], int] = wall_ms
     # Called on the forwarder thread. Kinds: 'backlog', 'backlog-cleared', 'province-rejected',
     # 'uplink-held' (an entry could not be read back), 'forwarder-failed' (the thread died).
     on_alarm: Callable[[str, str], None] = _no_alarm
@@ -207,7 +148,7 @@ class Forwarder:
         conn = open_db(self.cfg.db_path)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            init_schema(conn)
+            init_uplink_schema(conn)
             conn.execute("COMMIT")
         finally:
             conn.close()
@@ -241,7 +182,7 @@ class Forwarder:
         with self._reader_lock:
             if self._reader is None:
                 self._reader = open_db(self.cfg.db_path, check_same_thread=False)
-            return _backlog(self._reader)
+            return uplink_backlog(self._reader)
 
     def stats(self) -> dict[str, int]:
         s = self._stats.snapshot()
@@ -543,7 +484,7 @@ class Forwarder:
         return f"province rejected {len(ack.rejected)} entries of batch {ack.batch}: {'; '.join(parts)}{more}"
 
     def _check_backlog(self, conn: sqlite3.Connection) -> None:
-        n = _backlog(conn)
+        n = uplink_backlog(conn)
         t = self.cfg.backlog_threshold
         if not self._backlog_alarmed and n > t:
             self._backlog_alarmed = True
@@ -551,16 +492,6 @@ class Forwarder:
         elif self._backlog_alarmed and n < t:
             self._backlog_alarmed = False
             self.cfg.on_alarm("backlog-cleared", f"backlog down to {n} entries (threshold {t})")
-
-
-def _backlog(conn: sqlite3.Connection) -> int:
-    # One statement, so one snapshot: an entry moving into a batch is never counted twice or not at all.
-    row = conn.execute(
-        "SELECT (SELECT count(*) FROM uplink_entries WHERE batch_id IS NULL)"
-        " + (SELECT count(*) FROM uplink_entries WHERE batch_id = ?)"
-        " + (SELECT coalesce(sum(entries), 0) FROM batches WHERE acked_ms IS NULL)",
-        (HELD_BATCH_ID,)).fetchone()
-    return int(row[0])
 
 
 def _decode_entry(blob: bytes) -> batch.Entry:

@@ -19,6 +19,7 @@ from countersign.protocol.keystore import Keystore
 from .api import ApiServer
 from .config import GatewayConfig
 from .errors import BadRequest, Conflict, NotFound
+from .forward import Forwarder, ForwarderConfig
 from .ingest import Ingest
 from .stats import Stats
 from .store import Store
@@ -39,19 +40,16 @@ class Gateway:
         self._ks = self._load_keystore()
         self._stats = Stats()
         self.store = Store(config.db_path, config.now_ms)
-        self.forwarder: Any = None      # forward.Forwarder when an uplink is configured
-        if config.forwarding:
-            if self.store.forward is None:
-                log.error("uplink configured but gateway/forward.py is missing: ratings are kept, not sent")
-            else:
-                fw = self.store.forward
-                self.forwarder = fw.Forwarder(fw.ForwarderConfig(
-                    db_path=config.db_path, hall=config.hall, signing_key_path=config.signing_key_path,
-                    province_public_key=bytes.fromhex(config.province_public_key),
-                    uplink_host=config.uplink_host, uplink_port=config.uplink_port,
-                    uplink_password=config.uplink_password, batch_size=config.batch_size,
-                    retry_s=config.retry_s, backlog_threshold=config.backlog_threshold,
-                    now_ms=config.now_ms, on_alarm=self._on_alarm))
+        # None without an uplink: ratings are still queued (store.py) and wait for one.
+        self.forwarder: Forwarder | None = None
+        if config.uplink_host is not None and config.signing_key_path is not None:
+            self.forwarder = Forwarder(ForwarderConfig(
+                db_path=config.db_path, hall=config.hall, signing_key_path=config.signing_key_path,
+                province_public_key=bytes.fromhex(config.province_public_key),
+                uplink_host=config.uplink_host, uplink_port=config.uplink_port,
+                uplink_password=config.uplink_password, batch_size=config.batch_size,
+                retry_s=config.retry_s, backlog_threshold=config.backlog_threshold,
+                now_ms=config.now_ms, on_alarm=self._on_alarm))
         self.ingest = Ingest(config, self.store, self.keystore, self._stats, self._committed, self._fatal)
         self.api = ApiServer(self, config.http_bind, config.http_port)
         self._last_storage_check = -STORAGE_CHECK_MS
@@ -173,13 +171,8 @@ class Gateway:
 
     def backlog(self) -> int:
         if self.forwarder is not None:
-            n: int = self.forwarder.backlog()
-            return n
-        if self.store.forward is None:
-            return 0
-        with self.store.read() as c:   # no uplink: everything queued is backlog
-            q: int = c.execute("SELECT count(*) FROM uplink_entries WHERE batch_id IS NULL").fetchone()[0]
-            return q
+            return self.forwarder.backlog()
+        return self.store.backlog()   # no uplink: everything queued is backlog
 
     # --- API operations (each validates everything before changing anything) -------------------------------
 

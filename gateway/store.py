@@ -2,8 +2,12 @@
 
 Dedup is on (device, epoch, seq) by a UNIQUE constraint checked in the same transaction as the insert;
 the same key with a different digest is a security alarm and the newcomer goes to quarantine (the
-original is never overwritten). Forwarding state (uplink queue, signed batches) lives in forward.py's
-tables in the same file, written in the same transactions, so a committed rating is always queued.
+original is never overwritten).
+
+The uplink queue is here too, in the same file and written in the same transactions: storing a rating
+(or opening a prompt) enqueues its entry for the province before the commit, so a committed rating is
+always queued and a rolled-back one never is. The forwarder (forward.py) forms signed batches from that
+queue on its own thread.
 """
 
 from __future__ import annotations
@@ -15,25 +19,76 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from countersign.protocol import batch
+from countersign.common.db import open_db
+from countersign.protocol import batch, cbor
+from countersign.protocol.outcome import Outcome
+
+__all__ = ["HELD_BATCH_ID", "Outcome", "PromptRow", "RatingRecord", "Store", "digest", "enqueue",
+           "init_uplink_schema", "uplink_backlog"]
+
+# Entries that cannot be decoded back from the database (disk corruption, a schema bug) are marked with
+# this batch id rather than put in a batch the province would refuse; they stay in the backlog, alarmed.
+HELD_BATCH_ID = 0
+
+UPLINK_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS batches (
+        id INTEGER PRIMARY KEY,          -- the batch id the province dedups on, with the hall
+        created_ms INTEGER NOT NULL,
+        signed BLOB NOT NULL,            -- the COSE_Sign1 bytes, resent unchanged until acked
+        entries INTEGER NOT NULL,
+        sent_count INTEGER NOT NULL DEFAULT 0,
+        last_sent_ms INTEGER,
+        acked_ms INTEGER,                -- NULL until the province's signed ack: never aged out
+        stored INTEGER, dups INTEGER,
+        rejected TEXT                    -- JSON [[entry index, reason], ...] from the ack
+    )""",
+    "CREATE INDEX IF NOT EXISTS batches_unacked ON batches (id) WHERE acked_ms IS NULL",
+    """CREATE TABLE IF NOT EXISTS uplink_entries (
+        id INTEGER PRIMARY KEY,
+        entry BLOB NOT NULL,             -- deterministic CBOR map of a batch.DeviceEntry / PromptEntry
+        kind INTEGER NOT NULL,           -- batch.EntryKind
+        created_ms INTEGER NOT NULL,
+        batch_id INTEGER                 -- NULL until put in a batch, 0 = held (undecodable, alarmed)
+    )""",
+    "CREATE INDEX IF NOT EXISTS uplink_entries_unbatched ON uplink_entries (id) WHERE batch_id IS NULL",
+    "CREATE INDEX IF NOT EXISTS uplink_entries_batch ON uplink_entries (batch_id)",
+)
 
 
-def _load_forward() -> ModuleType | None:
-    # forward.py is written by someone else at the same time; until it lands the gateway stores and acks
-    # but does not forward (ratings are still kept, so nothing is lost once forwarding arrives).
-    try:
-        from countersign.gateway import forward
-    except ImportError:
-        return None
-    return forward
+def init_uplink_schema(conn: sqlite3.Connection) -> None:
+    """Create the uplink tables if they do not exist (idempotent; no commit of the caller's work)."""
+    for stmt in UPLINK_SCHEMA:
+        conn.execute(stmt)
 
 
-FORWARD = _load_forward()
+def enqueue(conn: sqlite3.Connection, entry: batch.Entry, created_ms: int | None = None) -> None:
+    """Queue one entry for the province, inside the caller's open transaction (no commit here).
+
+    ``created_ms`` defaults to the entry's own gateway timestamp (received or prompt-opened ms).
+    """
+    if isinstance(entry, batch.DeviceEntry):
+        kind, ms = batch.EntryKind.DEVICE_MESSAGE, entry.received_ms
+    elif isinstance(entry, batch.PromptEntry):
+        kind, ms = batch.EntryKind.PROMPT, entry.prompt_ms
+    else:
+        raise TypeError(f"cannot forward {type(entry).__name__}")
+    conn.execute("INSERT INTO uplink_entries (entry, kind, created_ms) VALUES (?, ?, ?)",
+                 (cbor.dumps(entry.to_map()), int(kind), ms if created_ms is None else created_ms))
+
+
+def uplink_backlog(conn: sqlite3.Connection) -> int:
+    """Entries not yet acked by the province: unbatched, held, or in a batch not acked."""
+    # One statement, so one snapshot: an entry moving into a batch is never counted twice or not at all.
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM uplink_entries WHERE batch_id IS NULL)"
+        " + (SELECT count(*) FROM uplink_entries WHERE batch_id = ?)"
+        " + (SELECT coalesce(sum(entries), 0) FROM batches WHERE acked_ms IS NULL)",
+        (HELD_BATCH_ID,)).fetchone()
+    return int(row[0])
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ratings (
@@ -80,12 +135,6 @@ def digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-class Outcome(Enum):
-    STORED = "stored"
-    DUPLICATE = "duplicate"                 # same bytes again: ack again, store nothing
-    CONFLICT = "conflicting-duplicate"      # same key, other bytes: security alarm, quarantine
-
-
 @dataclass
 class RatingRecord:
     device: str
@@ -129,14 +178,15 @@ class PromptRow:
 class Store:
     """One SQLite connection shared by the gateway's threads under a lock (writes are short)."""
 
-    def __init__(self, path: Path, now_ms: Callable[[], int], forward: ModuleType | None = FORWARD) -> None:
+    def __init__(self, path: Path, now_ms: Callable[[], int]) -> None:
         self.path, self.now_ms = Path(path), now_ms
-        self.forward = forward
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self.conn = open_db(self.path)
-        if forward is not None:
-            forward.init_schema(self.conn)
+        # Shared by the gateway's threads, always under self._lock.
+        self.conn = open_db(self.path, check_same_thread=False)
+        self.conn.execute("BEGIN IMMEDIATE")
+        init_uplink_schema(self.conn)
+        self.conn.execute("COMMIT")
         self.conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
 
     def close(self) -> None:
@@ -183,8 +233,7 @@ class Store:
             (r.device, r.epoch, r.seq, r.kind, r.score, r.scale, r.prompt, r.press_time, r.mono_ms, r.boot,
              r.delay_ms, r.received_ms, r.window, r.clerk, r.clerk_name, r.service, r.txn, r.prompt_ms,
              r.msg, digest(r.msg)))
-        if self.forward is not None:
-            self.forward.enqueue(c, r.uplink_entry())
+        enqueue(c, r.uplink_entry())
         return Outcome.STORED
 
     @staticmethod
@@ -219,9 +268,7 @@ class Store:
         pid = cur.lastrowid
         if pid is None:
             raise sqlite3.DatabaseError("prompt insert returned no id")
-        if self.forward is not None:
-            self.forward.enqueue(c, batch.PromptEntry(pid, device, window, clerk, service, txn, opened_ms,
-                                                 timeout))
+        enqueue(c, batch.PromptEntry(pid, device, window, clerk, service, txn, opened_ms, timeout))
         return pid
 
     @staticmethod
@@ -264,6 +311,10 @@ class Store:
 
     # --- reads ------------------------------------------------------------------------------------------
 
+    def backlog(self) -> int:
+        with self.read() as c:
+            return uplink_backlog(c)
+
     def count_ratings(self) -> int:
         with self.read() as c:
             n: int = c.execute("SELECT count(*) FROM ratings").fetchone()[0]
@@ -285,13 +336,3 @@ class Store:
         return {d: {"last_seen_ms": seen, "online": bool(on), "last": json.loads(last) if last else None}
                 for d, seen, last, on in rows}
 
-
-def open_db(path: Path) -> sqlite3.Connection:
-    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE / COMMIT) so the group-commit
-    # boundary is exactly where the code says, not where the sqlite3 module guesses.
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit survives power loss (NORMAL in WAL mode can lose the last commits).
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn

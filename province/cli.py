@@ -62,7 +62,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import ProvinceConfig
-    from .province import Province, ProvinceError
+    from .errors import ProvinceError
+    from .province import Province
 
     cfg = ProvinceConfig.load(args.config)
     done = threading.Event()
@@ -158,7 +159,7 @@ def _read_json_object(path: Path) -> dict[str, Any]:
 
 def cmd_broker_config(args: argparse.Namespace) -> int:
     from .brokerconf import new_password, write_province_broker_files
-    from .config import ConfigError
+    from .errors import ConfigError
 
     try:
         registry = Keystore.load(args.registry)

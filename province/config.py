@@ -18,22 +18,17 @@ Relative paths are taken from the config file's folder, so a config folder can b
 
 from __future__ import annotations
 
-import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from countersign.protocol.errors import ProtocolError
+from countersign.common.clock import wall_ms
 
+from .errors import ConfigError
 
-class ConfigError(ProtocolError, ValueError):
-    reason = "bad-config"
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
+__all__ = ["ConfigError", "ProvinceConfig", "worker_username"]
 
 
 def worker_username(base: str, n: int) -> str:

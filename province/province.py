@@ -14,11 +14,8 @@ from typing import Any
 from countersign.protocol.keystore import Keystore, load_signing_key
 
 from .config import ProvinceConfig
+from .errors import StartError
 from .receiver import ReceiverStats, Worker, open_store
-
-
-class ProvinceError(RuntimeError):
-    pass
 
 
 class Province:
@@ -51,7 +48,7 @@ class Province:
             if not w.subscribed.wait(timeout):
                 reason = w.failed or "no answer from the broker"
                 self.stop()
-                raise ProvinceError(f"worker {w.name} did not subscribe within {timeout}s: {reason}")
+                raise StartError(f"worker {w.name} did not subscribe within {timeout}s: {reason}")
         return self
 
     def stop(self) -> None:

@@ -38,6 +38,7 @@ from countersign.common.mqtt import tcp_no_delay
 from countersign.protocol import batch, cose, messages, topics
 from countersign.protocol.errors import ProtocolError
 from countersign.protocol.keystore import Keystore
+from countersign.protocol.outcome import Outcome
 
 from . import store as st
 from .config import ProvinceConfig
@@ -188,12 +189,12 @@ def process_message(s: st.Store, registry: Keystore, province_key: Ed25519Privat
                     s.alarm("rejected-entry", hall, None, f"batch {b.batch} entry {i}: {exc.reason}: {exc}")
                 continue
             outcome = s.insert_rating(row)
-        if outcome is st.Outcome.STORED:
+        if outcome is Outcome.STORED:
             stored += 1
-        elif outcome is st.Outcome.DUPLICATE:
+        elif outcome is Outcome.DUPLICATE:
             duplicates += 1
         else:
-            rejected.append((i, "conflicting-duplicate"))
+            rejected.append((i, outcome.value))
             log.error("hall %s batch %d entry %d: same (device, epoch, seq) with different bytes", hall,
                       b.batch, i)
     for _i, reason in rejected:

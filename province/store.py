@@ -15,8 +15,12 @@ import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
+
+from countersign.common.db import open_db
+from countersign.protocol.outcome import Outcome
+
+__all__ = ["Outcome", "PromptRow", "RatingRow", "Store", "connect", "digest"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ratings (
@@ -67,12 +71,6 @@ CREATE TABLE IF NOT EXISTS alarms (
 MAX_QUARANTINE_BYTES = 4096
 
 
-class Outcome(Enum):
-    STORED = "stored"
-    DUPLICATE = "duplicate"
-    CONFLICT = "conflict"      # same (device, epoch, seq), different bytes: alarm raised, original kept
-
-
 @dataclass(frozen=True)
 class RatingRow:
     device: str
@@ -113,10 +111,7 @@ class PromptRow:
 
 def connect(path: str | Path) -> sqlite3.Connection:
     """Open (and create) the store; autocommit mode, transactions are explicit (BEGIN IMMEDIATE)."""
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=True, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
+    conn = open_db(path)
     conn.executescript(SCHEMA)
     return conn
 

@@ -20,8 +20,10 @@ from conftest import device_key
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from countersign.common.brokerconf import password_hash
+from countersign.common.db import open_db
 from countersign.gateway import forward
-from countersign.gateway.brokerconf import password_hash
+from countersign.gateway import store as gw_store
 from countersign.protocol import batch, cose, keystore, messages, topics
 from countersign.protocol.errors import ProtocolError
 from countersign.sim.broker import Mosquitto, free_port, run_as_clause
@@ -227,12 +229,12 @@ class Env:
     def enqueue(self, entries: list[batch.DeviceEntry], fwd: forward.Forwarder | None = None,
                 per_txn: int = 50) -> None:
         """Commit entries as the gateway does (enqueue inside its transaction), waking the forwarder."""
-        conn = forward.open_db(self.cfg.db_path)
+        conn = open_db(self.cfg.db_path)
         try:
             for i in range(0, len(entries), per_txn):
                 conn.execute("BEGIN IMMEDIATE")
                 for e in entries[i : i + per_txn]:
-                    forward.enqueue(conn, e)
+                    gw_store.enqueue(conn, e)
                 conn.execute("COMMIT")
                 if fwd is not None:
                     fwd.wake()
@@ -256,8 +258,8 @@ def env(tmp_path: Path) -> Iterator[Env]:
     province_key = keystore.new_signing_key()
     peer = ProvincePeer(uplink.port, {HALL: hall_key.public_key()}, province_key).start()
     db_path = tmp_path / "gateway.db"
-    conn = forward.open_db(db_path)
-    forward.init_schema(conn)
+    conn = open_db(db_path)
+    gw_store.init_uplink_schema(conn)
     conn.close()
     alarms = Alarms()
     cfg = forward.ForwarderConfig(
@@ -319,14 +321,14 @@ def test_batches_signed_complete_and_acked(env: Env) -> None:
 
 def test_prompt_entries_and_rolled_back_entries(env: Env) -> None:
     fwd = env.forwarder()
-    conn = forward.open_db(env.cfg.db_path)
+    conn = open_db(env.cfg.db_path)
     conn.execute("BEGIN IMMEDIATE")
-    forward.enqueue(conn, rating_entry(99))
+    gw_store.enqueue(conn, rating_entry(99))
     conn.execute("ROLLBACK")                           # a rating that was never committed is never sent
     conn.execute("BEGIN IMMEDIATE")
     prompt = batch.PromptEntry(7, DEVICE, "1", "10023", 2, "T-7", 1_700_000_000_000, 20)
-    forward.enqueue(conn, prompt)
-    forward.enqueue(conn, rating_entry(1))
+    gw_store.enqueue(conn, prompt)
+    gw_store.enqueue(conn, rating_entry(1))
     conn.execute("COMMIT")
     conn.close()
     fwd.wake()
