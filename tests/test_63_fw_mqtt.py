@@ -2,7 +2,8 @@
 
 - packet encoders and the bounded parser against hand-computed MQTT 3.1.1 bytes (tests/fw/mp_mqtt_pkt.py);
 - the client against a scripted broker that plays the protocol byte by byte: withheld PUBACK -> DUP
-  resend, dropped connection -> reconnect with growing backoff and resend of the in-flight publish,
+  resend, dropped connection -> reconnect with a backoff that grows until a link lasts, resend of the
+  in-flight publish,
   refused CONNACK, missing PINGRESP, refused SUBACK, malformed and oversize packets, clean stop;
 - the client against a real mosquitto: 100 QoS 1 messages, a broker restart on the same port, the will.
 """
@@ -45,7 +46,9 @@ class Firmware:
     def __init__(self, port: int, *opts: str) -> None:
         env = dict(os.environ, CS_FIRMWARE=str(FIRMWARE), CS_VECTORS=str(VECTORS), CS_FW_TESTS=str(FW_TESTS))
         self.proc = subprocess.Popen(
-            [micropython(), "-X", "heapsize=64K", str(FW_TESTS / "mp_mqtt_live.py"), "127.0.0.1",
+            # The client is compiled from source here, which takes more than the keypad's heap; on a
+            # keypad it runs as .mpy (test_67 holds the whole app to its heap budget).
+            [micropython(), "-X", "heapsize=128K", str(FW_TESTS / "mp_mqtt_live.py"), "127.0.0.1",
              str(port), *opts], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
@@ -252,16 +255,19 @@ def test_client_against_a_scripted_broker(firmware: Callable[..., Firmware]) -> 
                 closed = p.eof()
             else:
                 closed = p.close()
-        for gap, d in zip(gaps, (0.2, 0.4, 0.8), strict=True):
+        # Session 2 lasted less than bmax, so its drop counts as a failure too: no link has stayed up
+        # long enough to start the backoff afresh (a CONNACK alone does not).
+        for gap, d in zip(gaps, (0.4, 0.8, 1.6), strict=True):
             assert d / 2 - 0.02 <= gap <= d + 0.3, gaps
 
-        # SUBACK refused (0x80): dropped. Then a 5-byte remaining length, then an oversize packet.
+        # SUBACK refused (0x80): dropped. Then a 5-byte remaining length, then an oversize SUBACK (an
+        # oversize PUBLISH is acked and discarded instead: test_63_fw_mqtt_edges).
         bad_inputs = ((None, "mqtt-suback"), (b"\x30\xff\xff\xff\xff\x01", "mqtt-rlen"),
-                      (b"\x30\x81\x08", "mqtt-too-big"))
+                      (b"\x90\x81\x08", "mqtt-too-big"))
         for i, (bad, reason) in enumerate(bad_inputs):
             p = Peer(server)
-            if i == 0:   # 4th failure in a row: d = 1.6 s, so at least 0.8 s
-                assert p.accepted - closed >= 0.8 - 0.02
+            if i == 0:   # 5th failure in a row: d = 3.2 s, so at least 1.6 s
+                assert p.accepted - closed >= 1.6 - 0.02
             p.session(suback=0x80 if bad is None else 1)
             fw.expect("LINK up")
             if bad is not None:

@@ -7,7 +7,7 @@
 #   BURST done <n> heap <bytes still allocated after a collect, against before the burst>
 # Commands arrive as messages on the device's downlink topic:
 #   "pub <text>" publishes <text> on the uplink; "burst <n>" publishes m0..m<n-1> as fast as slots free;
-#   "stop" ends the client cleanly (DISCONNECT).
+#   "stop" ends the client cleanly (DISCONNECT); "dropped" prints DROPPED <downlinks discarded so far>.
 import mpyboot  # noqa: F401 (sys.path)
 import gc
 import sys
@@ -58,6 +58,8 @@ def on_msg(topic, payload):
         jobs.append(asyncio.create_task(burst(int(text[6:]))))
     elif text == "stop":
         c.stop()
+    elif text == "dropped":
+        say("DROPPED", c.dropped())
 
 
 async def burst(n):

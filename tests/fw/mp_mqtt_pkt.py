@@ -132,11 +132,51 @@ def rejects(data, reason, max_size=1024):
 
 
 check(rejects(b"\x30\xff\xff\xff\xff\x01", "mqtt-rlen"), "5-byte remaining length rejected")
-check(rejects(b"\x30\x81\x08", "mqtt-too-big"), "oversize (1025 > 1 KB) rejected before its body")
-check(rejects(b"\x30\x80\x08", "mqtt-too-big", 512), "oversize for a smaller parser")
-p = pkt.Parser(1024)
-check(raises(lambda: p.feed(b"\x30\x80\x80\x80\x01"), "mqtt-too-big"), "a 4-byte length of 2 MB: no buffer growth")
-check(len(p.buf) == 1024, "parser buffer stays at its size")
+check(rejects(b"\x90\x81\x08", "mqtt-too-big"), "oversize SUBACK (1025 > 1 KB) rejected before its body")
+check(rejects(b"\x20\x80\x08", "mqtt-too-big", 512), "oversize CONNACK for a smaller parser")
+
+
+_ZEROS = bytes(512)
+
+
+def oversize(total, chunk, max_size=300):
+    # A QoS 1 PUBLISH of `total` body bytes on topic cs/1/d/x/down, pid 0x1234, fed in chunks: read
+    # through without growing the buffer, kept up to the buffer, marked big, topic and pid readable.
+    topic = b"cs/1/d/x/down"
+    head = bytes([0x32]) + bytes(_rl(total)) + bytes([0, len(topic)]) + topic + b"\x12\x34"
+    p = pkt.Parser(max_size)
+    fed = 0
+    pos = 0
+    while pos < len(head) and not p.ready:
+        end = min(pos + chunk, len(head))
+        fed += end - pos
+        pos = p.feed(head, pos, end)
+    while not p.ready:
+        n = min(chunk, len(_ZEROS))
+        fed += p.feed(_ZEROS, 0, n)
+    t, pid, pl = p.publish()
+    return p.big, bytes(t), pid, len(pl), len(p.buf), fed
+
+
+def _rl(n):
+    out = []
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return out
+
+
+for total, chunk in ((301, 7), (1025, 64), (2 * 1024 * 1024, 4096)):
+    got = oversize(total, chunk)
+    check(got == (True, b"cs/1/d/x/down", 0x1234, 0, 300, total + len(_rl(total)) + 1),
+          "oversize PUBLISH of %d read through, kept to the buffer, pid readable" % total, got)
+got = oversize(300, 300)
+check(got[0] is False and got[3] == 300 - 17, "a PUBLISH that just fits is whole", got)
+p = pkt.Parser(20)
+check(raises(lambda: (p.feed(b"\x32\x20\x00\x1e" + bytes(30) + b"\x00\x01"), p.publish()), "mqtt-len"),
+      "oversize PUBLISH whose topic runs past the buffer: no pid to ack, rejected")
 for first in (0x00, 0x10, 0x50, 0x62, 0x70, 0x82, 0xa2, 0xc0, 0xe0, 0xf0):
     check(rejects(bytes([first, 0]), "mqtt-type"), "packet type %d rejected" % (first >> 4))
 check(rejects(b"\x34\x05\x00\x01t\x00\x01", "mqtt-qos"), "PUBLISH QoS 2 rejected")

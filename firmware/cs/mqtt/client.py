@@ -49,6 +49,7 @@ _T0 = const(2)          # connection opened
 _PING_AT = const(3)     # PINGREQ sent, no PINGRESP yet (-1: not pinging)
 _PID = const(4)         # last packet id given
 _SUB_PID = const(5)     # packet id of the last SUBSCRIBE
+_DROP = const(6)        # downlinks PUBACKed and discarded: too large for the buffer, or not on our topics
 # self._sl: per slot, 3 ints: packet id (0 = free), packet length, ticks of the last send
 _S = const(3)
 
@@ -74,14 +75,17 @@ class Client:
         self._k = (retry_ms, backoff_min_ms, backoff_max_ms, conn_ms, tick_ms, keepalive * 500, rsize, slot)
         self.up = False
         self.last_error = None
-        self.tries = 0          # failed attempts since the last accepted CONNACK (drives the backoff)
+        # Failed attempts since a link last stayed up for backoff_max_ms (drives the backoff): reset by
+        # a link that lasted, not by a CONNACK, so a broker that accepts us and drops us at once (a
+        # refused SUBACK, a packet we cannot take) is retried ever more slowly, not 2-4 times a second.
+        self.tries = 0
         self._subs = []         # encoded SUBSCRIBE packets, re-sent (new pid) on every connect
         self._p = pkt.Parser(max_size)
         # Preallocated, one buffer: the read buffer (rsize), then the slots (`slot` bytes each).
         self._mv = memoryview(bytearray(rsize + inflight * slot))
         # "l": a ticks value is a small int of the port (30 bits on the C3, 62 on the 64-bit unix port).
         self._sl = array("l", (0,) * (_S * inflight))
-        self._r = array("l", (0, 0, 0, -1, 0, 0))
+        self._r = array("l", (0, 0, 0, -1, 0, 0, 0))
         self._w = None
         self._dead = asyncio.Event()
         self._wake = asyncio.Event()    # kick(): end a backoff wait now (the network just came up)
@@ -90,8 +94,15 @@ class Client:
 
     # ---- application API ----
 
+    def dropped(self):
+        # Downlinks acknowledged and discarded since boot (the app reports them).
+        return self._r[_DROP]
+
     def publish(self, topic, msg, qos=1):
         # -> packet id (QoS 1), 0 (QoS 0 sent), or None: not connected / no free slot. Never blocks.
+        t = _b(topic)
+        if b"+" in t or b"#" in t:
+            raise ValueError("mqtt-topic")  # a wildcard in a PUBLISH topic: the broker would drop us
         if not self.up:
             return None
         i = self._free()
@@ -99,10 +110,10 @@ class Client:
             return None
         mv = self._slot(i)
         if qos == 0:    # a free slot is scratch: the stream copies what the socket does not take
-            self._send(mv, pkt.publish(mv, _b(topic), msg, 0, 0))
+            self._send(mv, pkt.publish(mv, t, msg, 0, 0))
             return 0
         pid = self._new_pid()
-        n = pkt.publish(mv, _b(topic), msg, pid, 1)
+        n = pkt.publish(mv, t, msg, pid, 1)
         sl = self._sl
         sl[i] = pid
         sl[i + 1] = n
@@ -152,6 +163,8 @@ class Client:
         self._stop = True
         if self.up:
             self._send(pkt.DISCONNECT_PKT, 2)
+        # Nothing after DISCONNECT (MQTT 3.1.1 3.14.4): a PUBACK the reader would still write goes nowhere.
+        self._w = None
         self._fail("stopped")
 
     # ---- session ----
@@ -265,7 +278,11 @@ class Client:
         sl = self._sl
         if k == _PUBLISH:
             topic, pid, payload = p.publish()
-            if self.on_msg:
+            if p.big or not _our_topic(topic):
+                # Acknowledged and discarded: left unacknowledged, the broker would redeliver it after
+                # every reconnect, and the acks and prompts queued behind it would never arrive.
+                self._r[_DROP] += 1
+            elif self.on_msg:
                 self.on_msg(bytes(topic), payload)
             if pid:   # PUBACK only once the application has taken the message
                 # Written over the packet just handled (the parser starts the next one afresh).
@@ -289,7 +306,6 @@ class Client:
             if rc:
                 raise ValueError("mqtt-refused-%d" % rc)
             self.up = True
-            self.tries = 0
             self.last_error = None
             for b in self._subs:
                 self._sub(b)
@@ -313,7 +329,12 @@ class Client:
             while True:
                 await asyncio.sleep_ms(k[_TICK])
                 if w.out_buf:   # only when the socket refused part of a write (drain() allocates)
-                    await w.drain()
+                    # Bounded: a broker that stopped reading would otherwise hold this task, and with
+                    # it the keepalive, for as long as TCP keeps the connection open.
+                    try:
+                        await asyncio.wait_for_ms(w.drain(), k[_PING] or k[_CONN])
+                    except asyncio.TimeoutError:
+                        raise OSError("write-stuck")
                 now = self._ticks()
                 if self._net is not None and not self._net():
                     # Wi-Fi lost: the socket is dead even if lwIP has not noticed yet.
@@ -322,9 +343,13 @@ class Client:
                     if dif(now, rr[_T0]) >= k[_CONN]:
                         raise OSError("connack-timeout")
                     continue
+                if self.tries and dif(now, rr[_T0]) >= k[_BMAX]:
+                    self.tries = 0      # this link lasted: the next failure starts the backoff afresh
                 for i in range(0, len(sl), _S):
                     if sl[i] and dif(now, sl[i + 2]) >= k[_RETRY]:
                         self._resend(i, now)
+                if not k[_PING]:
+                    continue            # keepalive 0: the broker expects no PINGREQ (MQTT 3.1.1 3.1.2.10)
                 if rr[_PING_AT] >= 0:
                     if dif(now, rr[_PING_AT]) >= k[_PING]:
                         raise OSError("no-pingresp")
@@ -337,6 +362,15 @@ class Client:
 
 def _b(s):
     return s.encode() if isinstance(s, str) else s
+
+
+def _our_topic(t):
+    # The protocol's topics are printable ASCII without spaces or wildcards (cs/1/d/<id>/...): anything
+    # else (U+0000, invalid or any non-ASCII UTF-8, a wildcard) is not a downlink of ours.
+    for c in t:
+        if c < 0x21 or c > 0x7E or c == 0x23 or c == 0x2B:
+            return False
+    return len(t) > 0
 
 
 def _reason(e):

@@ -148,6 +148,7 @@ class Parser:
         self.n = 0
         self._got = 0
         self._shift = 0
+        self.big = False   # the body did not fit: only its first len(buf) bytes are in buf
 
     def _first(self, b):
         k = b >> 4
@@ -166,7 +167,12 @@ class Parser:
     def _sized(self):
         n = self.n
         k = self.kind
-        if n > len(self.buf):
+        # A PUBLISH larger than the buffer is read through and kept only as far as the buffer goes (its
+        # topic and packet id come first), so the client can PUBACK and discard it: refused, the broker
+        # would resend it after every reconnect and the link would never come back. Anything else that
+        # large is not a packet a broker sends us.
+        self.big = n > len(self.buf)
+        if self.big and k != PUBLISH:
             raise ValueError("mqtt-too-big")
         if k == PINGRESP:
             ok = n == 0
@@ -189,7 +195,9 @@ class Parser:
             st = self._st
             if st == 2:
                 k = min(end - pos, self.n - self._got)
-                self.mv[self._got:self._got + k] = data[pos:pos + k]
+                c = min(k, len(self.buf) - self._got)
+                if c > 0:
+                    self.mv[self._got:self._got + c] = data[pos:pos + c]
                 self._got += k
                 pos += k
                 if self._got == self.n:
@@ -242,9 +250,11 @@ class Parser:
 
     def publish(self):
         # -> (topic memoryview, pid or 0 for QoS 0, payload memoryview)
+        # A body that did not fit (`big`): the topic and packet id are returned if they are within the
+        # kept part, the payload is empty; the caller discards the message.
         tl = (self.buf[0] << 8) | self.buf[1]
         pos = 2 + tl
-        if pos > self.n:
+        if pos > self.n or (self.big and pos + 2 > len(self.buf)):
             raise ValueError("mqtt-len")
         topic = self.mv[2:pos]
         pid = 0
@@ -255,4 +265,4 @@ class Parser:
             if pid == 0:
                 raise ValueError("mqtt-pid")
             pos += 2
-        return topic, pid, self.mv[pos:self.n]
+        return topic, pid, self.mv[pos:pos if self.big else self.n]
