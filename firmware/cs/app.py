@@ -187,7 +187,8 @@ class App:
                 "provisioned": True, "boot": self.state.boot, "epoch": self.state.epoch,
                 "link": self.client.up, "outbox": self.outbox.depth, "outbox_free": self.outbox.free,
                 "heap_free": gc.mem_free(), "ignored": self.flow.ignored, "stuck": self.keys.stuck,
-                "bad_downlink": self.bad_downlink, "time_known": self.clock.known}))
+                "bad_downlink": self.bad_downlink, "dropped_downlink": self.client.dropped(),
+                "time_known": self.clock.known}))
         elif line:
             print("CS:UNKNOWN-COMMAND " + line[:32])
 
