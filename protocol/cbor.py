@@ -2,9 +2,11 @@
 
 cbor2 decodes generously (indefinite lengths, duplicate keys, any semantic tag). Device and gateway input
 is untrusted, so ``loads`` first walks the item heads itself, refusing with a precise reason anything the
-profile does not allow, and only then lets cbor2 build the value with its own strict options on top.
-``dumps`` gives the deterministic encoding of RFC 8949 section 4.2.1, which is what both MACs and
-signatures are computed over.
+profile does not allow (including map keys out of order and duplicates, judged on their encoded bytes),
+and only then lets cbor2 build the value with its own strict options on top. ``dumps`` gives the
+length-first deterministic encoding of RFC 8949 section 4.2.3 (the core rules of 4.2.1 with map keys
+sorted shorter encoding first, then bytewise: RFC 7049's canonical order, cbor2's ``canonical=True``),
+which is what both MACs and signatures are computed over; PROTOCOL.md section 4 says why that order.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ _MAJOR_TAG = 6
 _MAJOR_SIMPLE = 7
 
 _SIMPLE_ALLOWED = (20, 21, 22)  # false, true, null; no undefined, no floats, no other simple values
+# false and true as map keys: decoded, they are Python's False == 0 and True == 1 (on MicroPython too),
+# so {4: kid, true: 5} would read as alg 5. Refused at the CBOR layer, where the encoding still shows them.
+_BOOL_KEYS = (0xF4, 0xF5)
+_DUP = 1        # deferred faults of a walk: reported only once the whole item is well-formed
+_ORDER = 2
 
 
 def _head(data: bytes, pos: int) -> tuple[int, int, int, int]:
@@ -65,9 +72,16 @@ def check_well_formed(
     """
     if len(data) > max_size:
         raise LimitError(f"message is {len(data)} bytes, limit {max_size}", "oversized")
-    end = _walk(data, 0, 0, max_depth, max_items, max_text, allowed_tags)
+    faults = [0]
+    end = _walk(data, 0, 0, max_depth, max_items, max_text, allowed_tags, faults)
     if end != len(data):
         raise DecodeError(f"{len(data) - end} trailing bytes after the item", "trailing-bytes")
+    # Key faults come after every well-formedness fault, duplicates first (the firmware's order too).
+    if faults[0] & _DUP:
+        raise DecodeError("duplicate map key", "duplicate-key")
+    if faults[0] & _ORDER:
+        raise DecodeError("not the deterministic encoding (map keys out of length-first order)",
+                          "non-deterministic")
 
 
 def _walk(
@@ -78,6 +92,7 @@ def _walk(
     max_items: int,
     max_text: int | None,
     allowed_tags: tuple[int, ...],
+    faults: list[int],
 ) -> int:
     major, _ai, arg, pos = _head(data, pos)
     if major in (_MAJOR_UINT, _MAJOR_NINT):
@@ -98,14 +113,31 @@ def _walk(
             raise LimitError(f"nesting deeper than {max_depth}", "too-deep")
         if arg > max_items:
             raise LimitError(f"container of {arg} items, limit {max_items}", "over-limit")
-        count = arg * 2 if major == _MAJOR_MAP else arg
-        for _ in range(count):
-            pos = _walk(data, pos, depth + 1, max_depth, max_items, max_text, ())
+        if major == _MAJOR_ARRAY:
+            for _ in range(arg):
+                pos = _walk(data, pos, depth + 1, max_depth, max_items, max_text, (), faults)
+            return pos
+        prev = b""
+        seen: set[bytes] = set()
+        for i in range(arg):
+            if pos < len(data) and data[pos] in _BOOL_KEYS:
+                raise DecodeError("false/true as a map key (it would read as 0/1)", "unexpected-type")
+            k0 = pos
+            pos = _walk(data, pos, depth + 1, max_depth, max_items, max_text, (), faults)
+            key = data[k0:pos]
+            # Every item passed the walk (shortest heads), so equal values have equal encodings.
+            if key in seen:
+                faults[0] |= _DUP
+            elif i and (len(key), key) < (len(prev), prev):
+                faults[0] |= _ORDER
+            seen.add(key)
+            prev = key
+            pos = _walk(data, pos, depth + 1, max_depth, max_items, max_text, (), faults)
         return pos
     if major == _MAJOR_TAG:
         if arg not in allowed_tags:
             raise DecodeError(f"CBOR tag {arg} is not allowed here", "unexpected-tag")
-        return _walk(data, pos, depth, max_depth, max_items, max_text, ())
+        return _walk(data, pos, depth, max_depth, max_items, max_text, (), faults)
     # major 7
     if arg not in _SIMPLE_ALLOWED or _ai >= 24:
         raise DecodeError("floats and simple values other than false/true/null are not allowed",
@@ -132,20 +164,12 @@ def loads(
         value = cbor2.loads(data, allow_indefinite=False, allow_duplicate_keys=False,
                             max_depth=max_depth + 1)
     except cbor2.CBORDecodeError as exc:
-        if "duplicate" in str(exc).lower():
-            raise DecodeError("duplicate map key", "duplicate-key") from exc
         raise DecodeError(f"CBOR decode failed: {exc}", "malformed-cbor") from exc
-    # cbor2 hands back map keys of any type; the profile allows only integer and text keys, and
-    # deterministic key order (checked by re-encoding).
-    if dumps(value) != data:
-        raise DecodeError("not the deterministic encoding (map keys out of order?)", "non-deterministic")
     return value
 
 
 def dumps(value: Any) -> bytes:
-    """Deterministic encoding (RFC 8949 4.2.1). All profile map keys are small, so cbor2's canonical
-    (length-first) order and the bytewise order of 4.2.1 agree."""
+    """Deterministic encoding, length-first key order (RFC 8949 4.2.3; see the module docstring)."""
     return cbor2.dumps(value, canonical=True)
-
 
 Tag = cbor2.CBORTag

@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import cbor, limits
-from .errors import CoseError, UnknownKeyError, VerifyError
+from .errors import CoseError, ProtocolError, UnknownKeyError, VerifyError
 
 TAG_MAC0 = 17
 TAG_SIGN1 = 18
@@ -132,13 +132,30 @@ def sign1_verify(data: bytes, public_key_for: Callable[[bytes], Ed25519PublicKey
     return Verified(kid, payload, protected)
 
 
+def read_kid(data: bytes) -> bytes:
+    """The kid of a Mac0 or Sign1 message without verifying anything, or a ProtocolError (the verdict):
+    the message must be tag 17 or 18 over an array whose first item is a protected header map with a
+    bstr kid. Only the shape needed to find the kid is checked; the verifiers check the rest."""
+    item = cbor.loads(data, max_size=limits.MAX_BATCH_MESSAGE, max_depth=2, max_items=4,
+                      allowed_tags=(TAG_MAC0, TAG_SIGN1))
+    if not isinstance(item, cbor.Tag):
+        raise CoseError("not a tagged COSE message", "bad-cose-structure")
+    # A tag over a map (d2 a0) or over an empty array has no protected header to read.
+    arr = item.value
+    if not isinstance(arr, list | tuple) or not arr or not isinstance(arr[0], bytes):
+        raise CoseError("COSE message must be an array starting with the protected bstr",
+                        "bad-cose-structure")
+    hdr = cbor.loads(arr[0], max_size=64, max_depth=1, max_items=2)
+    kid = hdr.get(HDR_KID) if isinstance(hdr, Mapping) else None
+    if not isinstance(kid, bytes):
+        raise CoseError("protected header has no bstr kid", "bad-protected-header")
+    return kid
+
+
 def peek_kid(data: bytes) -> bytes | None:
-    """The kid of a Mac0 or Sign1 message without verifying anything (for logs and `decode`)."""
+    """``read_kid``, or None when the message has no readable kid (for logs and `decode`). Never raises
+    on any input: the province calls it on every batch entry before its own error handling."""
     try:
-        item = cbor.loads(data, max_size=limits.MAX_BATCH_MESSAGE, max_depth=2, max_items=4,
-                          allowed_tags=(TAG_MAC0, TAG_SIGN1))
-        hdr = cbor.loads(item.value[0], max_size=64, max_depth=1, max_items=2)
-        kid = hdr.get(HDR_KID)
-        return kid if isinstance(kid, bytes) else None
-    except (ValueError, AttributeError, IndexError, TypeError):
+        return read_kid(data)
+    except ProtocolError:
         return None

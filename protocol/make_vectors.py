@@ -40,6 +40,9 @@ from .errors import ProtocolError
 from .messages import Ack, Heartbeat, Hello, Message, NoRating, Prompt, Rating, Session, TimeSync
 
 VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
+# Must-fail regressions found by inputs nobody on the project wrote (issue 9: public vectors, fuzzing),
+# kept apart from the 31 golden cases whose count the firmware's vector script pins.
+REGRESS = "regress"
 
 # Fixed test identities (never used outside tests and vectors).
 KID_1 = b"hf01-w01"
@@ -253,9 +256,76 @@ def _fail_cases() -> dict[str, dict[str, Any]]:
     return out
 
 
+def _regress_cases() -> dict[str, dict[str, Any]]:
+    """Issue 9's reproducers and their siblings, each MACed with the right key so only the defect fails."""
+    payload = RATING.encode()
+    out: dict[str, dict[str, Any]] = {}
+
+    def mac0(protected: bytes, pl: bytes) -> bytes:
+        return _mac0(protected, {}, pl, cose.mac0_tag(KEY_1, protected, pl))
+
+    # {4: kid, true: 5}: read as a dict it is {4: kid, 1: 5} (True == 1): the issue's exact reproducer.
+    p_true = bytes.fromhex("a204") + cbor.dumps(KID_1) + bytes.fromhex("f505")
+    out["fail-r01-true-as-alg-key"] = _fail(
+        "protected header {4: kid, true: 5}: true is not the label 1", "unexpected-type", True,
+        payload=payload, protected=p_true, output=mac0(p_true, payload))
+    m = RATING.to_map()
+    body = b"".join(cbor.dumps(k) + cbor.dumps(m[k]) for k in sorted(m) if k != 1)
+    pl_true = bytes([0xA0 + len(m)]) + body + b"\xf5" + cbor.dumps(m[1])   # f5 sorts after 00..09
+    prot = cose.protected_header(cose.ALG_HMAC_256_256, KID_1)
+    out["fail-r02-true-as-epoch-key"] = _fail(
+        "rating with its epoch under key true instead of 1", "unexpected-type", True,
+        payload=pl_true, protected=prot, output=mac0(prot, pl_true))
+    body = b"".join(cbor.dumps(k) + cbor.dumps(m[k]) for k in sorted(m) if k != 0)
+    pl_false = bytes([0xA0 + len(m)]) + body + b"\xf4" + cbor.dumps(m[0])
+    out["fail-r03-false-as-type-key"] = _fail(
+        "rating with its type under key false instead of 0", "unexpected-type", True,
+        payload=pl_false, protected=prot, output=mac0(prot, pl_false))
+
+    # Prompts whose clerk is not UTF-8: MicroPython's str() would let each through.
+    prompt = Prompt(prompt=1001, clerk="10023", service=2, txn="T-20250101-0001", timeout=20, time=T0 - 4)
+    for name, title, raw in (
+            ("fail-r04-overlong-utf8", "prompt whose clerk is 31 30 c0 80 33 (an overlong NUL)",
+             b"10\xc0\x803"),
+            ("fail-r05-surrogate-utf8", "prompt whose clerk holds a UTF-16 surrogate (ed a0 80)",
+             b"10\xed\xa0\x803"),
+            ("fail-r06-above-10ffff-utf8", "prompt whose clerk holds a code point above U+10FFFF",
+             b"10\xf4\x90\x80\x80")):
+        pm = prompt.to_map()
+        enc = cbor.dumps(pm)
+        good_clerk = cbor.dumps("10023")
+        pl = enc.replace(good_clerk, bytes([0x60 + len(raw)]) + raw)
+        out[name] = _fail(title, "malformed-cbor", True, payload=pl, protected=prot, output=mac0(prot, pl),
+                          direction="down")
+
+    # Tag 17/18 over a map: no protected header to read the kid from (peek_kid raised KeyError).
+    for name, title, raw, reason in (
+            ("fail-r07-tag-18-over-a-map", "d2 a0: tag 18 over an empty map", b"\xd2\xa0", "unexpected-tag"),
+            ("fail-r08-tag-17-over-a-map", "d1 a1 01 40: tag 17 over a map without key 0",
+             b"\xd1\xa1\x01\x40", "bad-cose-structure")):
+        out[name] = _fail(title, reason, False, payload=payload, protected=prot, output=raw)
+        out[name]["kid_reason"] = "bad-cose-structure"
+
+    # Keys in bytewise order (RFC 8949 4.2.1) where it differs from the profile's length-first order.
+    pl_bw = (bytes([0xA0 + len(m) + 2]) + b"".join(cbor.dumps(k) + cbor.dumps(m[k]) for k in sorted(m))
+             + cbor.dumps(24) + b"\x00" + cbor.dumps(-1) + b"\x00")
+    out["fail-r09-bytewise-key-order"] = _fail(
+        "rating plus keys 24 and -1 in bytewise order (18 18 before 20): not length-first",
+        "non-deterministic", True, payload=pl_bw, protected=prot, output=mac0(prot, pl_bw))
+    return out
+
+
+def build_regress() -> dict[str, dict[str, Any]]:
+    """The vectors of vectors/regress/ by file stem, checked like ``build``'s."""
+    return _checked(_regress_cases())
+
+
 def build() -> dict[str, dict[str, Any]]:
     """All vectors by file stem. Raises RuntimeError if our own verifier disagrees with a vector."""
-    vecs = {**_good_cases(), **_fail_cases()}
+    return _checked({**_good_cases(), **_fail_cases()})
+
+
+def _checked(vecs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for name, vec in vecs.items():
         try:
             verify(vec)
@@ -277,24 +347,29 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
     ap.add_argument("--dir", type=Path, default=VECTORS_DIR)
     ap.add_argument("--check", action="store_true", help="compare with the files instead of writing")
     args = ap.parse_args(argv)
-    vecs = build()
+    rc = _write(args.dir, build(), args.check, out)
+    return _write(args.dir / REGRESS, build_regress(), args.check, out) or rc
+
+
+def _write(directory: Path, vecs: dict[str, dict[str, Any]], check: bool,
+           out: Callable[[str], None]) -> int:
+    """Write (or with ``check`` compare) one folder of vectors; 1 if ``check`` found a difference."""
     wanted = {f"{name}.json": render(vec) for name, vec in vecs.items()}
-    existing = {p.name for p in args.dir.glob("*.json")}
-    if args.check:
+    existing = {p.name for p in directory.glob("*.json")}
+    if check:
         bad = sorted(n for n, text in wanted.items()
-                     if not (args.dir / n).exists() or (args.dir / n).read_text(encoding="utf-8") != text)
+                     if not (directory / n).exists() or (directory / n).read_text(encoding="utf-8") != text)
         bad += sorted(existing - set(wanted))
         for n in bad:
-            out(f"differs: {n}")
+            out(f"differs: {directory.name}/{n}" if directory.name == REGRESS else f"differs: {n}")
         return 1 if bad else 0
-    args.dir.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     for n, text in wanted.items():
-        (args.dir / n).write_text(text, encoding="utf-8")
+        (directory / n).write_text(text, encoding="utf-8")
     for n in existing - set(wanted):
-        (args.dir / n).unlink()
-    out(f"wrote {len(wanted)} vectors to {args.dir}")
+        (directory / n).unlink()
+    out(f"wrote {len(wanted)} vectors to {directory}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -126,6 +126,9 @@ def test_profile_encoding_rules() -> None:
         "a201020103": "duplicate-key",
         "a2616101616102": "duplicate-key",
         "62c328": "malformed-cbor",             # invalid UTF-8
+        "62c080": "malformed-cbor",             # overlong NUL
+        "63eda080": "malformed-cbor",           # a surrogate (U+D800)
+        "64f4908080": "malformed-cbor",         # above U+10FFFF
         "0000": "trailing-bytes",
     }
     for hexed, reason in cases.items():
@@ -188,7 +191,36 @@ def test_not_bytes() -> None:
 
 
 def test_dumps_is_deterministic() -> None:
+    # Length-first order (RFC 8949 4.2.3, PROTOCOL.md section 4): -1 (20) before 24 (18 18), which the
+    # bytewise order of 4.2.1 would put the other way round. The profile's keys are 0..26, where the two
+    # orders agree.
     m = {24: 4, 10: 1, 2: 2, 0: 0, -1: 5}
     assert cbor.dumps(m) == bytes.fromhex("a5" "0000" "0202" "0a01" "2005" "181804")
     assert cbor.dumps(m) == cbor.dumps(dict(reversed(list(m.items()))))
     assert loads(cbor.dumps(m)) == m
+    assert cbor.dumps({"": 1, 24: 2}) == bytes.fromhex("a2" "6001" "181802")
+    assert cbor.dumps({i: 0 for i in range(27)}) == bytes.fromhex(
+        "b81b" + "".join(cbor.dumps(i).hex() + "00" for i in range(27)))
+
+
+def test_length_first_key_order_is_the_rule() -> None:
+    # The bytewise (RFC 8949 4.2.1) order of the same maps is refused: one encoding per value.
+    for hexed in ("a5" "0000" "0202" "0a01" "181804" "2005", "a2" "181802" "6001"):
+        with pytest.raises(DecodeError) as info:
+            loads(bytes.fromhex(hexed))
+        assert info.value.reason == "non-deterministic", hexed
+    assert loads(bytes.fromhex("a2" "6001" "181802")) == {24: 2, "": 1}
+    # a duplicate anywhere in the map (not only next to its twin) is a duplicate, reported before order
+    with pytest.raises(DecodeError) as info:
+        loads(bytes.fromhex("a3" "0100" "0200" "0100"))
+    assert info.value.reason == "duplicate-key"
+
+
+@pytest.mark.parametrize("hexed", ["a1f500", "a1f400", "a2f4000101", "a20443616263f505", "81a1f501",
+                                   "a101a1f400"])
+def test_false_true_are_not_map_keys(hexed: str) -> None:
+    # Decoded they would be 0 and 1 (True == 1 in Python): {4: kid, true: 5} would read as alg 5.
+    with pytest.raises(DecodeError) as info:
+        loads(bytes.fromhex(hexed))
+    assert info.value.reason == "unexpected-type"
+    assert loads(bytes.fromhex("a101f5")) == {1: True}      # as values they are fine

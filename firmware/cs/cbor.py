@@ -126,7 +126,8 @@ def _head(d, s, n):
 
 
 def _less(d, a0, a1, b0, b1):
-    # Canonical key order of the CPython encoder: shorter encoding first, then bytewise.
+    # Length-first key order (RFC 8949 4.2.3, the RFC 7049 canonical order; PROTOCOL.md section 4):
+    # shorter encoding first, then bytewise.
     if a1 - a0 != b1 - b0:
         return a1 - a0 < b1 - b0
     while a0 < a1:
@@ -135,6 +136,32 @@ def _less(d, a0, a1, b0, b1):
         a0 += 1
         b0 += 1
     return False
+
+
+def _utf8(d, i, end):
+    # RFC 3629 well-formedness, as CPython's decoder judges it: MicroPython's str() lets overlong forms,
+    # surrogates and code points over U+10FFFF through. Comparisons only: nothing is allocated.
+    while i < end:
+        c = d[i]
+        i += 1
+        if c < 0x80:
+            continue
+        if c < 0xC2 or c > 0xF4:
+            return False
+        k = 1 if c < 0xE0 else 2 if c < 0xF0 else 3
+        if i + k > end:
+            return False
+        # the second byte's range is narrower after E0 (overlong), ED (surrogates), F0, F4 (> U+10FFFF)
+        lo = 0xA0 if c == 0xE0 else 0x90 if c == 0xF0 else 0x80
+        hi = 0x9F if c == 0xED else 0x8F if c == 0xF4 else 0xBF
+        b = d[i]
+        if b < lo or b > hi:
+            return False
+        for j in range(i + 1, i + k):
+            if d[j] & 0xC0 != 0x80:
+                return False
+        i += k
+    return True
 
 
 def _item(d, s, n, depth, lim, tag):
@@ -155,10 +182,9 @@ def _item(d, s, n, depth, lim, tag):
             return bytes(d[pos:end])
         if lim[2] is not None and arg > lim[2]:
             raise ValueError("over-limit")
-        try:
-            return str(d[pos:end], "utf-8")
-        except UnicodeError:
+        if not _utf8(d, pos, end):
             raise ValueError("malformed-cbor")
+        return str(d[pos:end], "utf-8")
     if major == _ARRAY or major == _MAP:
         if depth + 1 > lim[0]:
             raise ValueError("too-deep")
@@ -175,6 +201,9 @@ def _item(d, s, n, depth, lim, tag):
         p0 = p1 = -1
         for _ in range(arg):
             k0 = s[0]
+            # false/true would decode to False == 0 / True == 1: {4: kid, true: 5} would read as alg 5
+            if k0 < n and d[k0] | 1 == 0xF5:
+                raise ValueError("unexpected-type")
             k = _item(d, s, n, depth + 1, lim, None)
             k1 = s[0]
             if type(k) is list or type(k) is dict:
