@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from countersign.protocol import messages
+from countersign.protocol.context import Context
 from countersign.protocol.keystore import Keystore
 
 from .api import ApiServer
@@ -212,7 +213,7 @@ class Gateway:
             s = Store.get_session(c, window)
             if s is None:
                 raise Conflict(f"no clerk is signed in at window {window}")
-            pid = self.store.insert_prompt(c, device, window, s[0], s[1], service, txn, now, timeout)
+            pid = self.store.insert_prompt(c, device, Context(window, s[0], service, txn, now, s[1]), timeout)
         self.ingest.send(device, messages.Prompt(pid, s[0], service, txn, timeout, now // 1000))
         self._stats.incr("prompts")
         if self.forwarder is not None:

@@ -31,6 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from countersign.common.mqtt import tcp_no_delay
 from countersign.protocol import cose, limits, messages, topics
+from countersign.protocol.context import Context
 from countersign.protocol.errors import LimitError, ProtocolError, SchemaError
 from countersign.protocol.keystore import DeviceKey, Keystore
 
@@ -63,16 +64,6 @@ class _Will:
 
 
 _Verdict = _Reject | _Up | _Will
-
-
-@dataclass
-class _Ctx:
-    window: str
-    clerk: str | None
-    clerk_name: str | None
-    service: int
-    txn: str | None
-    prompt_ms: int | None
 
 
 class _ContextError(SchemaError):
@@ -283,16 +274,15 @@ class Ingest:
             score=msg.score if isinstance(msg, messages.Rating) else None,
             scale=msg.scale if isinstance(msg, messages.Rating) else None,
             prompt=msg.prompt, press_time=msg.time, mono_ms=msg.mono, boot=msg.boot, delay_ms=msg.delay,
-            received_ms=now, window=ctx.window, clerk=ctx.clerk, clerk_name=ctx.clerk_name,
-            service=ctx.service, txn=ctx.txn, prompt_ms=ctx.prompt_ms, msg=payload)
+            received_ms=now, ctx=ctx, msg=payload)
         self.store.store_rating(c, rec)     # STORED: checked just above in the same transaction
         self.stats.incr("stored")
 
-    def _context(self, c: sqlite3.Connection, v: _Up, msg: messages.Rating | messages.NoRating) -> _Ctx:
+    def _context(self, c: sqlite3.Connection, v: _Up, msg: messages.Rating | messages.NoRating) -> Context:
         if msg.prompt == 0:
             # Opened on the keypad by the invite key: the clerk signed in at the window now, service unknown.
             s = Store.get_session(c, v.key.window)
-            return _Ctx(v.key.window, s[0] if s else None, s[1] if s else None, 0, None, None)
+            return Context(v.key.window, s[0] if s else None, 0, None, None, s[1] if s else None)
         p = Store.get_prompt(c, msg.prompt)
         if p is None:
             raise _ContextError(f"prompt {msg.prompt} was never opened", "unknown-prompt")
@@ -300,7 +290,7 @@ class Ingest:
             raise _ContextError(f"prompt {msg.prompt} belongs to {p.device}", "prompt-mismatch")
         if Store.prompt_rated(c, msg.prompt):
             raise _ContextError(f"prompt {msg.prompt} already has its rating", "prompt-already-rated")
-        return _Ctx(p.window, p.clerk, p.clerk_name, p.service, p.txn, p.opened_ms)
+        return p.ctx
 
     def _conflict(self, c: sqlite3.Connection, now: int, topic: str, device: str,
                   msg: messages.Rating | messages.NoRating, payload: bytes) -> None:

@@ -24,9 +24,10 @@ from typing import Any
 
 from countersign.common.db import open_db
 from countersign.protocol import batch, cbor
+from countersign.protocol.context import Context
 from countersign.protocol.outcome import Outcome
 
-__all__ = ["HELD_BATCH_ID", "Outcome", "PromptRow", "RatingRecord", "Store", "digest", "enqueue",
+__all__ = ["HELD_BATCH_ID", "Context", "Outcome", "PromptRow", "RatingRecord", "Store", "digest", "enqueue",
            "init_uplink_schema", "uplink_backlog"]
 
 # Entries that cannot be decoded back from the database (disk corruption, a schema bug) are marked with
@@ -72,7 +73,7 @@ def enqueue(conn: sqlite3.Connection, entry: batch.Entry, created_ms: int | None
     if isinstance(entry, batch.DeviceEntry):
         kind, ms = batch.EntryKind.DEVICE_MESSAGE, entry.received_ms
     elif isinstance(entry, batch.PromptEntry):
-        kind, ms = batch.EntryKind.PROMPT, entry.prompt_ms
+        kind, ms = batch.EntryKind.PROMPT, entry.opened_ms
     else:
         raise TypeError(f"cannot forward {type(entry).__name__}")
     conn.execute("INSERT INTO uplink_entries (entry, kind, created_ms) VALUES (?, ?, ?)",
@@ -149,29 +150,18 @@ class RatingRecord:
     boot: int
     delay_ms: int
     received_ms: int
-    window: str
-    clerk: str | None
-    clerk_name: str | None
-    service: int
-    txn: str | None
-    prompt_ms: int | None
+    ctx: Context
     msg: bytes
 
     def uplink_entry(self) -> batch.DeviceEntry:
-        return batch.DeviceEntry(self.msg, self.received_ms, self.window, self.clerk, self.service, self.txn,
-                                 self.prompt_ms)
+        return batch.DeviceEntry(self.msg, self.received_ms, self.ctx.forwarded())
 
 
 @dataclass
 class PromptRow:
     id: int
     device: str
-    window: str
-    clerk: str
-    clerk_name: str | None
-    service: int
-    txn: str
-    opened_ms: int
+    ctx: Context                 # clerk, txn and prompt_ms always set: a prompt is opened for a clerk
     timeout: int
 
 
@@ -231,8 +221,8 @@ class Store:
             " delay_ms, received_ms, window, clerk, clerk_name, service, txn, prompt_ms, msg, digest)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (r.device, r.epoch, r.seq, r.kind, r.score, r.scale, r.prompt, r.press_time, r.mono_ms, r.boot,
-             r.delay_ms, r.received_ms, r.window, r.clerk, r.clerk_name, r.service, r.txn, r.prompt_ms,
-             r.msg, digest(r.msg)))
+             r.delay_ms, r.received_ms, r.ctx.window, r.ctx.clerk, r.ctx.clerk_name, r.ctx.service, r.ctx.txn,
+             r.ctx.prompt_ms, r.msg, digest(r.msg)))
         enqueue(c, r.uplink_entry())
         return Outcome.STORED
 
@@ -260,22 +250,26 @@ class Store:
                         (ms, kind, device))
         return cur.rowcount
 
-    def insert_prompt(self, c: sqlite3.Connection, device: str, window: str, clerk: str,
-                      clerk_name: str | None, service: int, txn: str, opened_ms: int, timeout: int) -> int:
+    def insert_prompt(self, c: sqlite3.Connection, device: str, ctx: Context, timeout: int) -> int:
+        """Record an opened prompt (``ctx.prompt_ms`` = opened) and queue its record for the province."""
         cur = c.execute("INSERT INTO prompts (device, window, clerk, clerk_name, service, txn, opened_ms,"
                         " timeout) VALUES (?,?,?,?,?,?,?,?)",
-                        (device, window, clerk, clerk_name, service, txn, opened_ms, timeout))
+                        (device, ctx.window, ctx.clerk, ctx.clerk_name, ctx.service, ctx.txn, ctx.prompt_ms,
+                         timeout))
         pid = cur.lastrowid
         if pid is None:
             raise sqlite3.DatabaseError("prompt insert returned no id")
-        enqueue(c, batch.PromptEntry(pid, device, window, clerk, service, txn, opened_ms, timeout))
+        enqueue(c, batch.PromptEntry(pid, device, ctx.forwarded(), timeout))
         return pid
 
     @staticmethod
     def get_prompt(c: sqlite3.Connection, pid: int) -> PromptRow | None:
         row = c.execute("SELECT id, device, window, clerk, clerk_name, service, txn, opened_ms, timeout"
                         " FROM prompts WHERE id=?", (pid,)).fetchone()
-        return None if row is None else PromptRow(*row)
+        if row is None:
+            return None
+        pid, device, window, clerk, clerk_name, service, txn, opened_ms, timeout = row
+        return PromptRow(pid, device, Context(window, clerk, service, txn, opened_ms, clerk_name), timeout)
 
     @staticmethod
     def prompt_rated(c: sqlite3.Connection, pid: int) -> bool:

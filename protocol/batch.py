@@ -13,20 +13,26 @@ from enum import IntEnum
 from typing import Any
 
 from . import cbor, limits
+from .context import Context
 from .errors import SchemaError
 from .messages import T, _check
 from .topics import check_id
 
 
-class BK(IntEnum):
-    """Keys of the batch map, of its entries and of the batch ack."""
+class BatchKey(IntEnum):
+    """Keys of the batch map."""
 
     TYPE = 0
     HALL = 1
     BATCH = 2
     CREATED_MS = 3
     ENTRIES = 4
-    # entry keys (an entry is its own map; key 0 is the entry kind)
+
+
+class EntryKey(IntEnum):
+    """Keys of an entry's map (an entry is its own map; key 0 is the entry kind)."""
+
+    KIND = 0
     MSG = 1             # device entry: the device's COSE_Mac0 bytes, unchanged
     RECEIVED_MS = 2     # device entry: when the gateway received it
     WINDOW = 3
@@ -37,7 +43,14 @@ class BK(IntEnum):
     DEVICE = 8          # prompt record: the keypad the prompt went to
     PROMPT = 9          # prompt record: prompt id
     TIMEOUT = 10        # prompt record: seconds
-    # ack keys
+
+
+class AckKey(IntEnum):
+    """Keys of the batch ack map."""
+
+    TYPE = 0
+    HALL = 1
+    BATCH = 2
     STORED = 3
     DUPLICATES = 4
     REJECTED = 5        # [[entry index, reason], ...]
@@ -48,37 +61,43 @@ class EntryKind(IntEnum):
     PROMPT = 2
 
 
-@dataclass
+def _ctx_map(ctx: Context) -> dict[int, Any]:
+    return {EntryKey.WINDOW: ctx.window, EntryKey.CLERK: ctx.clerk, EntryKey.SERVICE: ctx.service,
+            EntryKey.TXN: ctx.txn, EntryKey.PROMPT_MS: ctx.prompt_ms}
+
+
+@dataclass(frozen=True)
 class DeviceEntry:
     msg: bytes
     received_ms: int
-    window: str
-    clerk: str | None
-    service: int
-    txn: str | None
-    prompt_ms: int | None
+    ctx: Context
 
     def to_map(self) -> dict[int, Any]:
-        return {0: int(EntryKind.DEVICE_MESSAGE), BK.MSG: self.msg, BK.RECEIVED_MS: self.received_ms,
-                BK.WINDOW: self.window, BK.CLERK: self.clerk, BK.SERVICE: self.service, BK.TXN: self.txn,
-                BK.PROMPT_MS: self.prompt_ms}
+        return {EntryKey.KIND: int(EntryKind.DEVICE_MESSAGE), EntryKey.MSG: self.msg,
+                EntryKey.RECEIVED_MS: self.received_ms, **_ctx_map(self.ctx)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class PromptEntry:
     prompt: int
     device: str
-    window: str
-    clerk: str | None
-    service: int
-    txn: str | None
-    prompt_ms: int
+    ctx: Context                # prompt_ms is always set: the record is of an opened prompt
     timeout: int
 
+    def __post_init__(self) -> None:
+        if self.ctx.prompt_ms is None:
+            raise SchemaError("a prompt record needs the time its prompt was opened", "missing-field")
+
+    @property
+    def opened_ms(self) -> int:
+        ms = self.ctx.prompt_ms
+        if ms is None:   # refused by __post_init__
+            raise SchemaError("a prompt record needs the time its prompt was opened", "missing-field")
+        return ms
+
     def to_map(self) -> dict[int, Any]:
-        return {0: int(EntryKind.PROMPT), BK.PROMPT: self.prompt, BK.DEVICE: self.device,
-                BK.WINDOW: self.window, BK.CLERK: self.clerk, BK.SERVICE: self.service, BK.TXN: self.txn,
-                BK.PROMPT_MS: self.prompt_ms, BK.TIMEOUT: self.timeout}
+        return {EntryKey.KIND: int(EntryKind.PROMPT), EntryKey.PROMPT: self.prompt,
+                EntryKey.DEVICE: self.device, **_ctx_map(self.ctx), EntryKey.TIMEOUT: self.timeout}
 
 
 Entry = DeviceEntry | PromptEntry
@@ -92,8 +111,9 @@ class Batch:
     entries: list[Entry] = field(default_factory=list)
 
     def encode(self) -> bytes:
-        return cbor.dumps({0: int(T.BATCH), BK.HALL: self.hall, BK.BATCH: self.batch,
-                           BK.CREATED_MS: self.created_ms, BK.ENTRIES: [e.to_map() for e in self.entries]})
+        return cbor.dumps({BatchKey.TYPE: int(T.BATCH), BatchKey.HALL: self.hall,
+                           BatchKey.BATCH: self.batch, BatchKey.CREATED_MS: self.created_ms,
+                           BatchKey.ENTRIES: [e.to_map() for e in self.entries]})
 
 
 @dataclass
@@ -105,9 +125,9 @@ class BatchAck:
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
     def encode(self) -> bytes:
-        return cbor.dumps({0: int(T.BATCH_ACK), BK.HALL: self.hall, BK.BATCH: self.batch,
-                           BK.STORED: self.stored, BK.DUPLICATES: self.duplicates,
-                           BK.REJECTED: [[i, r] for i, r in self.rejected]})
+        return cbor.dumps({AckKey.TYPE: int(T.BATCH_ACK), AckKey.HALL: self.hall, AckKey.BATCH: self.batch,
+                           AckKey.STORED: self.stored, AckKey.DUPLICATES: self.duplicates,
+                           AckKey.REJECTED: [[i, r] for i, r in self.rejected]})
 
 
 def _opt_text(v: Any, name: str) -> str | None:
@@ -120,6 +140,17 @@ def _keys(m: Mapping[Any, Any], allowed: set[int], what: str) -> None:
         raise SchemaError(f"unknown field(s) {sorted(extra, key=repr)} in {what}", "bad-field")
 
 
+def _ctx(m: Mapping[Any, Any], *, optional_time: bool) -> Context:
+    """An entry's context, its fields checked in key order; a prompt record always has its time."""
+    window = _check("text", m[EntryKey.WINDOW], "window")
+    clerk = _opt_text(m[EntryKey.CLERK], "clerk")
+    service = _check("u16", m[EntryKey.SERVICE], "service")
+    txn = _opt_text(m[EntryKey.TXN], "txn")
+    pm = m[EntryKey.PROMPT_MS]
+    prompt_ms = None if pm is None and optional_time else _check("u64", pm, "prompt_ms")
+    return Context(window, clerk, service, txn, prompt_ms)
+
+
 def _entry(m: Any) -> Entry:
     if not isinstance(m, Mapping):
         raise SchemaError("batch entry must be a map", "bad-batch")
@@ -129,21 +160,18 @@ def _entry(m: Any) -> Entry:
     try:
         if kind == EntryKind.DEVICE_MESSAGE:
             _keys(m, {0, 1, 2, 3, 4, 5, 6, 7}, "device entry")
-            msg = m[BK.MSG]
+            msg = m[EntryKey.MSG]
             if not isinstance(msg, bytes) or len(msg) > limits.MAX_DEVICE_MESSAGE:
                 raise SchemaError("entry message must be a device COSE message", "bad-batch")
-            pm = m[BK.PROMPT_MS]
-            return DeviceEntry(msg, _check("u64", m[BK.RECEIVED_MS], "received_ms"),
-                               _check("text", m[BK.WINDOW], "window"), _opt_text(m[BK.CLERK], "clerk"),
-                               _check("u16", m[BK.SERVICE], "service"), _opt_text(m[BK.TXN], "txn"),
-                               None if pm is None else _check("u64", pm, "prompt_ms"))
+            if EntryKey.PROMPT_MS not in m:   # reported before a bad received_ms, as it always was
+                raise KeyError(EntryKey.PROMPT_MS)
+            return DeviceEntry(msg, _check("u64", m[EntryKey.RECEIVED_MS], "received_ms"),
+                               _ctx(m, optional_time=True))
         if kind == EntryKind.PROMPT:
             _keys(m, {0, 3, 4, 5, 6, 7, 8, 9, 10}, "prompt entry")
-            return PromptEntry(_check("u32", m[BK.PROMPT], "prompt"), check_id(m[BK.DEVICE]),
-                               _check("text", m[BK.WINDOW], "window"), _opt_text(m[BK.CLERK], "clerk"),
-                               _check("u16", m[BK.SERVICE], "service"), _opt_text(m[BK.TXN], "txn"),
-                               _check("u64", m[BK.PROMPT_MS], "prompt_ms"),
-                               _check("u16", m[BK.TIMEOUT], "timeout"))
+            return PromptEntry(_check("u32", m[EntryKey.PROMPT], "prompt"), check_id(m[EntryKey.DEVICE]),
+                               _ctx(m, optional_time=False),
+                               _check("u16", m[EntryKey.TIMEOUT], "timeout"))
     except KeyError as exc:
         raise SchemaError(f"batch entry is missing field {exc.args[0]}", "missing-field") from exc
     except ValueError as exc:  # check_id's TopicError
@@ -157,12 +185,12 @@ def decode_batch(payload: bytes) -> Batch:
     if not isinstance(m, Mapping) or m.get(0) != T.BATCH:
         raise SchemaError("not a batch payload", "bad-type")
     _keys(m, {0, 1, 2, 3, 4}, "batch")
-    entries = m.get(BK.ENTRIES)
+    entries = m.get(BatchKey.ENTRIES)
     if not isinstance(entries, Sequence) or isinstance(entries, bytes | str):
         raise SchemaError("batch entries must be an array", "bad-batch")
     try:
-        return Batch(check_id(m[BK.HALL], "hall id"), _check("u64", m[BK.BATCH], "batch"),
-                     _check("u64", m[BK.CREATED_MS], "created_ms"), [_entry(e) for e in entries])
+        return Batch(check_id(m[BatchKey.HALL], "hall id"), _check("u64", m[BatchKey.BATCH], "batch"),
+                     _check("u64", m[BatchKey.CREATED_MS], "created_ms"), [_entry(e) for e in entries])
     except KeyError as exc:
         raise SchemaError(f"batch is missing field {exc.args[0]}", "missing-field") from exc
 
@@ -174,7 +202,7 @@ def decode_batch_ack(payload: bytes) -> BatchAck:
         raise SchemaError("not a batch ack payload", "bad-type")
     _keys(m, {0, 1, 2, 3, 4, 5}, "batch ack")
     try:
-        rej = m[BK.REJECTED]
+        rej = m[AckKey.REJECTED]
         if not isinstance(rej, Sequence):
             raise SchemaError("rejected must be an array", "bad-field")
         rejected = []
@@ -182,8 +210,9 @@ def decode_batch_ack(payload: bytes) -> BatchAck:
             if not isinstance(item, Sequence) or len(item) != 2:
                 raise SchemaError("rejected items are [index, reason]", "bad-field")
             rejected.append((_check("u32", item[0], "index"), _check("text", item[1], "reason")))
-        return BatchAck(check_id(m[BK.HALL], "hall id"), _check("u64", m[BK.BATCH], "batch"),
-                        _check("u32", m[BK.STORED], "stored"), _check("u32", m[BK.DUPLICATES], "duplicates"),
+        return BatchAck(check_id(m[AckKey.HALL], "hall id"), _check("u64", m[AckKey.BATCH], "batch"),
+                        _check("u32", m[AckKey.STORED], "stored"),
+                        _check("u32", m[AckKey.DUPLICATES], "duplicates"),
                         rejected)
     except KeyError as exc:
         raise SchemaError(f"batch ack is missing field {exc.args[0]}", "missing-field") from exc

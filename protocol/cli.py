@@ -17,6 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import batch, cose, messages
+from .context import Context
 from .errors import ProtocolError
 from .keystore import Keystore
 from .limits import MAX_BATCH_MESSAGE
@@ -138,16 +139,17 @@ def decode_device(data: bytes, keys: Keys, direction: str = "any") -> dict[str, 
     return out
 
 
+def _context_json(c: Context) -> dict[str, Any]:
+    return {"window": c.window, "clerk": c.clerk, "service": c.service,
+            "service_name": _service_name(c.service), "txn": c.txn, "prompt_ms": c.prompt_ms}
+
+
 def _entry_json(i: int, e: batch.Entry, keys: Keys) -> tuple[dict[str, Any], ProtocolError | None]:
     if isinstance(e, batch.PromptEntry):
-        return {"index": i, "kind": "prompt", "prompt": e.prompt, "device": e.device, "window": e.window,
-                "clerk": e.clerk, "service": e.service,
-                "service_name": _service_name(e.service),
-                "txn": e.txn, "prompt_ms": e.prompt_ms, "timeout": e.timeout}, None
+        return {"index": i, "kind": "prompt", "prompt": e.prompt, "device": e.device,
+                **_context_json(e.ctx), "timeout": e.timeout}, None
     d: dict[str, Any] = {"index": i, "kind": "device-message", "received_ms": e.received_ms,
-                         "window": e.window, "clerk": e.clerk, "service": e.service,
-                         "service_name": _service_name(e.service), "txn": e.txn,
-                         "prompt_ms": e.prompt_ms, "msg_hex": e.msg.hex()}
+                         **_context_json(e.ctx), "msg_hex": e.msg.hex()}
     try:
         d["message"] = decode_device(e.msg, keys, "up")
     except ProtocolError as exc:

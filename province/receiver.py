@@ -134,8 +134,8 @@ def _device_row(registry: Keystore, hall: str, b: batch.Batch, e: batch.DeviceEn
     return st.RatingRow(
         device=device, epoch=msg.epoch, seq=msg.seq, kind="rating" if rating else "no-rating",
         score=rating.score if rating else None, scale=rating.scale if rating else None, prompt=msg.prompt,
-        press_s=msg.time, delay_ms=msg.delay, boot=msg.boot, hall=hall, window=e.window, clerk=e.clerk,
-        service=e.service, txn=e.txn, prompt_ms=e.prompt_ms, received_ms=e.received_ms, batch_hall=hall,
+        press_s=msg.time, delay_ms=msg.delay, boot=msg.boot, hall=hall, ctx=e.ctx, received_ms=e.received_ms,
+        batch_hall=hall,
         batch_id=b.batch, cose=e.msg)
 
 
@@ -177,8 +177,7 @@ def process_message(s: st.Store, registry: Keystore, province_key: Ed25519Privat
                 log.warning("hall %s batch %d entry %d: prompt for device %s not of this hall", hall,
                             b.batch, i, e.device)
                 continue
-            outcome = s.insert_prompt(st.PromptRow(hall, e.prompt, e.device, e.window, e.clerk, e.service,
-                                                   e.txn, e.prompt_ms, e.timeout, b.batch))
+            outcome = s.insert_prompt(st.PromptRow(hall, e.prompt, e.device, e.ctx, e.timeout, b.batch))
         else:
             try:
                 row = _device_row(registry, hall, b, e)

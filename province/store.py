@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from countersign.common.db import open_db
+from countersign.protocol.context import Context
 from countersign.protocol.outcome import Outcome
 
 __all__ = ["Outcome", "PromptRow", "RatingRow", "Store", "connect", "digest"]
@@ -84,11 +85,7 @@ class RatingRow:
     delay_ms: int
     boot: int
     hall: str
-    window: str
-    clerk: str | None
-    service: int
-    txn: str | None
-    prompt_ms: int | None
+    ctx: Context
     received_ms: int
     batch_hall: str
     batch_id: int
@@ -100,11 +97,7 @@ class PromptRow:
     hall: str
     prompt: int
     device: str
-    window: str
-    clerk: str | None
-    service: int
-    txn: str | None
-    opened_ms: int
+    ctx: Context                 # prompt_ms: when the prompt was opened
     timeout: int
     batch_id: int
 
@@ -151,7 +144,8 @@ class Store:
             " cose, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (device, epoch, seq) DO NOTHING",
             (r.device, r.epoch, r.seq, r.kind, r.score, r.scale, r.prompt, r.press_s, r.delay_ms, r.boot,
-             r.hall, r.window, r.clerk, r.service, r.txn, r.prompt_ms, r.received_ms, self.now_ms,
+             r.hall, r.ctx.window, r.ctx.clerk, r.ctx.service, r.ctx.txn, r.ctx.prompt_ms, r.received_ms,
+             self.now_ms,
              r.batch_hall, r.batch_id, r.cose, d))
         if cur.rowcount == 1:
             return Outcome.STORED
@@ -169,8 +163,8 @@ class Store:
         cur = self.conn.execute(
             "INSERT INTO prompts (hall, prompt, device, window, clerk, service, txn, opened_ms, timeout,"
             " batch_id) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (hall, prompt) DO NOTHING",
-            (p.hall, p.prompt, p.device, p.window, p.clerk, p.service, p.txn, p.opened_ms, p.timeout,
-             p.batch_id))
+            (p.hall, p.prompt, p.device, p.ctx.window, p.ctx.clerk, p.ctx.service, p.ctx.txn, p.ctx.prompt_ms,
+             p.timeout, p.batch_id))
         return Outcome.STORED if cur.rowcount == 1 else Outcome.DUPLICATE
 
     def record_batch(self, hall: str, batch_id: int, created_ms: int, entries: int, stored: int,

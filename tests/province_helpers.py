@@ -13,6 +13,7 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from countersign.protocol import batch, cose, messages, topics
+from countersign.protocol.context import Context
 from countersign.protocol.keystore import DeviceKey, Keystore, new_signing_key, public_bytes, save_signing_key
 from countersign.province.brokerconf import write_province_broker_files
 from countersign.province.config import ProvinceConfig
@@ -122,7 +123,7 @@ def no_rating(key: bytes, device: str, seq: int, *, epoch: int = 1, prompt: int 
 def entry(msg: bytes, *, window: str = "1", clerk: str | None = "c001", service: int = 2,
           txn: str | None = "t1", received_ms: int = 1_700_000_000_500,
           prompt_ms: int | None = 1_700_000_000_000) -> batch.DeviceEntry:
-    return batch.DeviceEntry(msg, received_ms, window, clerk, service, txn, prompt_ms)
+    return batch.DeviceEntry(msg, received_ms, Context(window, clerk, service, txn, prompt_ms))
 
 
 def signed_batch(key: Ed25519PrivateKey, hall: str, batch_id: int, entries: list[batch.Entry],

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from countersign.protocol import batch, cose
+from countersign.protocol.context import Context
 from countersign.protocol.keystore import DeviceKey, Keystore, public_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,14 +106,14 @@ def _signed_batch(tmp_path: Path, forged_entry: bool = False) -> tuple[bytes, Pa
     gw = Ed25519PrivateKey.from_private_bytes(bytes(range(100, 132)))
     r, p = vec("good-01-rating"), vec("good-05-no-rating")
     entries: list[batch.Entry] = [
-        batch.PromptEntry(1001, "hf01-w01", "1", "10023", 2, "T-20250101-0001", 1735699996000, 20),
-        batch.DeviceEntry(bytes.fromhex(r["output_hex"]), 1735700000250, "1", "10023", 2, "T-20250101-0001",
-                          1735699996000),
-        batch.DeviceEntry(bytes.fromhex(p["output_hex"]), 1735700200100, "1", None, 0, None, None),
+        batch.PromptEntry(1001, "hf01-w01", Context("1", "10023", 2, "T-20250101-0001", 1735699996000), 20),
+        batch.DeviceEntry(bytes.fromhex(r["output_hex"]), 1735700000250,
+                          Context("1", "10023", 2, "T-20250101-0001", 1735699996000)),
+        batch.DeviceEntry(bytes.fromhex(p["output_hex"]), 1735700200100, Context("1", None, 0, None, None)),
     ]
     if forged_entry:
-        entries.append(batch.DeviceEntry(bytes.fromhex(vec("fail-05-wrong-key")["output_hex"]), 1, "1", None,
-                                         0, None, None))
+        entries.append(batch.DeviceEntry(bytes.fromhex(vec("fail-05-wrong-key")["output_hex"]), 1,
+                                         Context("1", None, 0, None, None)))
     b = batch.Batch("hf01", 7, 1735700205000, entries)
     ks = Keystore(hall="hf01", halls={"hf01": public_bytes(gw)})
     ks.add_device("hf01-w01", DeviceKey(bytes.fromhex(KEY1)))

@@ -10,6 +10,7 @@ from conftest import device_key
 from gw_helpers import rating
 
 from countersign.gateway.store import RatingRecord, Store, digest
+from countersign.protocol.context import Context
 from countersign.protocol.outcome import Outcome
 
 DEV = "hf01-w01"
@@ -17,8 +18,9 @@ DEV = "hf01-w01"
 
 def record(seq: int, msg: bytes, epoch: int = 1) -> RatingRecord:
     return RatingRecord(device=DEV, epoch=epoch, seq=seq, kind="rating", score=4, scale=4, prompt=0,
-                        press_time=None, mono_ms=1, boot=1, delay_ms=10, received_ms=1000, window="1",
-                        clerk="10023", clerk_name=None, service=0, txn=None, prompt_ms=None, msg=msg)
+                        press_time=None, mono_ms=1, boot=1, delay_ms=10, received_ms=1000,
+                        ctx=Context(window="1", clerk="10023", service=0, txn=None, prompt_ms=None,
+                                    clerk_name=None), msg=msg)
 
 
 @pytest.fixture

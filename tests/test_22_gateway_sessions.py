@@ -174,10 +174,11 @@ def test_prompt_and_rating_forwarded_with_context(tmp_path: Path,
         assert peer.wait(lambda p: len({repr(e) for e in entries()}) >= 2)
         by_kind = {type(e).__name__: e for e in entries()}
         p_entry, d_entry = by_kind["PromptEntry"], by_kind["DeviceEntry"]
-        assert (p_entry.prompt, p_entry.device, p_entry.clerk, p_entry.service, p_entry.txn) == \
+        assert (p_entry.prompt, p_entry.device, p_entry.ctx.clerk, p_entry.ctx.service, p_entry.ctx.txn) == \
             (pid, A, "10023", 4, "T-9")
         assert d_entry.msg == msg
-        assert (d_entry.window, d_entry.clerk, d_entry.service, d_entry.txn) == ("1", "10023", 4, "T-9")
+        assert (d_entry.ctx.window, d_entry.ctx.clerk, d_entry.ctx.service, d_entry.ctx.txn) == \
+            ("1", "10023", 4, "T-9")
         assert gw.forwarder.wait_until(lambda f: f.backlog() == 0, 20)
         assert gw.stats()["backlog"] == 0 and gw.status()["backlog"] == 0
     finally:

@@ -25,6 +25,7 @@ from countersign.common.db import open_db
 from countersign.gateway import forward
 from countersign.gateway import store as gw_store
 from countersign.protocol import batch, cose, keystore, messages, topics
+from countersign.protocol.context import Context
 from countersign.protocol.errors import ProtocolError
 from countersign.sim.broker import Mosquitto, free_port, run_as_clause
 
@@ -188,8 +189,8 @@ def rating_entry(seq: int) -> batch.DeviceEntry:
     r = messages.Rating(epoch=1, seq=seq, score=1 + seq % 4, scale=4, prompt=seq, time=1_700_000_000 + seq,
                         mono=seq * 1000, delay=1500, boot=1)
     msg = cose.mac0_encode(device_key(1), DEVICE.encode(), r.encode())
-    return batch.DeviceEntry(msg, 1_700_000_000_000 + seq, "1", "10023", 2, f"T-{seq}",
-                             1_700_000_000_000 + seq - 5000)
+    return batch.DeviceEntry(msg, 1_700_000_000_000 + seq,
+                             Context("1", "10023", 2, f"T-{seq}", 1_700_000_000_000 + seq - 5000))
 
 
 @dataclass
@@ -310,7 +311,7 @@ def test_batches_signed_complete_and_acked(env: Env) -> None:
     for e in entries:
         assert got[e.msg] == e
         v = cose.mac0_verify(got[e.msg].msg, lambda kid: device_key(1), expected_kid=DEVICE.encode())
-        assert messages.decode_payload(v.payload).seq == int(e.txn[2:])  # type: ignore[index, attr-defined]
+        assert messages.decode_payload(v.payload).seq == int(e.ctx.txn[2:])  # type: ignore[index, attr-defined]
     rows = env.db("SELECT id, acked_ms, stored, dups, rejected, entries FROM batches")
     assert {r[0] for r in rows} == set(by_batch)
     assert all(r[1] is not None and r[2] == r[5] and r[3] == 0 and r[4] == "[]" for r in rows)
@@ -326,7 +327,7 @@ def test_prompt_entries_and_rolled_back_entries(env: Env) -> None:
     gw_store.enqueue(conn, rating_entry(99))
     conn.execute("ROLLBACK")                           # a rating that was never committed is never sent
     conn.execute("BEGIN IMMEDIATE")
-    prompt = batch.PromptEntry(7, DEVICE, "1", "10023", 2, "T-7", 1_700_000_000_000, 20)
+    prompt = batch.PromptEntry(7, DEVICE, Context("1", "10023", 2, "T-7", 1_700_000_000_000), 20)
     gw_store.enqueue(conn, prompt)
     gw_store.enqueue(conn, rating_entry(1))
     conn.execute("COMMIT")

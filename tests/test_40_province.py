@@ -25,6 +25,7 @@ from province_helpers import (
 )
 
 from countersign.protocol import batch, cose
+from countersign.protocol.context import Context
 from countersign.protocol.keystore import load_signing_key, new_signing_key, public_bytes
 from countersign.sim.broker import Mosquitto, free_port, run_as_clause
 
@@ -52,7 +53,7 @@ def test_valid_batch_is_stored_and_acked_with_a_province_signature(world: World)
         entry(rating(k1, "hf01-w01", 1, 4), clerk="c001", service=2, txn="t1"),
         entry(no_rating(k1, "hf01-w01", 2), clerk="c001", service=3, txn="t2"),
         entry(rating(k2, "hf01-w02", 1, 1, time_s=None), window="2", clerk="c002", service=1, txn="t3"),
-        batch.PromptEntry(7, "hf01-w01", "1", "c001", 2, "t1", 1_700_000_000_000, 20),
+        batch.PromptEntry(7, "hf01-w01", Context("1", "c001", 2, "t1", 1_700_000_000_000), 20),
     ]
     hall.publish("hf01", signed_batch(world.gateway_keys["hf01"], "hf01", 1, entries))
     [(raw, ack)] = hall.wait_acks(1)
@@ -110,7 +111,7 @@ def test_invented_or_foreign_entries_are_rejected_and_the_rest_stored(world: Wor
     entries: list[batch.Entry] = [entry(m) for m in (good, forged, foreign, tampered, future, unknown)]
     entries.append(entry(rating(k, "hf01-w01", 5, 2)))
     # A prompt record for another hall's keypad would inflate that denominator: rejected too.
-    entries.append(batch.PromptEntry(3, "hf02-w01", "1", "c001", 2, "t9", 1_700_000_000_000, 20))
+    entries.append(batch.PromptEntry(3, "hf02-w01", Context("1", "c001", 2, "t9", 1_700_000_000_000), 20))
     hall.publish("hf01", signed_batch(world.gateway_keys["hf01"], "hf01", 1, entries))
     [(_, ack)] = hall.wait_acks(1)
     assert ack.stored == 2 and ack.duplicates == 0

@@ -17,6 +17,7 @@ from province_helpers import entry, make_registry, no_rating, rating, signed_bat
 
 from countersign.cli import main as countersign_main
 from countersign.protocol import batch
+from countersign.protocol.context import Context
 from countersign.province import receiver
 from countersign.province import store as st
 from countersign.province.report import Range, build_report, render_text
@@ -83,8 +84,8 @@ def load(db: Path, root: Path, events: list[Event]) -> None:
     conn = st.connect(db)
     by_hall: dict[str, list[batch.Entry]] = defaultdict(list)
     for e in events:
-        by_hall[e.hall].append(batch.PromptEntry(e.prompt, e.device, e.device[-1], e.clerk, e.service,
-                                                 f"t{e.prompt}", e.opened_ms, 20))
+        by_hall[e.hall].append(batch.PromptEntry(
+            e.prompt, e.device, Context(e.device[-1], e.clerk, e.service, f"t{e.prompt}", e.opened_ms), 20))
         if not e.delivered:
             continue
         key = registry.devices[e.device].key
