@@ -57,8 +57,8 @@ def drain(device: str, key: bytes, pending: list[obx.Pending], host: str, port: 
           timeout: float) -> Drained:
     """Publish ``pending`` as ``device`` and wait for the gateway's acks of every one of them."""
     import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.reasoncodes import ReasonCode
+
+    from countersign.common.mqtt import Handlers, Options, make_client
 
     want = {(p.epoch, p.seq) for p in pending}
     res = Drained()
@@ -67,13 +67,13 @@ def drain(device: str, key: bytes, pending: list[obx.Pending], host: str, port: 
     cv = threading.Condition()
     connected = threading.Event()
     failed: list[str] = []
+    sub = threading.Event()
 
-    def on_connect(_c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
-        if rc.is_failure:
-            failed.append(str(rc))
+    def on_refused(reason: str) -> None:
+        failed.append(reason)
         connected.set()
 
-    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def on_message(msg: mqtt.MQTTMessage) -> None:
         try:
             v = cose.mac0_verify(bytes(msg.payload), lambda _kid: key, expected_kid=device.encode())
             m = messages.decode_payload(v.payload, messages.DEVICE_DOWN)
@@ -84,11 +84,11 @@ def drain(device: str, key: bytes, pending: list[obx.Pending], host: str, port: 
                 res.acked.update((m.epoch, s) for s in m.seqs)
                 cv.notify_all()
 
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311,
-                    clean_session=True)
-    c.username_pw_set(device, mqtt_password(key))
-    c.on_connect = on_connect
-    c.on_message = on_message
+    # One short session as the keypad; paho's own reconnect delays (1 to 120 s), not jittered.
+    c = make_client(Options(client_id=device, username=device, password=mqtt_password(key),
+                            reconnect_min_s=1, reconnect_max_s=120, jitter=False),
+                    Handlers(connected=lambda _present: connected.set(), refused=on_refused,
+                             subscribed=lambda _ok, _reasons: sub.set(), message=on_message))
     try:
         c.connect(host, port, keepalive=30)
     except OSError as exc:
@@ -98,8 +98,6 @@ def drain(device: str, key: bytes, pending: list[obx.Pending], host: str, port: 
         if not connected.wait(timeout) or failed:
             raise DeviceToolError(f"the hall broker {host}:{port} refused {device}: "
                                   f"{failed[0] if failed else 'no answer'}")
-        sub = threading.Event()
-        c.on_subscribe = lambda *_a: sub.set()
         c.subscribe(topics.device_down(device), qos=1)
         sub.wait(timeout)
         for p in pending:

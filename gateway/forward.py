@@ -30,15 +30,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from paho.mqtt.enums import CallbackAPIVersion
 
 from countersign.common.clock import wall_ms
 from countersign.common.db import open_db
-from countersign.common.mqtt import tcp_no_delay
+from countersign.common.mqtt import Handlers, Options, make_client
 from countersign.protocol import batch, cbor, cose, keystore, limits, topics
 from countersign.protocol.errors import ProtocolError
 
@@ -213,35 +211,31 @@ class Forwarder:
 
     def _make_client(self) -> mqtt.Client:
         hall = self.cfg.hall
-        # Persistent session: acks the province publishes while we are away are queued for us.
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=hall, clean_session=False,
-                        protocol=mqtt.MQTTv311)
-        c.on_socket_open = tcp_no_delay
-        c.username_pw_set(hall, self.cfg.uplink_password)
-        c.reconnect_delay_set(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)  # type: ignore[arg-type]
-        c.max_inflight_messages_set(max(20, self.cfg.max_inflight * 2))
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        return c
+        # Persistent session: acks the province publishes while we are away are queued for us. Jitter:
+        # every hall of the province comes back at once after a provincial broker restart.
+        return make_client(
+            Options(client_id=hall, username=hall, password=self.cfg.uplink_password, clean_session=False,
+                    reconnect_min_s=self.cfg.reconnect_min_s, reconnect_max_s=self.cfg.reconnect_max_s,
+                    max_inflight=max(20, self.cfg.max_inflight * 2)),
+            Handlers(connected=self._on_connect, refused=self._on_refused, disconnected=self._on_disconnect,
+                     message=self._on_message))
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        if rc.is_failure:
-            self._stats.inc("connect_refused")
-            log.error("hall %s: uplink broker refused the connection: %s", self.cfg.hall, rc)
-            return
+    def _on_refused(self, reason: str) -> None:
+        self._stats.inc("connect_refused")
+        log.error("hall %s: uplink broker refused the connection: %s", self.cfg.hall, reason)
+
+    def _on_connect(self, session_present: bool) -> None:
         # Subscribe before any publish on this connection, so the ack of a resent batch has a subscriber
         # even if the broker lost our session.
-        client.subscribe(self._topic_ack, qos=1)
+        self._client.subscribe(self._topic_ack, qos=1)
         with self._lock:
             self._connected = True
             self._new_connection = True
         self._stats.inc("connects")
-        log.info("hall %s: uplink connected (session present: %s)", self.cfg.hall,
-                 getattr(flags, "session_present", "?"))
+        log.info("hall %s: uplink connected (session present: %s)", self.cfg.hall, session_present)
         self._wakeup.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+    def _on_disconnect(self, reason: str | None) -> None:
         with self._lock:
             was = self._connected
             self._connected = False
@@ -249,10 +243,10 @@ class Forwarder:
             self._stats.inc("disconnects")
             # Our own stop() is not news; a dropped link is (the backlog grows until it is back).
             level = logging.INFO if self._stopping.is_set() else logging.WARNING
-            log.log(level, "hall %s: uplink disconnected: %s", self.cfg.hall, rc)
+            log.log(level, "hall %s: uplink disconnected: %s", self.cfg.hall, reason or "on request")
             self._wakeup.set()   # a round re-checks the backlog alarm and tells wait_until() callers
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == self._topic_ack:
             self._acks.put(bytes(msg.payload))
             self._wakeup.set()

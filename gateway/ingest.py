@@ -26,10 +26,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
 
-from countersign.common.mqtt import tcp_no_delay
+from countersign.common.mqtt import Handlers, Options, make_client
 from countersign.protocol import cose, limits, messages, topics
 from countersign.protocol.context import Context
 from countersign.protocol.errors import LimitError, ProtocolError, SchemaError
@@ -79,15 +77,14 @@ class Ingest:
         self._q: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         self._pause_at = os.environ.get(PAUSE_ENV) or None
         self._worker = threading.Thread(target=self._run, name=f"ingest-{cfg.hall}", daemon=True)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.mqtt_client_id,
-                                  clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
-        self.client.on_socket_open = tcp_no_delay
-        self.client.username_pw_set(topics.GATEWAY_USER, cfg.gateway_password)
-        self.client.reconnect_delay_set(1, 10)
-        self.client.max_inflight_messages_set(200)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
+        # Persistent session and manual PUBACKs: the hall broker keeps what arrives while we are down and
+        # redelivers whatever we had not committed. No jitter: one client per hall broker, on the same host.
+        self.client = make_client(
+            Options(client_id=cfg.mqtt_client_id, username=topics.GATEWAY_USER, password=cfg.gateway_password,
+                    clean_session=False, manual_ack=True, reconnect_min_s=1, reconnect_max_s=10, jitter=False,
+                    max_inflight=200),
+            Handlers(connected=self._on_connect, refused=self._on_refused, disconnected=self._on_disconnect,
+                     message=self._on_message))
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -104,22 +101,20 @@ class Ingest:
 
     # --- MQTT callbacks (paho's network thread: keep them tiny) ----------------------------------------
 
-    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, rc: ReasonCode,
-                    _p: object) -> None:
-        if rc.is_failure:
-            log.error("hall broker refused the gateway: %s", rc)
-            return
-        client.subscribe([(topics.DEVICE_UP_FILTER, 1), (topics.DEVICE_WILL_FILTER, 1)])
+    def _on_refused(self, reason: str) -> None:
+        log.error("hall broker refused the gateway: %s", reason)
+
+    def _on_connect(self, _session_present: bool) -> None:
+        self.client.subscribe([(topics.DEVICE_UP_FILTER, 1), (topics.DEVICE_WILL_FILTER, 1)])
         log.info("connected to the hall broker %s:%d", self.cfg.broker_host, self.cfg.broker_port)
         self.ready.set()
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode,
-                       _p: object) -> None:
+    def _on_disconnect(self, reason: str | None) -> None:
         self.ready.clear()
-        if rc.is_failure:
-            log.warning("lost the hall broker (%s); paho reconnects", rc)
+        if reason is not None:
+            log.warning("lost the hall broker (%s); paho reconnects", reason)
 
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         self._q.put(msg)
 
     # --- downlink -------------------------------------------------------------------------------------

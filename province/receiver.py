@@ -32,9 +32,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from paho.mqtt.enums import CallbackAPIVersion
 
-from countersign.common.mqtt import tcp_no_delay
+from countersign.common.mqtt import Handlers, Options, make_client
 from countersign.protocol import batch, cose, messages, topics
 from countersign.protocol.errors import ProtocolError
 from countersign.protocol.keystore import Keystore
@@ -233,35 +232,32 @@ class Worker:
         self._gen_lock = threading.Lock()
         # clean_session: the broker then only hands batches to connected workers. A persistent session of
         # a worker that is not running would hold its share of batches until the gateway's resend timer.
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.name, clean_session=True,
-                                  manual_ack=True)
-        self.client.on_socket_open = tcp_no_delay
-        self.client.username_pw_set(self.name, cfg.password)
-        self.client.reconnect_delay_set(1, 5)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
+        self.client = make_client(
+            Options(client_id=self.name, username=self.name, password=cfg.password, clean_session=True,
+                    manual_ack=True, reconnect_min_s=1, reconnect_max_s=5, jitter=False),
+            Handlers(connected=self._on_connect, refused=self._on_refused, subscribed=self._on_subscribe,
+                     message=self._on_message))
         self._thread = threading.Thread(target=self._run, name=f"{self.name}-store", daemon=True)
 
     # paho network thread -------------------------------------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if rc.is_failure:
-            self.failed = f"connect refused: {rc}"
-            log.error("%s: %s", self.name, self.failed)
-            return
+    def _on_refused(self, reason: str) -> None:
+        self.failed = f"connect refused: {reason}"
+        log.error("%s: %s", self.name, self.failed)
+
+    def _on_connect(self, _session_present: bool) -> None:
         with self._gen_lock:
             self._generation += 1
-        client.subscribe(topics.PROVINCE_SHARED_FILTER, qos=1)
+        self.client.subscribe(topics.PROVINCE_SHARED_FILTER, qos=1)
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, rcs: list[Any], _p: Any) -> None:
-        if any(rc.is_failure for rc in rcs):
-            self.failed = f"subscription refused: {rcs}"
+    def _on_subscribe(self, ok: bool, reasons: list[str]) -> None:
+        if not ok:
+            self.failed = f"subscription refused: {reasons}"
             log.error("%s: %s (check the broker ACL)", self.name, self.failed)
             return
         self.failed = None
         self.subscribed.set()
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         with self._gen_lock:
             gen = self._generation
         self._q.put(_Item(msg.topic, bytes(msg.payload), msg.mid, msg.qos, gen))

@@ -8,13 +8,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from conftest import GATEWAY_PASSWORD
-from paho.mqtt.enums import CallbackAPIVersion
 
+from countersign.common.mqtt import Handlers, Options, make_client
 from countersign.gateway.config import GatewayConfig
 from countersign.gateway.gateway import Gateway
 from countersign.protocol import cose, messages, topics
@@ -51,6 +52,17 @@ def wait_for(cond: threading.Condition, predicate: Callable[[], bool], timeout: 
         return True
 
 
+@dataclass(frozen=True)
+class ConnectResult:
+    """What the broker answered to a device's CONNECT."""
+
+    is_failure: bool
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 class Device:
     """A device's MQTT side: its own credentials, publishes QoS1, collects (and MAC-checks) downlink."""
 
@@ -61,16 +73,15 @@ class Device:
         self.down: list[messages.Message] = []
         self.acked: set[tuple[int, int]] = set()      # (epoch, seq) acked at least once
         self.bad_down = 0
-        self.connect_rc: Any = None
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or device,
-                                  clean_session=True, protocol=mqtt.MQTTv311)
-        if not anonymous:
-            self.client.username_pw_set(username or device, password if password is not None
-                                        else mqtt_password(key))
-        self.client.max_inflight_messages_set(100)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_disconnect = self._on_disconnect
+        self.connect_rc: ConnectResult | None = None
+        user = None if anonymous else username or device
+        secret = password if password is not None else mqtt_password(key)
+        self.client = make_client(
+            Options(client_id=client_id or device, username=user, password=None if user is None else secret,
+                    reconnect_min_s=1, reconnect_max_s=120, jitter=False, max_inflight=100),
+            Handlers(connected=lambda _present: self._on_connect(ConnectResult(False, "Success")),
+                     refused=lambda reason: self._on_connect(ConnectResult(True, reason)),
+                     disconnected=self._on_disconnect, message=self._on_message))
         self.connected = False
         self.disconnects = 0
         self.port = port
@@ -87,23 +98,23 @@ class Device:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, rc: Any, _p: object) -> None:
+    def _on_connect(self, rc: ConnectResult) -> None:
         if not rc.is_failure:
-            client.subscribe(topics.device_down(self.device), qos=1)
+            self.client.subscribe(topics.device_down(self.device), qos=1)
         else:
-            client.disconnect()   # a refused device must not keep retrying in the background
+            self.client.disconnect()   # a refused device must not keep retrying in the background
         with self.cond:
             self.connected = not rc.is_failure
             self.connect_rc = rc
             self.cond.notify_all()
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: Any, _p: object) -> None:
+    def _on_disconnect(self, _reason: str | None) -> None:
         with self.cond:
             self.connected = False
             self.disconnects += 1
             self.cond.notify_all()
 
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         try:
             v = cose.mac0_verify(msg.payload, lambda kid: self.key if kid == self.device.encode() else None,
                                  expected_kid=self.device.encode())

@@ -7,11 +7,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from countersign.common.mqtt import Handlers, Options, make_client
 from countersign.protocol import batch, cose, messages, topics
 from countersign.protocol.context import Context
 from countersign.protocol.keystore import DeviceKey, Keystore, new_signing_key, public_bytes, save_signing_key
@@ -148,13 +148,14 @@ class HallClient:
         self.bad_acks = 0
         self.connected = threading.Event()
         self.denied: list[int] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username, clean_session=True)
-        self.client.username_pw_set(username, password or hall_password(username))
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *_a: self.connected.set()
-        self.client.on_publish = lambda *_a: self._notify()
-        self.client.on_disconnect = self._on_disconnect
+        # paho's own reconnect delays (1 to 120 s), not jittered: try_publish sets its own.
+        self.client = make_client(
+            Options(client_id=username, username=username, password=password or hall_password(username),
+                    reconnect_min_s=1, reconnect_max_s=120, jitter=False),
+            Handlers(connected=self._on_connect, refused=self._on_refused,
+                     subscribed=lambda _ok, _reasons: self.connected.set(),
+                     published=lambda _mid: self._notify(), disconnected=self._on_disconnect,
+                     message=self._on_message))
         self.disconnected = False
         self.refused = False
         self.client.connect("127.0.0.1", world.port)
@@ -163,24 +164,24 @@ class HallClient:
             self.close()
             raise RuntimeError(f"hall client {username} could not connect")
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if rc.is_failure:
-            self.refused = True
-            self.connected.set()
-            client.disconnect()
-        else:
-            client.subscribe(topics.hall_ack(self.hall), qos=1)
+    def _on_refused(self, _reason: str) -> None:
+        self.refused = True
+        self.connected.set()
+        self.client.disconnect()
+
+    def _on_connect(self, _session_present: bool) -> None:
+        self.client.subscribe(topics.hall_ack(self.hall), qos=1)
 
     def _notify(self) -> None:
         with self.cond:
             self.cond.notify_all()
 
-    def _on_disconnect(self, *_a: Any) -> None:
+    def _on_disconnect(self, _reason: str | None) -> None:
         with self.cond:
             self.disconnected = True
             self.cond.notify_all()
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         data = bytes(msg.payload)
         with self.cond:
             try:

@@ -18,10 +18,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from conftest import device_key
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from paho.mqtt.enums import CallbackAPIVersion
 
 from countersign.common.brokerconf import password_hash
 from countersign.common.db import open_db
+from countersign.common.mqtt import Handlers, Options, make_client
 from countersign.gateway import forward
 from countersign.gateway import store as gw_store
 from countersign.protocol import batch, cose, keystore, messages, topics
@@ -104,12 +104,12 @@ class ProvincePeer:
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def __post_init__(self) -> None:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="province", clean_session=False)
-        c.username_pw_set("province", PROVINCE_PASSWORD)
-        c.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
-        c.on_connect = lambda cl, *_: cl.subscribe(topics.HALL_BATCH_FILTER, qos=1)
-        c.on_message = self._on_message
-        self.client = c
+        # Back within 0.5 s of a broker restart, exactly (the tests time the resends): no jitter.
+        self.client = make_client(
+            Options(client_id="province", username="province", password=PROVINCE_PASSWORD,
+                    clean_session=False, reconnect_min_s=0.1, reconnect_max_s=0.5, jitter=False),
+            Handlers(connected=lambda _present: self.client.subscribe(topics.HALL_BATCH_FILTER, qos=1),
+                     message=self._on_message))
 
     def start(self) -> ProvincePeer:
         self.client.connect_async("127.0.0.1", self.port)
@@ -120,7 +120,7 @@ class ProvincePeer:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         _, hall, _ = topics.parse(msg.topic)
         data = bytes(msg.payload)
         try:
@@ -138,7 +138,7 @@ class ProvincePeer:
             self.deliveries.append(Delivery(b.batch, data, b))
             mode = self.mode
             self.cond.notify_all()
-        self._answer(client, hall, b, mode)
+        self._answer(self.client, hall, b, mode)
 
     def _answer(self, client: mqtt.Client, hall: str, b: batch.Batch, mode: str) -> None:
         n = len(b.entries)
