@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 import paho.mqtt.client as mqtt
 
+from countersign.common.group import take_group
 from countersign.common.mqtt import Handlers, Options, make_client
 from countersign.protocol import cose, limits, messages, topics
 from countersign.protocol.context import Context
@@ -142,20 +143,11 @@ class Ingest:
 
     def _loop(self) -> None:
         while True:
-            first = self._q.get()
-            if first is None:
+            group, stop = take_group(self._q, self.cfg.group_max)
+            if group:
+                self._process(group)
+            if stop:
                 return
-            group = [first]
-            while len(group) < self.cfg.group_max:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._q.put(None)    # finish this group, then stop
-                    break
-                group.append(nxt)
-            self._process(group)
 
     def _pause(self, point: str) -> None:
         if self._pause_at == point:

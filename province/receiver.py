@@ -33,6 +33,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from countersign.common.group import take_group
 from countersign.common.mqtt import Handlers, Options, make_client
 from countersign.protocol import batch, cose, messages, topics
 from countersign.protocol.errors import ProtocolError
@@ -214,8 +215,6 @@ class _Item:
     generation: int
 
 
-_STOP = object()
-
 
 class Worker:
     """One MQTT client on the shared subscription plus its processing thread."""
@@ -226,7 +225,7 @@ class Worker:
         self.cfg, self._registry, self._key, self._stats = cfg, registry, province_key, stats
         self.subscribed = threading.Event()
         self.failed: str | None = None
-        self._q: queue.Queue[_Item | object] = queue.Queue()
+        self._q: queue.Queue[_Item | None] = queue.Queue()   # None: stop
         self._stop = threading.Event()
         self._generation = 0          # bumped per connection: a PUBACK must not go to a later session
         self._gen_lock = threading.Lock()
@@ -270,7 +269,7 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
-        self._q.put(_STOP)
+        self._q.put(None)
         self._thread.join(30)
         self.client.disconnect()
         self.client.loop_stop()
@@ -279,23 +278,10 @@ class Worker:
         conn = st.connect(self.cfg.db_path)
         try:
             while True:
-                first = self._q.get()
-                if first is _STOP:
+                group, stop = take_group(self._q, self.cfg.max_group)
+                if group and not self._commit_group(conn, group):
                     return
-                group: list[_Item] = [first]  # type: ignore[list-item]
-                stop_after = False
-                while len(group) < self.cfg.max_group:
-                    try:
-                        nxt = self._q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is _STOP:
-                        stop_after = True
-                        break
-                    group.append(nxt)  # type: ignore[arg-type]
-                if not self._commit_group(conn, group):
-                    return
-                if stop_after:
+                if stop:
                     return
         except BaseException:
             log.exception("%s: processing thread died; its batches stay un-acked", self.name)
