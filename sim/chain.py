@@ -12,19 +12,17 @@ import json
 import random
 import secrets
 import sqlite3
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from countersign.gateway.brokerconf import write_broker_files
 from countersign.gateway.config import GatewayConfig
 from countersign.gateway.gateway import Gateway
-from countersign.protocol import messages
 from countersign.protocol.keystore import (
     DeviceKey,
     Keystore,
@@ -39,14 +37,16 @@ from countersign.sim.broker import Mosquitto, free_port, run_as_clause
 from countersign.sim.devclock import Scheduler
 from countersign.sim.fwdevice import FirmwareConfig, FirmwareDevice
 from countersign.sim.gwprocess import GatewayProcess
-from countersign.sim.refdevice import DeviceConfig, Outcome, RefDevice, State
+from countersign.sim.refdevice import DeviceConfig, RefDevice
 
-# A realistic service mix for a business hall (bill payment dominates, complaints are rare).
-SERVICE_MIX = {messages.Service.BILL_PAYMENT: 45, messages.Service.ENQUIRY: 25,
-               messages.Service.NEW_CONNECTION: 12, messages.Service.CHANGE: 8, messages.Service.METER: 6,
-               messages.Service.COMPLAINT: 4}
-# Score distribution on the 4-key scale, best first: most customers are satisfied.
-SCORE_MIX_4 = {4: 70, 3: 20, 2: 7, 1: 3}
+from . import customer
+from .keypad import Keypad
+from .ledger import Ledger
+from .plan import Txn, chain_txn
+
+# The chain's customers wait 10 s for a prompt or a rating, and for a walk-away's no-rating until the
+# prompt (10 s) has certainly expired.
+PATIENCE = customer.Patience(prompt_s=10, rating_s=10, walkaway_s=40)
 
 
 @dataclass
@@ -67,17 +67,6 @@ class ChainConfig:
 
     def hall_ids(self) -> list[str]:
         return [self.hall] if self.halls == 1 else [f"hf{n:02d}" for n in range(1, self.halls + 1)]
-
-
-@dataclass
-class Ledger:
-    """What the keypads did, as the simulator saw it: the truth the stores are reconciled against."""
-
-    ratings: dict[tuple[str, int, int], int] = field(default_factory=dict)     # (dev, epoch, seq) -> score
-    prompts: int = 0
-    presses: int = 0
-    ignored: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -331,69 +320,41 @@ class Chain:
                               {"txn": txn, "service": service, "timeout": timeout}, hall)
         if code != 200:
             raise RuntimeError(f"prompt failed: {code} {body}")
-        with self.ledger.lock:
-            self.ledger.prompts += 1
+        self.ledger.add(prompts=1)
         return int(body["prompt"])
 
     # -- customers -------------------------------------------------------------------------------
+    def keypad(self, dev: str) -> Keypad:
+        """The keypad at ``dev``'s window, reference or firmware."""
+        if dev in self.fw:
+            return self.fw[dev]
+        return self.devices[dev]
+
+    def keypads(self) -> list[Keypad]:
+        return [*self.devices.values(), *self.fw.values()]
+
     def serve(self, dev: str, rng: random.Random, txn: str, *, ignore: bool = False,
-              press_twice: bool = False) -> None:
-        """One transaction at a window: prompt -> customer presses (or not) -> wait for the outcome."""
+              press_twice: bool = False) -> customer.Served:
+        """One transaction at a window: prompt -> customer presses (or not) -> wait for the outcome; the
+        customer is drawn from ``rng``."""
+        return self.serve_txn(dev, chain_txn(rng, ignore, press_twice), txn)
+
+    def serve_txn(self, dev: str, t: Txn, txn: str) -> customer.Served:
         hall = self.hall_of[dev]
         window = self.halls[hall].keystore.devices[dev].window
-        service = rng.choices(list(SERVICE_MIX), weights=list(SERVICE_MIX.values()))[0]
-        if dev in self.fw:
-            self._serve_firmware(dev, rng, txn, window, hall, int(service), ignore, press_twice)
-            return
-        device = self.devices[dev]
-        pid = self.open_prompt(window, txn, int(service), hall=hall)
-        if not device.wait_for(lambda: device.prompt_id == pid and device.state == State.PROMPT_OPEN, 10):
-            raise RuntimeError(f"{dev}: prompt {pid} did not reach the keypad")
-        if ignore:   # the customer walks away: the keypad sends a no-rating when the prompt expires
-            device.wait_for(lambda: device.state != State.PROMPT_OPEN, 40)
-            return
-        score = rng.choices(list(SCORE_MIX_4), weights=list(SCORE_MIX_4.values()))[0]
-        res = device.press(score)
-        with self.ledger.lock:
-            self.ledger.presses += 1
-            if res.outcome == Outcome.RATED and res.seq is not None:
-                self.ledger.ratings[(dev, device.cfg.epoch, res.seq)] = score
-        if press_twice:
-            again = device.press(rng.randint(1, 4))
-            with self.ledger.lock:
-                self.ledger.presses += 1
-                self.ledger.ignored += again.outcome != Outcome.RATED
 
-    def _serve_firmware(self, dev: str, rng: random.Random, txn: str, window: str, hall: str, service: int,
-                        ignore: bool, press_twice: bool) -> None:
-        fw = self.fw[dev]
-        mark = fw.mark()
-        pid = self.open_prompt(window, txn, service, hall=hall)
-        if fw.wait_line(rf"CS:PROMPT id={pid}\b", 10, start=mark) is None:
-            raise RuntimeError(f"{dev}: prompt {pid} did not reach the keypad")
-        if ignore:
-            fw.wait_line(r"CS:NORATING", 40, start=mark)
-            return
-        score = rng.choices(list(SCORE_MIX_4), weights=list(SCORE_MIX_4.values()))[0]
-        fw.tap(score)
-        m = fw.wait_line(r"CS:RATED seq=(\d+) score=(\d+)", 10, start=mark)
-        with self.ledger.lock:
-            self.ledger.presses += 1
-            if m is not None:
-                self.ledger.ratings[(dev, fw.cfg.epoch, int(m.group(1)))] = int(m.group(2))
-        if press_twice:
-            fw.tap(rng.randint(1, 4))
-            with self.ledger.lock:
-                self.ledger.presses += 1
-                self.ledger.ignored += 1
+        def open_prompt(planned: Txn, tid: str) -> int:
+            return self.open_prompt(window, tid, planned.service, hall=hall)
+
+        served = customer.serve(self.keypad(dev), t, txn, open_prompt, self.ledger, PATIENCE)
+        if served is customer.Served.UNDELIVERED:
+            raise RuntimeError(f"{dev}: the prompt for {txn} did not reach the keypad")
+        return served
 
     def wait_settled(self, timeout: float = 120.0) -> bool:
         """Every keypad's outbox empty and every gateway's backlog to the province drained."""
-        for d in self.devices.values():
-            if not d.wait_for(lambda d=d: d.outbox_depth() == 0, timeout):   # type: ignore[misc]
-                return False
-        for f in self.fw.values():
-            if not f.wait_until(lambda _lines, f=f: f.settled(), timeout):   # type: ignore[misc]
+        for kp in self.keypads():
+            if not kp.wait_settled(timeout):
                 return False
         for h in self.halls.values():
             gw = h.gateway

@@ -30,6 +30,7 @@ from typing import Any
 
 from countersign.common import bundle
 
+from .keypad import Rated
 from .proc import end
 from .serialport import VirtualSerial
 
@@ -395,18 +396,66 @@ class FirmwareDevice:
             self._sock.close()
             self._sock = None
 
-    def tap(self, key: int | str) -> None:
-        """Press and release a key: 1..5 = the score keys, "i" = the invite key.
+    def tap(self, key: int | str) -> bool:
+        """Press and release a key: 1..5 = the score keys, "i" = the invite key; False if the keypad is
+        off (or goes off under the finger: a power-cut fault).
 
         The sim board holds a tapped key down for ``_TAP_HOLD_S`` and needs it released and stable
         again before the next press counts (debounce), as a finger would; taps closer together than
         that are spaced out here rather than silently merged into one press.
         """
+        if not self.running:
+            return False
         gap = self._last_tap + _TAP_GAP_S - time.monotonic()
         if gap > 0:
             threading.Event().wait(gap)
-        self._connect().sendall(f"T {key}\n".encode())
+        try:
+            self._connect().sendall(f"T {key}\n".encode())
+        except OSError:
+            if self.running:
+                raise
+            return False                      # it went off under the finger
         self._last_tap = time.monotonic()
+        return True
+
+    # -- the Keypad interface (keypad.py): the console is the keypad's history -----------------------
+    @property
+    def device_id(self) -> str:
+        return self.cfg.device_id
+
+    @property
+    def epoch(self) -> int:
+        return self.cfg.epoch
+
+    def power_cut(self) -> None:
+        self.kill()
+
+    def wait_connected(self, timeout: float, since: int = 0) -> bool:
+        return self.wait_line(r"CS:LINK up", timeout, start=since) is not None
+
+    def wait_clerk(self, clerk: str, timeout: float, since: int = 0) -> bool:
+        return self.wait_line(rf"CS:SESSION clerk={re.escape(clerk)}$", timeout, start=since) is not None
+
+    def wait_prompt(self, prompt_id: int, timeout: float, since: int = 0) -> bool:
+        return self.wait_line(rf"CS:PROMPT id={prompt_id}\b", timeout, start=since) is not None
+
+    def wait_rated(self, timeout: float, since: int = 0) -> Rated | None:
+        m = self.wait_line(r"CS:RATED seq=(\d+) score=(\d+)", timeout, start=since)
+        return None if m is None else Rated(int(m.group(1)), int(m.group(2)))
+
+    def wait_no_rating(self, timeout: float, since: int = 0) -> bool:
+        return self.wait_line(r"CS:NORATING", timeout, start=since) is not None
+
+    def invite(self, timeout: float = 5.0) -> bool:
+        since = self.mark()
+        return self.tap("i") and self.wait_line(r"CS:INVITE", timeout, start=since) is not None
+
+    def outbox_depth(self) -> int:
+        """As far as the console tells: records made and not yet reported stored."""
+        return len((self.seqs("RATED") | self.seqs("NORATING")) - self.seqs("STORED"))
+
+    def wait_settled(self, timeout: float) -> bool:
+        return self.wait_until(lambda _lines: self.settled(), timeout)
 
     def invite_and_rate(self, score: int, timeout: float = 5.0) -> int:
         """The clerk presses the invite key, the customer a score key; the seq the keypad stored."""

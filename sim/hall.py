@@ -25,10 +25,12 @@ from typing import Any
 
 from countersign.province.report import build_report
 
+from . import customer
 from .capture import Capture, attach_to_chain, enable_observer, header_for
-from .chain import SCORE_MIX_4, SERVICE_MIX, Chain, ChainConfig
-from .fwdevice import FirmwareDevice
-from .scenario import CLERK_NAMES
+from .chain import Chain, ChainConfig
+from .keypad import Keypad
+from .ledger import losses
+from .plan import CLERK_NAMES, SCORE_MIX_4, HallMix, Txn, hall_plan
 
 FAULT_KINDS = ("hall-broker-down", "uplink-down", "gateway-power-cut", "keypad-power-cut",
                "gateway-clock-jump")
@@ -61,49 +63,9 @@ class Fault:
     jump_s: int = 0                 # for gateway-clock-jump
 
 
-@dataclass
-class Customer:
-    """One transaction at a window, decided by the seed."""
-
-    service: int
-    score: int
-    delay_s: float                  # business seconds from prompt to press
-    ignore: bool
-    twice: bool
-    service_s: float                # business seconds the transaction takes before the prompt
-    brk: bool                       # the clerk takes a break afterwards
-    child_taps: list[int]           # keys a child presses before the next customer
-
-
-@dataclass
-class Counts:
-    taps: int = 0
-    prompts: int = 0
-    prompts_undelivered: int = 0
-    transactions: int = 0
-    breaks: int = 0
-    child_taps: int = 0
-    faults: list[dict[str, Any]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, **kw: int) -> None:
-        with self.lock:
-            for k, v in kw.items():
-                setattr(self, k, getattr(self, k) + v)
-
-
-def plan_customers(rng: random.Random, cfg: HallConfig, n: int) -> list[Customer]:
-    out = []
-    for _ in range(n):
-        out.append(Customer(
-            service=int(rng.choices(list(SERVICE_MIX), weights=list(SERVICE_MIX.values()))[0]),
-            score=rng.choices(list(cfg.score_mix), weights=list(cfg.score_mix.values()))[0],
-            delay_s=rng.uniform(1.5, 8.0), ignore=rng.random() < cfg.ignore_rate,
-            twice=rng.random() < cfg.double_rate, service_s=rng.uniform(60, 240),
-            brk=rng.random() < cfg.break_rate,
-            child_taps=[rng.randint(1, 4) for _ in range(rng.randint(2, 5))] if rng.random() < cfg.child_rate
-            else []))
-    return out
+def plan_customers(rng: random.Random, cfg: HallConfig, n: int) -> list[Txn]:
+    return hall_plan(rng, HallMix(cfg.score_mix, cfg.ignore_rate, cfg.double_rate, cfg.break_rate,
+                                  cfg.child_rate), n)
 
 
 def plan_faults(rng: random.Random, cfg: HallConfig, devices: list[str]) -> list[Fault]:
@@ -131,8 +93,10 @@ class HallRun:
         self.plans = {dev: plan_customers(random.Random(rng.randrange(1 << 30)), cfg, per_window)
                       for dev in self.chain.device_ids}
         self.faults = plan_faults(random.Random(rng.randrange(1 << 30)), cfg, self.chain.device_ids)
-        self.counts = Counts()
+        self.faults_done: list[dict[str, Any]] = []
         self.stop = threading.Event()
+        # Customers wait 10 s for the prompt and the rating, and a walk-away's prompt to expire.
+        self.patience = customer.Patience(prompt_s=10, rating_s=10, walkaway_s=cfg.prompt_timeout + 10)
         self.errors: list[BaseException] = []
 
     # -- the counter system at one window ------------------------------------------------------------
@@ -140,22 +104,27 @@ class HallRun:
         self.stop.wait(business_s / self.cfg.accel)
 
     def _window(self, dev: str, i: int) -> None:
-        ch, fw = self.chain, self.chain.fw[dev]
+        ch = self.chain
+        kp = ch.keypad(dev)
         window = ch.keystore.devices[dev].window
         clerk, name = f"{10001 + i}", CLERK_NAMES[i % len(CLERK_NAMES)]
         ch.sign_in(window, clerk, name)
+
+        def open_prompt(t: Txn, tid: str) -> int | None:
+            return self._open_prompt(window, t, tid)
+
         for k, c in enumerate(self.plans[dev]):
             # Every planned customer is served (the plan is sized to the duration): cutting at a wall-clock
             # deadline would make a slower machine press fewer keys for the same seed.
             if self.stop.is_set():
                 break
             self._pace(c.service_s)
-            self._transaction(dev, fw, window, k, c)
+            customer.serve(kp, c, f"{dev}-T{k:05d}", open_prompt, ch.ledger, self.patience, self._pace)
             for key in c.child_taps:            # between customers: no prompt open, never a rating
-                self._tap(fw, key)
-                self.counts.add(child_taps=1)
+                self._tap(kp, key)
+                ch.ledger.add(child_taps=1)
             if c.brk:
-                self.counts.add(breaks=1)
+                ch.ledger.add(breaks=1)
                 self._api_quiet("POST", f"/v1/windows/{window}/signout", {})
                 self._pace(600)
                 self._api_quiet("POST", f"/v1/windows/{window}/signin", {"clerk": clerk, "name": name})
@@ -167,46 +136,22 @@ class HallRun:
         except (OSError, RuntimeError):
             return None
 
-    def _tap(self, fw: FirmwareDevice, key: int | str) -> None:
-        if not fw.running:
-            return                              # the keypad is off (a power-cut fault): nothing happens
-        try:
-            fw.tap(key)
-            self.counts.add(taps=1)
-        except OSError:
-            pass                                 # it just went off
+    def _tap(self, kp: Keypad, key: int | str) -> None:
+        if kp.tap(key):                         # a keypad that is off (a power-cut fault) feels nothing
+            self.chain.ledger.add(taps=1)
 
-    def _transaction(self, dev: str, fw: FirmwareDevice, window: str, k: int, c: Customer) -> None:
-        ch = self.chain
-        self.counts.add(transactions=1)
-        mark = fw.mark()
+    def _open_prompt(self, window: str, t: Txn, tid: str) -> int | None:
+        """The counter system opens the prompt; with the gateway down (a fault) there is none."""
         try:
-            code, body = ch.api("POST", f"/v1/windows/{window}/prompt",
-                                {"txn": f"{dev}-T{k:05d}", "service": c.service,
-                                 "timeout": self.cfg.prompt_timeout})
+            code, body = self.chain.api("POST", f"/v1/windows/{window}/prompt",
+                                        {"txn": tid, "service": t.service,
+                                         "timeout": self.cfg.prompt_timeout})
         except (OSError, RuntimeError):
-            return                               # the gateway is down: no prompt, no rating
+            return None
         if code != 200:
-            return
-        self.counts.add(prompts=1)
-        with ch.ledger.lock:
-            ch.ledger.prompts += 1
-        pid = body["prompt"]
-        if fw.wait_line(rf"CS:PROMPT id={pid}\b", 10, start=mark) is None:
-            self.counts.add(prompts_undelivered=1)   # broker down, or the keypad off: the customer leaves
-            return
-        if c.ignore:
-            fw.wait_line(r"CS:NORATING", self.cfg.prompt_timeout + 10, start=mark)
-            return
-        self._pace(c.delay_s)
-        self._tap(fw, c.score)
-        m = fw.wait_line(r"CS:RATED seq=(\d+) score=(\d+)", 10, start=mark)
-        if m is not None:
-            with ch.ledger.lock:
-                ch.ledger.presses += 1
-                ch.ledger.ratings[(dev, fw.cfg.epoch, int(m.group(1)))] = int(m.group(2))
-        if c.twice:
-            self._tap(fw, 1 + c.score % 4)
+            return None
+        self.chain.ledger.add(prompts=1)
+        return int(body["prompt"])
 
     # -- faults ------------------------------------------------------------------------------------
     def _faults(self, t0: float) -> None:
@@ -229,7 +174,7 @@ class HallRun:
                 ch.kill_gateway()
                 ch.start_gateway()
             elif f.kind == "keypad-power-cut":
-                ch.fw[f.target].kill()
+                ch.keypad(f.target).power_cut()
                 ch.start_firmware(f.target)
                 rec["keypad"] = f.target
             elif f.kind == "gateway-clock-jump":
@@ -237,8 +182,7 @@ class HallRun:
                 if gw is not None and hasattr(gw, "jump_clock"):
                     gw.jump_clock(f.jump_s)
                 rec["jump_s"] = f.jump_s
-            with self.counts.lock:
-                self.counts.faults.append(rec)
+            self.faults_done.append(rec)
 
     # -- the run -------------------------------------------------------------------------------------
     def run(self, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
@@ -286,7 +230,7 @@ class HallRun:
     def _report(self, settled: bool, elapsed: float) -> dict[str, Any]:
         ch = self.chain
         r = ch.reconcile()
-        cut = {f["keypad"] for f in self.counts.faults if f["kind"] == "keypad-power-cut"}
+        cut = {f["keypad"] for f in self.faults_done if f["kind"] == "keypad-power-cut"}
         # A power cut can land after a rating is on flash but before the keypad printed it: the province
         # then holds a rating (with a valid keypad MAC) the console never showed. Not invented: unlogged.
         rated_markers = {(d, fw.cfg.epoch, s) for d, fw in ch.fw.items() for s in fw.seqs("RATED")}
@@ -297,7 +241,7 @@ class HallRun:
         unlogged = {k for k in prov - rated_markers if k[0] in cut}
         r["invented"] -= len(unlogged)
         r["unlogged_after_power_cut"] = len(unlogged)
-        c = self.counts
+        c = ch.ledger
         return {
             "seed": self.cfg.seed, "devices": self.cfg.devices, "duration_s": self.cfg.duration_s,
             "accel": self.cfg.accel, "elapsed_s": round(elapsed, 1), "settled": settled,
@@ -309,7 +253,7 @@ class HallRun:
             "lost": r["lost"], "duplicated": r["duplicated"], "invented": r["invented"],
             "altered": r["altered"], "unlogged_after_power_cut": r["unlogged_after_power_cut"],
             "rejected": r["rejected"], "child_taps": c.child_taps, "breaks": c.breaks,
-            "faults": c.faults, "total": figures["total"], "by_clerk": figures["groups"]["clerk"],
+            "faults": self.faults_done, "total": figures["total"], "by_clerk": figures["groups"]["clerk"],
             "by_service": figures["groups"]["service"],
         }
 
@@ -323,8 +267,7 @@ def summary(rep: dict[str, Any]) -> str:
         f"prompts {h['prompts']} (undelivered {h['prompts_undelivered']})  breaks {rep['breaks']}",
         f"ratings {h['ratings']}  no-ratings {h['no_ratings']}  stored at gateway {h['stored_gateway']}  "
         f"received by province {h['received_province']}",
-        f"lost {rep['lost']}  duplicated {rep['duplicated']}  invented {rep['invented']}  "
-        f"altered {rep['altered']}  (unlogged after a power cut {rep['unlogged_after_power_cut']})",
+        f"{losses(rep)}  (unlogged after a power cut {rep['unlogged_after_power_cut']})",
         f"rejected {rep['rejected'] or 'none'}",
         "faults: " + (", ".join(f"{f['kind']}@{f['at_s']}s" for f in rep["faults"]) or "none"),
     ]

@@ -6,10 +6,12 @@ resend) run on a ``devclock.Scheduler`` that many devices share.
 
 Durable state in ``state_dir``:
 - ``outbox.log`` (see ``outbox.py``): every rating / no-rating, fsynced before ``press()`` returns;
-- ``state.json``: epoch, boot count and the seq reservation. Seqs are handed out from blocks of
-  ``SEQ_BLOCK``; the block's end is written (atomically, fsynced) before the first seq of it is used,
-  and every boot continues after the reserved end. So a power cut at any instant can skip seqs but never
-  reuse one. A new epoch (re-provisioned device) starts again at seq 1.
+- ``state.json``: epoch, boot count and the seq reservation (``refseq.py``: a power cut can skip seqs,
+  never reuse one).
+
+This module is the keypad's protocol behaviour (the prompt state machine, what goes up, what comes
+down) and the ``keypad.Keypad`` interface; its durable counters are ``refseq``, its MQTT link
+``reflink``, its timers ``reftimers``.
 
 Prompt flow (state machine)::
 
@@ -26,26 +28,18 @@ changes the clerk shown; it does not close an open prompt.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import random
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
-from countersign.common.mqtt import tcp_no_delay
+from countersign.common.mqtt import Message as MqttMessage
 from countersign.common.outbox import DEFAULT_CAPACITY, Outbox
 from countersign.protocol import cose, messages, topics
 from countersign.protocol.errors import ProtocolError
-from countersign.protocol.keystore import mqtt_password, write_atomic
 from countersign.protocol.messages import (
     Ack,
     Heartbeat,
@@ -58,14 +52,17 @@ from countersign.protocol.messages import (
     TimeSync,
 )
 
-from .devclock import Cancellable, Scheduler, TimerLike
+from .devclock import Cancellable, TimerLike
 from .devclock import mono_ms as _default_mono_ms
+from .keypad import Rated
+from .reflink import Link
+from .refseq import U32, SeqStore
+from .reftimers import Timers
 
 log = logging.getLogger(__name__)
 
-SEQ_BLOCK = 64
-U32 = 0xFFFFFFFF
 RESET_POWER_ON = 1
+Event = int | str | Rated | None    # what an entry of the keypad's history names (a prompt id, a clerk...)
 
 
 class State(StrEnum):
@@ -75,7 +72,9 @@ class State(StrEnum):
     EXPIRED = "expired"
 
 
-class Outcome(StrEnum):
+class PressOutcome(StrEnum):
+    """What a key press did on the keypad (not the storage outcome of the gateway or the province)."""
+
     RATED = "rated"
     IGNORED = "ignored"         # a second press in a prompt already rated
     NO_PROMPT = "no-prompt"     # no prompt open: not a rating
@@ -85,7 +84,7 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class PressResult:
-    outcome: Outcome
+    outcome: PressOutcome
     seq: int | None = None
 
     def __eq__(self, other: object) -> bool:
@@ -135,8 +134,6 @@ class RefDevice:
             raise ValueError("epoch must be 0..65535")
         self.cfg = cfg
         self._kid = cfg.device_id.encode()
-        self._up = topics.device_up(cfg.device_id)
-        self._down = topics.device_down(cfg.device_id)
         self._cond = threading.Condition(threading.RLock())
         self._state = State.READY
         self._clerk: str | None = None
@@ -152,18 +149,17 @@ class RefDevice:
         self._acked: list[int] = []                 # seqs acked during this run, in ack order
         self._stats = dict.fromkeys(("presses", "ratings", "no_ratings", "ignored", "acked", "bad_downlink",
                                      "resent", "full", "stale_prompts", "connects"), 0)
+        # What happened, in order, for the Keypad interface's waits: ("prompt", id), ("rated", seq),
+        # ("no-rating", seq or None when the outbox was full), ("clerk", id), ("link", 1).
+        self._history: list[tuple[str, Event]] = []
         self._connected = False
         self._running = False
         self._dead = False
-        self._net_gone = threading.Event()
-        self._timers: list[Cancellable] = []
-        self._own_scheduler: Scheduler | None = None
-        self._sched: TimerLike | None = cfg.scheduler
-        self._client: mqtt.Client | None = None
+        self._timers = Timers(f"devclock-{cfg.device_id}", cfg.scheduler, self._cond)
+        self._link: Link | None = None
         self._outbox: Outbox | None = None
+        self._seqs = SeqStore(cfg.state_dir, cfg.epoch)
         self._boot = 0
-        self._next_seq = 1
-        self._reserved = 0
         self._t0 = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -175,17 +171,16 @@ class RefDevice:
             cfg = self.cfg
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
             self._outbox = Outbox(cfg.state_dir / "outbox.log", capacity=cfg.outbox_capacity)
-            self._boot_state()
+            self._boot = self._seqs.boot_up(self._outbox.max_seq(cfg.epoch))
             self._t0 = cfg.mono_ms()
-            if self._sched is None:
-                self._own_scheduler = Scheduler(f"devclock-{cfg.device_id}")
-                self._sched = self._own_scheduler
+            self._timers.open()
             self._running = True
-            self._every(cfg.heartbeat_s, self._heartbeat)
-            self._every(max(0.05, cfg.ack_timeout_s / 2), self._resend_overdue)
-            self._client = self._make_client()
-            self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
-            self._client.loop_start()
+            self._timers.every(cfg.heartbeat_s, self._heartbeat, lambda: self._running)
+            self._timers.every(max(0.05, cfg.ack_timeout_s / 2), self._resend_overdue, lambda: self._running)
+            self._link = Link(cfg.device_id, cfg.key, reconnect_min_s=cfg.reconnect_min_s,
+                              reconnect_max_s=cfg.reconnect_max_s, rng=cfg.rng, on_up=self._on_up,
+                              on_down=self._on_down, on_message=self._on_message)
+            self._link.open(cfg.host, cfg.port, cfg.keepalive_s)
             self._cond.notify_all()
         return self
 
@@ -196,13 +191,9 @@ class RefDevice:
                 return
             self._running = False
             self._shutdown_locked()
-        client = self._client
-        if client is not None:
-            client.disconnect()
-            client.loop_stop()
-        if self._own_scheduler is not None:
-            self._own_scheduler.close()
-            self._own_scheduler, self._sched = None, self.cfg.scheduler   # a later start() makes a new one
+        if self._link is not None:
+            self._link.close()
+        self._timers.close()
 
     def power_cut(self) -> None:
         """Everything stops at once: no further write to disk, no DISCONNECT (the broker's will fires)."""
@@ -212,63 +203,18 @@ class RefDevice:
             self._running = False
             self._dead = True       # every callback from here on is a no-op
             self._shutdown_locked()
-        client = self._client
-        if client is not None:
-            sock = client.socket()
-            if isinstance(sock, socket.socket):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                # on_disconnect (network thread) sees _dead and ends that thread without reconnecting.
-                if not self._net_gone.wait(5.0):
-                    client.loop_stop()
-            else:
-                client.loop_stop()
-        if self._own_scheduler is not None:
-            self._own_scheduler.close()
+        if self._link is not None:
+            self._link.cut()
+        self._timers.close()
 
     def _shutdown_locked(self) -> None:
-        for t in self._timers:
-            t.cancel()
-        self._timers.clear()
+        self._timers.cancel_repeating()
         if self._prompt_timer is not None:
             self._prompt_timer.cancel()
         if self._outbox is not None:
             self._outbox.close()
         self._connected = False
         self._cond.notify_all()
-
-    def _boot_state(self) -> None:
-        """Read state.json, count this boot and continue seqs after the reserved end."""
-        path = self.cfg.state_dir / "state.json"
-        st: dict[str, Any] = {}
-        if path.exists():
-            try:
-                st = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                # write_atomic never leaves a torn file; an unreadable one is damage, not a crash.
-                raise RuntimeError(f"device state {path} is unreadable: {exc}") from exc
-        self._boot = int(st.get("boot", 0)) + 1
-        same_epoch = st.get("epoch") == self.cfg.epoch
-        reserved = int(st.get("reserved", 0)) if same_epoch else 0
-        assert self._outbox is not None
-        # The outbox check is belt and braces: a seq still waiting in it is never handed out again.
-        self._next_seq = max(reserved, self._outbox.max_seq(self.cfg.epoch)) + 1
-        self._reserved = self._next_seq - 1
-        self._save_state()
-
-    def _save_state(self) -> None:
-        write_atomic(self.cfg.state_dir / "state.json",
-                     json.dumps({"epoch": self.cfg.epoch, "boot": self._boot, "reserved": self._reserved}))
-
-    def _take_seq(self) -> int:
-        if self._next_seq > self._reserved:
-            if self._next_seq + SEQ_BLOCK - 1 > U32:
-                raise RuntimeError("seq space of this epoch is exhausted: re-provision with a new epoch")
-            self._reserved = self._next_seq + SEQ_BLOCK - 1
-            self._save_state()      # durable before any seq of the block leaves the device
-        seq = self._next_seq
-        self._next_seq += 1
-        return seq
 
     # -- public API ------------------------------------------------------------------------------------
 
@@ -332,34 +278,38 @@ class RefDevice:
             raise ValueError(f"key {score!r} does not exist on a {self.cfg.scale}-key keypad")
         with self._cond:
             if not self._running:
-                return PressResult(Outcome.OFF)
+                return PressResult(PressOutcome.OFF)
             self._stats["presses"] += 1
             if self._state == State.RATED:
                 self._stats["ignored"] += 1
                 self._cond.notify_all()
-                return PressResult(Outcome.IGNORED)
+                return PressResult(PressOutcome.IGNORED)
             if self._state != State.PROMPT_OPEN:
                 self._stats["ignored"] += 1
                 self._cond.notify_all()
-                return PressResult(Outcome.NO_PROMPT)
+                return PressResult(PressOutcome.NO_PROMPT)
             assert self._outbox is not None
             if self._outbox.full:
                 self._stats["full"] += 1
                 self._cond.notify_all()
-                return PressResult(Outcome.FULL)
+                return PressResult(PressOutcome.FULL)
             now = self.cfg.mono_ms()
-            seq = self._take_seq()
+            seq = self._seqs.take()
             msg = Rating(epoch=self.cfg.epoch, seq=seq, score=score, scale=self.cfg.scale,
                          prompt=self._prompt_id, time=self._unix_s(now), mono=self._mono(now),
                          delay=max(0, now - self._prompt_opened) & U32, boot=self._boot)
             self._outbox_and_send(msg)
             self._stats["ratings"] += 1
             self._state = State.RATED
+            self._history.append(("rated", Rated(seq, score)))
             self._cond.notify_all()
-            return PressResult(Outcome.RATED, seq)
+            return PressResult(PressOutcome.RATED, seq)
 
-    def invite(self) -> bool:
-        """The invite key: opens a prompt (id 0) if a clerk is signed in and no unrated prompt is open."""
+    def invite(self, timeout: float = 0.0) -> bool:
+        """The invite key: opens a prompt (id 0) if a clerk is signed in and no unrated prompt is open.
+
+        The answer is immediate here (``timeout`` is the Keypad interface's, for keypads that answer late).
+        """
         with self._cond:
             if not (self._running and self.cfg.invite_key and self._clerk is not None):
                 return False
@@ -367,6 +317,70 @@ class RefDevice:
                 return False        # a customer is still to rate; a rated prompt may be followed at once
             self._open_prompt(0, self.cfg.invite_timeout_s)
             return True
+
+    # -- the Keypad interface (keypad.py) ----------------------------------------------------------------
+
+    @property
+    def device_id(self) -> str:
+        return self.cfg.device_id
+
+    @property
+    def epoch(self) -> int:
+        return self.cfg.epoch
+
+    @property
+    def running(self) -> bool:
+        with self._cond:
+            return self._running
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self._history)
+
+    def _wait_event(self, kind: str, timeout: float, since: int,
+                    value: Callable[[Event], bool] = lambda _v: True) -> tuple[bool, Event]:
+        found: list[Event] = []
+
+        def seen() -> bool:
+            for k, v in self._history[since:]:
+                if k == kind and value(v):
+                    found.append(v)
+                    return True
+            return not self._running
+
+        with self._cond:
+            self._cond.wait_for(seen, timeout)
+        return (True, found[0]) if found else (False, None)
+
+    def wait_connected(self, timeout: float, since: int = 0) -> bool:
+        return self.wait_for(lambda: self._connected or not self._running, timeout) and self.connected
+
+    def wait_clerk(self, clerk: str, timeout: float, since: int = 0) -> bool:
+        shown = self.wait_for(lambda: self._clerk == clerk or not self._running, timeout)
+        return shown and self.clerk == clerk
+
+    def wait_prompt(self, prompt_id: int, timeout: float, since: int = 0) -> bool:
+        return self._wait_event("prompt", timeout, since, lambda v: v == prompt_id)[0]
+
+    def wait_rated(self, timeout: float, since: int = 0) -> Rated | None:
+        ok, rated = self._wait_event("rated", timeout, since)
+        return rated if ok and isinstance(rated, Rated) else None
+
+    def wait_no_rating(self, timeout: float, since: int = 0) -> bool:
+        return self._wait_event("no-rating", timeout, since)[0]
+
+    def tap(self, key: int | str) -> bool:
+        if key == "i":
+            return self.invite()
+        if not isinstance(key, int):
+            raise ValueError(f"no key {key!r} on a keypad")
+        return self.press(key).outcome != PressOutcome.OFF
+
+    def settled(self) -> bool:
+        return self.outbox_depth() == 0
+
+    def wait_settled(self, timeout: float) -> bool:
+        return self.wait_for(self.settled, timeout)
 
     # -- prompt state machine (all under the lock) -----------------------------------------------------
 
@@ -378,8 +392,9 @@ class RefDevice:
         self._prompt_id = prompt_id
         self._prompt_opened = self.cfg.mono_ms()
         self._state = State.PROMPT_OPEN
+        self._history.append(("prompt", prompt_id))
         opened = self._prompt_opened
-        self._prompt_timer = self._later(timeout_s, lambda: self._window_end(opened))
+        self._prompt_timer = self._timers.later(timeout_s, lambda: self._window_end(opened))
         self._cond.notify_all()
 
     def _window_end(self, opened: int) -> None:
@@ -400,12 +415,14 @@ class RefDevice:
             # Never overwrite: the no-rating cannot be kept; counted so the heartbeat's outbox_free = 0
             # and this count tell the hall why.
             self._stats["full"] += 1
+            self._history.append(("no-rating", None))
             return
-        seq = self._take_seq()
+        seq = self._seqs.take()
         msg = NoRating(epoch=self.cfg.epoch, seq=seq, prompt=self._prompt_id, time=self._unix_s(now),
                        mono=self._mono(now), delay=max(0, now - self._prompt_opened) & U32, boot=self._boot)
         self._outbox_and_send(msg)
         self._stats["no_ratings"] += 1
+        self._history.append(("no-rating", seq))
 
     # -- uplink ----------------------------------------------------------------------------------------
 
@@ -423,8 +440,8 @@ class RefDevice:
         if (epoch, seq) in self._sent_at:
             self._stats["resent"] += 1
         self._sent_at[(epoch, seq)] = self.cfg.mono_ms()
-        assert self._client is not None
-        self._client.publish(self._up, data, qos=1)
+        if self._link is not None:
+            self._link.publish(data)
 
     def _resend_all(self) -> None:
         assert self._outbox is not None
@@ -453,12 +470,12 @@ class RefDevice:
 
     def _heartbeat(self) -> None:
         with self._cond:
-            if self._running and self._connected and self._client is not None:
-                self._client.publish(self._up, self._seal(self._health(Heartbeat)), qos=1)
+            if self._running and self._connected and self._link is not None:
+                self._link.publish(self._seal(self._health(Heartbeat)))
 
     # -- downlink --------------------------------------------------------------------------------------
 
-    def _on_message(self, client: mqtt.Client, userdata: object, m: mqtt.MQTTMessage) -> None:
+    def _on_message(self, m: MqttMessage) -> None:
         with self._cond:
             if not self._running:
                 return
@@ -481,6 +498,7 @@ class RefDevice:
                     self._stats["bad_downlink"] += 1
             elif isinstance(msg, Session):
                 self._clerk, self._clerk_name = msg.clerk, msg.clerk_name
+                self._history.append(("clerk", msg.clerk))
             elif isinstance(msg, Prompt):
                 self._handle_prompt(msg)
             self._cond.notify_all()
@@ -516,50 +534,21 @@ class RefDevice:
 
     # -- MQTT plumbing ---------------------------------------------------------------------------------
 
-    def _make_client(self) -> mqtt.Client:
-        cfg = self.cfg
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.device_id, clean_session=False,
-                        protocol=mqtt.MQTTv311)
-        c.username_pw_set(cfg.device_id, mqtt_password(cfg.key))
-        # The will carries nothing: the broker sends it when the device vanishes, so it cannot be MACed
-        # freshly; the topic alone tells the gateway "this device dropped off".
-        c.will_set(topics.device_will(cfg.device_id), b"", qos=1)
-        # paho backs off exponentially but without jitter; a per-device random min delay spreads the
-        # reconnects of hundreds of devices after a broker restart.
-        lo = cfg.reconnect_min_s * (1.0 + cfg.rng.random())
-        c.reconnect_delay_set(min_delay=lo, max_delay=max(lo, cfg.reconnect_max_s))  # type: ignore[arg-type]
-        c.max_inflight_messages_set(20)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_socket_open = tcp_no_delay
-        return c
-
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: Any, rc: Any, props: Any) -> None:
-        if self._dead:
-            client.loop_stop()      # called from the network thread: ends it without a join
-            self._net_gone.set()
-            return
-        if rc.is_failure:
-            log.info("%s: connect refused: %s", self.cfg.device_id, rc)
-            return
-        client.subscribe(self._down, qos=1)
+    def _on_up(self) -> None:
         with self._cond:
-            if not self._running:
+            if not self._running or self._link is None:
                 return
             self._connected = True
             self._stats["connects"] += 1
-            client.publish(self._up, self._seal(self._health(Hello)), qos=1)
+            self._history.append(("link", 1))
+            self._link.publish(self._seal(self._health(Hello)))
             self._resend_all()
             self._cond.notify_all()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: Any, rc: Any, props: Any) -> None:
+    def _on_down(self) -> None:
         with self._cond:
             self._connected = False
             self._cond.notify_all()
-        if self._dead:
-            client.loop_stop()
-            self._net_gone.set()
 
     # -- helpers ---------------------------------------------------------------------------------------
 
@@ -570,19 +559,3 @@ class RefDevice:
         if self._offset_ms is None:
             return None
         return ((now + self._offset_ms) // 1000) & U32
-
-    def _later(self, delay_s: float, fn: Callable[[], None]) -> Cancellable:
-        assert self._sched is not None
-        return self._sched.call_later(delay_s, fn)
-
-    def _every(self, period_s: float, fn: Callable[[], None]) -> None:
-        """A repeating timer on the shared scheduler (re-armed after each run while running)."""
-        slot = len(self._timers)
-
-        def tick() -> None:
-            fn()
-            with self._cond:
-                if self._running:
-                    self._timers[slot] = self._later(period_s, tick)
-
-        self._timers.append(self._later(period_s, tick))

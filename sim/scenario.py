@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .chain import Chain
-
-CLERK_NAMES = ["张伟", "王芳", "李娜", "刘洋", "陈静", "杨磊", "赵敏", "黄强", "周丽", "吴军"]
+from .ledger import losses
+from .plan import CLERK_NAMES, chain_plan
 
 
 @dataclass
@@ -23,17 +22,12 @@ class ScenarioConfig:
 
 
 def run(chain: Chain, sc: ScenarioConfig, progress: Callable[[int, int], None] | None = None) -> None:
-    rng = random.Random(sc.seed)
     for i, dev in enumerate(chain.device_ids):
         window = chain.keystore.devices[dev].window
         chain.sign_in(window, f"{10001 + i}", CLERK_NAMES[i % len(CLERK_NAMES)])
-    per_device = {dev: sc.ratings // len(chain.device_ids) + (1 if i < sc.ratings % len(chain.device_ids)
-                                                              else 0)
-                  for i, dev in enumerate(chain.device_ids)}
     # Each window's customers are drawn up front from the seed, so a run is reproducible whatever the
     # threads' interleaving.
-    plans = {dev: [(rng.random() < sc.ignore_rate, rng.random() < sc.double_rate, rng.randrange(1 << 30))
-                   for _ in range(n)] for dev, n in per_device.items()}
+    plans = chain_plan(sc.seed, chain.device_ids, sc.ratings, sc.ignore_rate, sc.double_rate)
     done = 0
     lock = threading.Lock()
     outage_at, restore_at = sc.ratings // 3, 2 * sc.ratings // 3
@@ -58,9 +52,9 @@ def run(chain: Chain, sc: ScenarioConfig, progress: Callable[[int, int], None] |
 
     def window_loop(dev: str) -> None:
         nonlocal done
-        for k, (ignore, twice, sub_seed) in enumerate(plans[dev]):
+        for k, txn in enumerate(plans[dev]):
             try:
-                chain.serve(dev, random.Random(sub_seed), f"{dev}-T{k:05d}", ignore=ignore, press_twice=twice)
+                chain.serve_txn(dev, txn, f"{dev}-T{k:05d}")
             except BaseException as exc:  # reported after the join, the run fails
                 errors.append(exc)
                 return
@@ -93,7 +87,7 @@ def summary(report: dict[str, Any]) -> str:
         f"presses {r['presses']}  prompts {r['prompts']}  ratings made {r['ratings_made']}",
         f"stored at gateway {r['stored_gateway']} (+{r['no_ratings_gateway']} no-ratings)  "
         f"received by province {r['received_province']}  prompts at province {r['prompts_province']}",
-        f"lost {r['lost']}  duplicated {r['duplicated']}  invented {r['invented']}  altered {r['altered']}",
+        losses(r),
         f"rejected {r['rejected'] or 'none'}",
     ]
     return "\n".join(lines)

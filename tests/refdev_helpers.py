@@ -1,6 +1,6 @@
 """A scripted gateway peer for reference-device tests: verifies what devices send, acks, time-syncs.
 
-It plays the hall gateway's part of the protocol with a plain paho client (user ``_gateway``), so the
+It plays the hall gateway's part of the protocol with a plain MQTT client (user ``_gateway``), so the
 device tests do not depend on the real gateway being finished. Its view of what was stored is the
 "exactly once" check: it dedups on (device, epoch, seq) and flags one key seen with two payloads.
 """
@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
+from countersign.common.mqtt import Handlers, Options, make_client
+from countersign.common.mqtt import Message as MqttMessage
 from countersign.protocol import cose, messages, topics
 from countersign.protocol.errors import ProtocolError
 from countersign.protocol.keystore import Keystore
 from countersign.protocol.messages import Hello, Message, NoRating, Prompt, Rating, Session, TimeSync
-from countersign.sim.refdevice import DeviceConfig, tcp_no_delay
+from countersign.sim.refdevice import DeviceConfig
 
 GATEWAY_PASSWORD = "test-gateway-password"   # the same as conftest.GATEWAY_PASSWORD
 
@@ -44,15 +43,10 @@ class Peer:
     connected: bool = False
 
     def __post_init__(self) -> None:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=topics.GATEWAY_USER, clean_session=False,
-                        protocol=mqtt.MQTTv311)
-        c.username_pw_set(topics.GATEWAY_USER, GATEWAY_PASSWORD)
-        c.reconnect_delay_set(1, 2)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_socket_open = tcp_no_delay
-        self.client = c
+        self.client = make_client(
+            Options(client_id=topics.GATEWAY_USER, username=topics.GATEWAY_USER, password=GATEWAY_PASSWORD,
+                    clean_session=False, reconnect_min_s=1, reconnect_max_s=2, jitter=False),
+            Handlers(connected=self._on_connect, disconnected=self._on_disconnect, message=self._on_message))
 
     def start(self) -> Peer:
         self.client.connect_async("127.0.0.1", self.port, keepalive=30)
@@ -101,19 +95,18 @@ class Peer:
 
     # -- plumbing --------------------------------------------------------------------------------------
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: Any, rc: Any, props: Any) -> None:
-        client.subscribe(topics.DEVICE_UP_FILTER, qos=1)
+    def _on_connect(self, _session_present: bool) -> None:
+        self.client.subscribe(topics.DEVICE_UP_FILTER, qos=1)
         with self.cond:
             self.connected = True
             self.cond.notify_all()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: Any, rc: Any,
-                       props: Any) -> None:
+    def _on_disconnect(self, _reason: str | None) -> None:
         with self.cond:
             self.connected = False
             self.cond.notify_all()
 
-    def _on_message(self, client: mqtt.Client, userdata: object, m: mqtt.MQTTMessage) -> None:
+    def _on_message(self, m: MqttMessage) -> None:
         try:
             _, device, _ = topics.parse(m.topic)
             v = cose.mac0_verify(m.payload, self.keystore.key_for, expected_kid=device.encode())
@@ -144,8 +137,8 @@ class Peer:
         if reply is not None:
             # Sent from the network thread: publish only queues, it does not wait.
             k = self.keystore.devices[device].key
-            client.publish(topics.device_down(device), cose.mac0_encode(k, device.encode(), reply.encode()),
-                           qos=1)
+            self.client.publish(topics.device_down(device),
+                                cose.mac0_encode(k, device.encode(), reply.encode()), qos=1)
 
 
 def device_config(keystore: Keystore, device: str, port: int, state_dir: Path, **kw: Any) -> DeviceConfig:

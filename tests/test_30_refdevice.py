@@ -21,7 +21,7 @@ from countersign.protocol.keystore import Keystore
 from countersign.protocol.messages import Heartbeat, Hello, NoRating, Rating, TimeSync
 from countersign.sim.broker import Mosquitto
 from countersign.sim.devclock import Scheduler
-from countersign.sim.refdevice import Outcome, RefDevice, State
+from countersign.sim.refdevice import PressOutcome, RefDevice, State
 
 DEV = "hf01-w01"
 DEV2 = "hf01-w02"
@@ -85,7 +85,7 @@ def test_press_is_on_disk_before_press_returns_then_acked(hall: Hall, tmp_path: 
     dev = hall.device(on_stored=stored.append)
     open_prompt(hall, dev, 7)
     r = dev.press(3)
-    assert r.outcome == Outcome.RATED and r == "rated" and r.seq == 1
+    assert r.outcome == PressOutcome.RATED and r == "rated" and r.seq == 1
     assert on_disk(dev, tmp_path) == [1]                 # durable before the customer is thanked
     assert dev.outbox_depth() == 1
     assert dev.press(4) == "ignored"                      # one rating per prompt
