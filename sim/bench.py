@@ -22,10 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from countersign.common import bundle
+from countersign.common.mqtt import Handlers, Options, make_client
 from countersign.gateway.brokerconf import write_broker_files
 from countersign.gateway.config import GatewayConfig
 from countersign.gateway.gateway import Gateway
@@ -68,12 +66,18 @@ def passthrough(work: Path, ks: Keystore, msgs: dict[str, list[bytes]], timeout:
     total = sum(len(v) for v in msgs.values())
     broker = _broker(work, ks, "broker-passthrough")
     got = Counter()
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=topics.GATEWAY_USER)
-    sub.username_pw_set(topics.GATEWAY_USER, GW_PASSWORD)
     subscribed = threading.Event()
-    sub.on_connect = lambda c, *_: c.subscribe(topics.DEVICE_UP_FILTER, qos=1)
-    sub.on_subscribe = lambda *_: subscribed.set()
-    sub.on_message = lambda *_: got.add()
+
+    def on_connect(_session_present: bool) -> None:
+        sub.subscribe(topics.DEVICE_UP_FILTER, qos=1)
+
+    # A plain QoS 1 subscriber (the broker acks for it): the broker's own rate, no gateway behind it.
+    # paho's own reconnect backoff (1 s to 120 s): the run is one connection.
+    sub = make_client(
+        Options(client_id=topics.GATEWAY_USER, username=topics.GATEWAY_USER, password=GW_PASSWORD,
+                reconnect_min_s=1, reconnect_max_s=120, jitter=False),
+        Handlers(connected=on_connect, subscribed=lambda _ok, _rcs: subscribed.set(),
+                 message=lambda _m: got.add()))
     try:
         sub.connect("127.0.0.1", broker.port)
         sub.loop_start()

@@ -29,9 +29,8 @@ from types import TracebackType
 from typing import IO, Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
 
+from countersign.common.mqtt import Handlers, Message, Options, make_client
 from countersign.gateway.brokerconf import OBSERVER_USER, write_broker_files
 from countersign.protocol import topics
 from countersign.province.brokerconf import write_province_broker_files
@@ -102,31 +101,28 @@ class Capture:
         # wiped before and after: nothing stale is delivered into this capture, and no session, with an
         # unbounded queue (the configs have max_queued_messages 0), is left behind by close().
         self._wipe_session(host, port, password, timeout)
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=OBSERVER_USER, clean_session=False,
-                             protocol=mqtt.MQTTv311)
-        client.username_pw_set(OBSERVER_USER, password)
-        client.reconnect_delay_set(min_delay=1, max_delay=2)
-
-        def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-            if rc.is_failure:
-                refused.append(f"connect refused: {rc}")
-                subscribed.set()
-                return
-            # Harmless when the broker still has the session; needed when it lost it (a SIGKILL before
-            # its autosave).
-            c.subscribe(CAPTURE_FILTER, qos=1)
-
-        def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode], _p: Any) -> None:
-            if any(r.is_failure for r in rcs):
-                refused.append(f"subscription to {CAPTURE_FILTER} refused: {rcs}")
+        def on_refused(reason: str) -> None:
+            refused.append(f"connect refused: {reason}")
             subscribed.set()
 
-        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        def on_connect(_session_present: bool) -> None:
+            # Harmless when the broker still has the session; needed when it lost it (a SIGKILL before
+            # its autosave).
+            client.subscribe(CAPTURE_FILTER, qos=1)
+
+        def on_subscribe(ok: bool, reasons: list[str]) -> None:
+            if not ok:
+                refused.append(f"subscription to {CAPTURE_FILTER} refused: {reasons}")
+            subscribed.set()
+
+        def on_message(msg: Message) -> None:
             self.record(name, msg.topic, bytes(msg.payload))
 
-        client.on_connect = on_connect
-        client.on_subscribe = on_subscribe
-        client.on_message = on_message
+        # Back within 1-2 s of a broker restart, so the capture's gap is short.
+        client = make_client(
+            Options(client_id=OBSERVER_USER, username=OBSERVER_USER, password=password, clean_session=False,
+                    reconnect_min_s=1, reconnect_max_s=2, jitter=False),
+            Handlers(connected=on_connect, refused=on_refused, subscribed=on_subscribe, message=on_message))
         try:
             client.connect(host, port)
         except OSError as exc:
@@ -163,10 +159,11 @@ class Capture:
     def _wipe_session(host: str, port: int, password: str, timeout: float) -> bool:
         """Connect once with a clean session, which drops the observer's stored one; False if unreachable."""
         done = threading.Event()
-        wipe = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=OBSERVER_USER, clean_session=True,
-                           protocol=mqtt.MQTTv311)
-        wipe.username_pw_set(OBSERVER_USER, password)
-        wipe.on_connect = lambda _c, _u, _f, _rc, _p: done.set()
+        # Any CONNACK will do: the clean session was asked for, whatever the broker answered.
+        wipe = make_client(
+            Options(client_id=OBSERVER_USER, username=OBSERVER_USER, password=password, clean_session=True,
+                    reconnect_min_s=1, reconnect_max_s=120, jitter=False),
+            Handlers(connected=lambda _sp: done.set(), refused=lambda _r: done.set()))
         try:
             wipe.connect(host, port)
         except OSError:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
+
+from countersign.common.mqtt import Handlers, Message, Options, make_client
 
 
 @dataclass
@@ -36,33 +36,31 @@ class Publisher:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def connect(self, timeout: float = 10.0) -> None:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.username, clean_session=True)
-        c.username_pw_set(self.username, self.password)
-        c.max_inflight_messages_set(self.inflight)
+        # paho's own reconnect backoff (1 s to 120 s): a load run is one connection per publisher.
+        c = make_client(Options(client_id=self.username, username=self.username, password=self.password,
+                                max_inflight=self.inflight, reconnect_min_s=1, reconnect_max_s=120,
+                                jitter=False),
+                        Handlers(connected=self._on_connect, published=self._on_publish,
+                                 message=self._on_message))
         c.max_queued_messages_set(0)
-        c.on_connect = self._on_connect
-        c.on_publish = self._on_publish
-        c.on_message = self._on_message
         self._client = c
         c.connect(self.host, self.port, keepalive=60)
         c.loop_start()
         if not self.connected.wait(timeout):
             raise TimeoutError(f"{self.username} did not connect to {self.host}:{self.port}")
 
-    def _on_connect(self, c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
-        if rc.is_failure:
-            return
-        if self.reply_topic:
-            c.subscribe(self.reply_topic, qos=1)
+    def _on_connect(self, _session_present: bool) -> None:
+        if self.reply_topic and self._client is not None:
+            self._client.subscribe(self.reply_topic, qos=1)
         self.connected.set()
 
-    def _on_publish(self, _c: mqtt.Client, _u: object, _mid: int, _rc: object, _p: object) -> None:
+    def _on_publish(self, _mid: int) -> None:
         with self._lock:
             self._pubacked += 1
             if self._pubacked >= len(self.payloads):
                 self.puback_done.set()
 
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: Message) -> None:
         if self.on_reply is not None:
             self.on_reply(bytes(msg.payload))
 

@@ -19,12 +19,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-import paho.mqtt.client as mqtt
 import pytest
 from conftest import GATEWAY_PASSWORD, device_key, make_keystore
 from mpy import FIRMWARE, FW_TESTS, VECTORS, assert_mpy_ok, micropython
-from paho.mqtt.enums import CallbackAPIVersion
 
+from countersign.common.mqtt import Handlers, Options, make_client
 from countersign.protocol import topics
 from countersign.protocol.keystore import Keystore, mqtt_password
 from countersign.sim.broker import Mosquitto, free_port
@@ -288,21 +287,22 @@ def test_client_against_a_scripted_broker(firmware: Callable[..., Firmware]) -> 
 # ---- (b) a real mosquitto ------------------------------------------------------------------------
 
 class Gateway:
-    """A paho client as the gateway user: collects uplink and will messages, sends downlink commands."""
+    """An MQTT client as the gateway user: collects uplink and will messages, sends downlink commands."""
 
     def __init__(self, port: int) -> None:
         self.msgs: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.subscribed = threading.Event()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="_gateway", clean_session=True,
-                             protocol=mqtt.MQTTv311)
-        self.c.username_pw_set(topics.GATEWAY_USER, GATEWAY_PASSWORD)
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([(topics.DEVICE_UP_FILTER, 1),
-                                                                (topics.DEVICE_WILL_FILTER, 1)])
-        self.c.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
-        self.c.on_message = lambda c, u, m: self.msgs.put((m.topic, m.payload))
+        self.c = make_client(
+            Options(client_id="_gateway", username=topics.GATEWAY_USER, password=GATEWAY_PASSWORD,
+                    reconnect_min_s=1, reconnect_max_s=120, jitter=False),     # paho's own backoff
+            Handlers(connected=self._on_connect, subscribed=lambda _ok, _rcs: self.subscribed.set(),
+                     message=lambda m: self.msgs.put((m.topic, m.payload))))
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
         assert self.subscribed.wait(10), "gateway client did not subscribe"
+
+    def _on_connect(self, _session_present: bool) -> None:
+        self.c.subscribe([(topics.DEVICE_UP_FILTER, 1), (topics.DEVICE_WILL_FILTER, 1)])
 
     def send(self, text: str) -> None:
         self.c.publish(DOWN, text.encode(), qos=1).wait_for_publish(10)

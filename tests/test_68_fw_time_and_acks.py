@@ -8,10 +8,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
+from countersign.common.mqtt import Handlers, Options, make_client
 from countersign.protocol import cose, messages, topics
 from countersign.sim.chain import Chain, ChainConfig
 
@@ -83,9 +82,10 @@ def test_forged_ack_deletes_nothing_and_a_true_ack_does(chain: Chain) -> None:
     h = chain.halls[chain.hall]
     forged = cose.mac0_encode(b"\x42" * 32, dev.encode(), messages.Ack(epoch=1, seqs=(seq,)).encode())
     sent = threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=topics.GATEWAY_USER)
-    c.username_pw_set(topics.GATEWAY_USER, h.gateway_password)
-    c.on_publish = lambda *_a: sent.set()
+    c = make_client(Options(client_id=topics.GATEWAY_USER, username=topics.GATEWAY_USER,
+                            password=h.gateway_password, reconnect_min_s=1, reconnect_max_s=120,
+                            jitter=False),
+                    Handlers(published=lambda _mid: sent.set()))
     c.connect("127.0.0.1", h.port)
     c.loop_start()
     try:

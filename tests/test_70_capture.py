@@ -23,8 +23,8 @@ import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import GATEWAY_PASSWORD, make_keystore
-from paho.mqtt.enums import CallbackAPIVersion
 
+from countersign.common.mqtt import Handlers, Message, Options, make_client
 from countersign.gateway.brokerconf import OBSERVER_USER, write_broker_files
 from countersign.protocol import topics
 from countersign.protocol.keystore import Keystore, mqtt_password
@@ -61,30 +61,25 @@ class Client:
     pubacks: dict[int, Any] = field(default_factory=dict)     # mid -> PUBACK reason code
 
     def start(self, timeout: float = 10.0) -> Client:
-        if self.v5:
-            self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.username, protocol=mqtt.MQTTv5)
-        else:
-            self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.username, clean_session=True,
-                                 protocol=mqtt.MQTTv311)
-        self.c.username_pw_set(self.username, self.password)
-        self.c.on_publish = self._on_publish
-        self.c.on_connect = self._on_connect
-        self.c.on_subscribe = self._on_subscribe
-        self.c.on_message = self._on_message
-        self.c.on_disconnect = self._on_disconnect
+        # paho's own reconnect backoff; on_publish raw, for the PUBACK's reason code.
+        self.c = make_client(
+            Options(client_id=self.username, username=self.username, password=self.password, mqtt5=self.v5,
+                    reconnect_min_s=1, reconnect_max_s=120, jitter=False),
+            Handlers(connected=self._on_connect, subscribed=self._on_subscribe, message=self._on_message,
+                     disconnected=self._on_disconnect, extra={"on_publish": self._on_publish}))
         self.c.connect("127.0.0.1", self.port)
         self.c.loop_start()
         if self.filters and not self.wait(lambda: self.subscribed > 0, timeout):
             raise RuntimeError(f"{self.username}: no subscription to {self.filters}")
         return self
 
-    def _on_connect(self, c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if not rc.is_failure and self.filters:
-            c.subscribe([(f, 1) for f in self.filters])
+    def _on_connect(self, _session_present: bool) -> None:
+        if self.filters:
+            self.c.subscribe([(f, 1) for f in self.filters])
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _m: int, rcs: list[Any], _p: Any) -> None:
+    def _on_subscribe(self, ok: bool, _reasons: list[str]) -> None:
         with self.cond:
-            self.subscribed += not any(r.is_failure for r in rcs)
+            self.subscribed += ok
             self.cond.notify_all()
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
@@ -92,12 +87,12 @@ class Client:
             self.pubacks[mid] = rc
             self.cond.notify_all()
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: Message) -> None:
         with self.cond:
             self.got.append((msg.topic, bytes(msg.payload)))
             self.cond.notify_all()
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
+    def _on_disconnect(self, _reason: str | None) -> None:
         with self.cond:
             self.disconnects += 1
             self.cond.notify_all()
