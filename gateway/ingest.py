@@ -126,7 +126,19 @@ class Ingest:
         if dk is None or dk.revoked:
             return False
         data = cose.mac0_encode(dk.key, device.encode(), msg.encode())
-        self.client.publish(topics.device_down(device), data, qos=1)
+        topic = topics.device_down(device)
+        if 2 + len(topic) + 2 + len(data) > limits.MAX_DOWNLINK_PACKET:
+            # The keypad would discard it. An ack splits into two that fit (large seqs, a long id);
+            # nothing else the gateway sends can grow this large (text fields are bounded).
+            if isinstance(msg, messages.Ack) and len(msg.seqs) > 1:
+                half = len(msg.seqs) // 2
+                first = self.send(device, messages.Ack(msg.epoch, msg.seqs[:half]))
+                return self.send(device, messages.Ack(msg.epoch, msg.seqs[half:])) and first
+            log.error("%s: a %s downlink of %d bytes is over the keypad's %d: not sent", device,
+                      type(msg).__name__, len(data), limits.MAX_DOWNLINK_PACKET)
+            self.stats.incr("downlinks_oversize")
+            return False
+        self.client.publish(topic, data, qos=1)
         return True
 
     # --- the worker -----------------------------------------------------------------------------------

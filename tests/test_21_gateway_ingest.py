@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import device_key, make_keystore
 from gw_helpers import Device, hello, rating, rows, start_gateway, write_config
 
 from countersign.gateway.gateway import Gateway
-from countersign.protocol import cbor, cose, messages, topics
+from countersign.protocol import cbor, cose, limits, messages, topics
 from countersign.protocol.keystore import DeviceKey, Keystore
 from countersign.sim.broker import Mosquitto
 
@@ -175,3 +177,33 @@ def test_storage_alarm_raised_and_ratings_still_kept(tmp_path: Path,
     finally:
         a.stop()
         gw.stop()
+
+
+def test_no_downlink_over_the_keypads_limit(setup: dict[str, object]) -> None:
+    """An ack that would not fit the keypad's 300-byte packet is split; every downlink fits."""
+    gw, devs = setup["gw"], setup["devs"]
+    assert isinstance(gw, Gateway) and isinstance(devs, dict)
+    a: Device = devs[A]
+    got: list[int] = []
+    sizes = a.client.on_message
+
+    def measure(client: object, userdata: object, msg: Any) -> None:
+        got.append(2 + len(msg.topic) + 2 + len(msg.payload))
+        assert sizes is not None
+        sizes(client, userdata, msg)
+
+    a.client.on_message = measure
+    # 64 seqs near the top of u32 (5 bytes each): one ack of them would be ~400 bytes.
+    seqs = tuple(range(2**32 - 64, 2**32))
+    assert gw.ingest.send(A, messages.Ack(1, seqs))
+    assert a.wait_acked(set(seqs)), "every seq acked, in acks that fit"
+    assert sorted(a.acked_seqs()) == list(seqs)
+    assert len(got) > 1 and max(got) <= limits.MAX_DOWNLINK_PACKET, got
+    # A single seq cannot be split: it fits, so it is sent whole.
+    assert gw.ingest.send(A, messages.Ack(1, (2**32 - 1,)))
+
+
+def test_firmware_takes_the_downlink_limit_the_gateway_keeps() -> None:
+    app = (Path(__file__).resolve().parent.parent / "firmware" / "cs" / "app.py").read_text()
+    m = re.search(r"^_MAX_DOWN = const\((\d+)\)", app, re.M)
+    assert m and int(m.group(1)) == limits.MAX_DOWNLINK_PACKET
