@@ -197,6 +197,7 @@ class _Chip:
 class FirmwareDevice:
     def __init__(self, cfg: FirmwareConfig) -> None:
         self.cfg = cfg
+        self.device_id, self.epoch = cfg.device_id, cfg.epoch      # as the Keypad interface names them
         self.proc: subprocess.Popen[Any] | None = None
         self.lines: list[str] = []
         self._cv = threading.Condition()
@@ -419,14 +420,6 @@ class FirmwareDevice:
         return True
 
     # -- the Keypad interface (keypad.py): the console is the keypad's history -----------------------
-    @property
-    def device_id(self) -> str:
-        return self.cfg.device_id
-
-    @property
-    def epoch(self) -> int:
-        return self.cfg.epoch
-
     def power_cut(self) -> None:
         self.kill()
 

@@ -10,8 +10,9 @@ Durable state in ``state_dir``:
   never reuse one).
 
 This module is the keypad's protocol behaviour (the prompt state machine, what goes up, what comes
-down) and the ``keypad.Keypad`` interface; its durable counters are ``refseq``, its MQTT link
-``reflink``, its timers ``reftimers``.
+down) and the ``keypad.Keypad`` interface. Its parts each have a module: its vocabulary and config
+``reftypes``, its durable counters ``refseq``, the records' uplink (outbox, resends, acks)
+``refsender``, its MQTT link ``reflink``, its timers ``reftimers``.
 
 Prompt flow (state machine)::
 
@@ -29,35 +30,21 @@ changes the clerk shown; it does not close an open prompt.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from pathlib import Path
 
 from countersign.common.mqtt import Message as MqttMessage
-from countersign.common.outbox import DEFAULT_CAPACITY, Outbox
+from countersign.common.outbox import Outbox
 from countersign.protocol import cose, messages, topics
 from countersign.protocol.errors import ProtocolError
-from countersign.protocol.messages import (
-    Ack,
-    Heartbeat,
-    Hello,
-    Message,
-    NoRating,
-    Prompt,
-    Rating,
-    Session,
-    TimeSync,
-)
 
-from .devclock import Cancellable, TimerLike
-from .devclock import mono_ms as _default_mono_ms
+from .devclock import Cancellable
 from .keypad import Rated
 from .reflink import Link
+from .refsender import Sender
 from .refseq import U32, SeqStore
 from .reftimers import Timers
+from .reftypes import DeviceConfig, PressOutcome, PressResult, State
 
 log = logging.getLogger(__name__)
 
@@ -65,65 +52,9 @@ RESET_POWER_ON = 1
 Event = int | str | Rated | None    # what an entry of the keypad's history names (a prompt id, a clerk...)
 
 
-class State(StrEnum):
-    READY = "ready"
-    PROMPT_OPEN = "prompt_open"
-    RATED = "rated"
-    EXPIRED = "expired"
-
-
-class PressOutcome(StrEnum):
-    """What a key press did on the keypad (not the storage outcome of the gateway or the province)."""
-
-    RATED = "rated"
-    IGNORED = "ignored"         # a second press in a prompt already rated
-    NO_PROMPT = "no-prompt"     # no prompt open: not a rating
-    FULL = "full"               # outbox full: refused, nothing overwritten
-    OFF = "off"                 # device not running
-
-
-@dataclass(frozen=True)
-class PressResult:
-    outcome: PressOutcome
-    seq: int | None = None
-
-    def __eq__(self, other: object) -> bool:
-        # Lets callers write ``dev.press(3) == "rated"`` as well as compare whole results.
-        if isinstance(other, str):
-            return self.outcome == other
-        if isinstance(other, PressResult):
-            return (self.outcome, self.seq) == (other.outcome, other.seq)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.outcome, self.seq))
-
-
-@dataclass
-class DeviceConfig:
-    device_id: str
-    key: bytes
-    epoch: int
-    host: str
-    port: int
-    state_dir: Path
-    scale: int = 4
-    invite_key: bool = True
-    heartbeat_s: float = 60.0
-    fw: str = "ref-0.1.0"
-    mono_ms: Callable[[], int] = _default_mono_ms
-    scheduler: TimerLike | None = None          # None: the device runs a scheduler of its own
-    ack_timeout_s: float = 10.0                 # resend unacked records this long after sending
-    invite_timeout_s: int = 20                  # window of a prompt opened by the invite key
-    outbox_capacity: int = DEFAULT_CAPACITY
-    keepalive_s: int = 30
-    reconnect_min_s: float = 0.5                # paho doubles it per failed attempt, up to the max;
-    reconnect_max_s: float = 8.0                # each device adds its own random jitter to the min
-    on_stored: Callable[[int], None] | None = None   # called with each seq the gateway acked
-    rng: random.Random = field(default_factory=random.Random)
-
-
 class RefDevice:
+    """One reference keypad; ``start()`` boots it on its ``state_dir``, ``power_cut()`` ends it for good."""
+
     def __init__(self, cfg: DeviceConfig) -> None:
         topics.check_id(cfg.device_id)
         if len(cfg.key) != cose.KEY_LEN:
@@ -133,19 +64,19 @@ class RefDevice:
         if not 0 <= cfg.epoch <= 0xFFFF:
             raise ValueError("epoch must be 0..65535")
         self.cfg = cfg
+        self.device_id, self.epoch = cfg.device_id, cfg.epoch      # as the Keypad interface names them
         self._kid = cfg.device_id.encode()
         self._cond = threading.Condition(threading.RLock())
         self._state = State.READY
         self._clerk: str | None = None
         self._clerk_name: str | None = None
-        self._prompt: Prompt | None = None          # the open (or just rated) prompt
+        self._prompt: messages.Prompt | None = None          # the open (or just rated) prompt
         self._prompt_id = 0                         # of the open prompt (0 = invite key)
         self._prompt_opened = 0                     # mono ms
         self._prompt_timer: Cancellable | None = None
         self._last_prompt_seen = 0
         self._offset_ms: int | None = None          # unix ms = mono ms + offset, once time-synced
         self._last_nonce: int | None = None
-        self._sent_at: dict[tuple[int, int], int] = {}
         self._acked: list[int] = []                 # seqs acked during this run, in ack order
         self._stats = dict.fromkeys(("presses", "ratings", "no_ratings", "ignored", "acked", "bad_downlink",
                                      "resent", "full", "stale_prompts", "connects"), 0)
@@ -158,6 +89,7 @@ class RefDevice:
         self._timers = Timers(f"devclock-{cfg.device_id}", cfg.scheduler, self._cond)
         self._link: Link | None = None
         self._outbox: Outbox | None = None
+        self._sender: Sender | None = None
         self._seqs = SeqStore(cfg.state_dir, cfg.epoch)
         self._boot = 0
         self._t0 = 0
@@ -171,6 +103,8 @@ class RefDevice:
             cfg = self.cfg
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
             self._outbox = Outbox(cfg.state_dir / "outbox.log", capacity=cfg.outbox_capacity)
+            self._sender = Sender(self._outbox, cfg.key, self._kid, cfg.mono_ms, cfg.ack_timeout_s,
+                                  self._publish, self._count_resend)
             self._boot = self._seqs.boot_up(self._outbox.max_seq(cfg.epoch))
             self._t0 = cfg.mono_ms()
             self._timers.open()
@@ -295,10 +229,10 @@ class RefDevice:
                 return PressResult(PressOutcome.FULL)
             now = self.cfg.mono_ms()
             seq = self._seqs.take()
-            msg = Rating(epoch=self.cfg.epoch, seq=seq, score=score, scale=self.cfg.scale,
+            msg = messages.Rating(epoch=self.cfg.epoch, seq=seq, score=score, scale=self.cfg.scale,
                          prompt=self._prompt_id, time=self._unix_s(now), mono=self._mono(now),
                          delay=max(0, now - self._prompt_opened) & U32, boot=self._boot)
-            self._outbox_and_send(msg)
+            self._uplink().keep_and_send(msg, self._connected)
             self._stats["ratings"] += 1
             self._state = State.RATED
             self._history.append(("rated", Rated(seq, score)))
@@ -319,14 +253,6 @@ class RefDevice:
             return True
 
     # -- the Keypad interface (keypad.py) ----------------------------------------------------------------
-
-    @property
-    def device_id(self) -> str:
-        return self.cfg.device_id
-
-    @property
-    def epoch(self) -> int:
-        return self.cfg.epoch
 
     @property
     def running(self) -> bool:
@@ -418,48 +344,32 @@ class RefDevice:
             self._history.append(("no-rating", None))
             return
         seq = self._seqs.take()
-        msg = NoRating(epoch=self.cfg.epoch, seq=seq, prompt=self._prompt_id, time=self._unix_s(now),
+        msg = messages.NoRating(epoch=self.cfg.epoch, seq=seq, prompt=self._prompt_id, time=self._unix_s(now),
                        mono=self._mono(now), delay=max(0, now - self._prompt_opened) & U32, boot=self._boot)
-        self._outbox_and_send(msg)
+        self._uplink().keep_and_send(msg, self._connected)
         self._stats["no_ratings"] += 1
         self._history.append(("no-rating", seq))
 
     # -- uplink ----------------------------------------------------------------------------------------
 
-    def _seal(self, msg: Message) -> bytes:
-        return bytes(cose.mac0_encode(self.cfg.key, self._kid, msg.encode()))
+    def _uplink(self) -> Sender:
+        if self._sender is None:
+            raise RuntimeError(f"{self.cfg.device_id}: not started")
+        return self._sender
 
-    def _outbox_and_send(self, msg: Rating | NoRating) -> None:
-        assert self._outbox is not None
-        data = self._seal(msg)
-        self._outbox.append(msg.epoch, msg.seq, data)   # fsynced: survives a power cut from here on
-        if self._connected:
-            self._publish_item(msg.epoch, msg.seq, data)
-
-    def _publish_item(self, epoch: int, seq: int, data: bytes) -> None:
-        if (epoch, seq) in self._sent_at:
-            self._stats["resent"] += 1
-        self._sent_at[(epoch, seq)] = self.cfg.mono_ms()
+    def _publish(self, data: bytes) -> None:
         if self._link is not None:
             self._link.publish(data)
 
-    def _resend_all(self) -> None:
-        assert self._outbox is not None
-        for it in self._outbox.items():
-            if (it.epoch, it.seq) not in self._sent_at:
-                self._sent_at[(it.epoch, it.seq)] = -1     # sent by an earlier boot: this is a resend
-            self._publish_item(it.epoch, it.seq, it.data)
+    def _count_resend(self) -> None:
+        self._stats["resent"] += 1
 
     def _resend_overdue(self) -> None:
         with self._cond:
-            if not (self._running and self._connected) or self._outbox is None:
-                return
-            limit = self.cfg.mono_ms() - int(self.cfg.ack_timeout_s * 1000)
-            for it in self._outbox.items():
-                if self._sent_at.get((it.epoch, it.seq), -1) <= limit:
-                    self._publish_item(it.epoch, it.seq, it.data)
+            if self._running and self._connected and self._sender is not None:
+                self._sender.resend_overdue()
 
-    def _health(self, cls: type[Hello]) -> Hello:
+    def _health(self, cls: type[messages.Hello]) -> messages.Hello:
         assert self._outbox is not None
         now = self.cfg.mono_ms()
         self._last_nonce = self.cfg.rng.getrandbits(32)
@@ -471,7 +381,7 @@ class RefDevice:
     def _heartbeat(self) -> None:
         with self._cond:
             if self._running and self._connected and self._link is not None:
-                self._link.publish(self._seal(self._health(Heartbeat)))
+                self._link.publish(self._uplink().seal(self._health(messages.Heartbeat)))
 
     # -- downlink --------------------------------------------------------------------------------------
 
@@ -488,35 +398,32 @@ class RefDevice:
                 log.info("%s: bad downlink ignored: %s", self.cfg.device_id, exc)
                 self._cond.notify_all()
                 return
-            if isinstance(msg, Ack):
+            if isinstance(msg, messages.Ack):
                 self._handle_ack(msg)
-            elif isinstance(msg, TimeSync):
+            elif isinstance(msg, messages.TimeSync):
                 if self._last_nonce is not None and msg.nonce == self._last_nonce:
                     self._offset_ms = msg.now_ms - self.cfg.mono_ms()
                     self._last_nonce = None     # one use: a replayed TimeSync finds no nonce to match
                 else:
                     self._stats["bad_downlink"] += 1
-            elif isinstance(msg, Session):
+            elif isinstance(msg, messages.Session):
                 self._clerk, self._clerk_name = msg.clerk, msg.clerk_name
                 self._history.append(("clerk", msg.clerk))
-            elif isinstance(msg, Prompt):
+            elif isinstance(msg, messages.Prompt):
                 self._handle_prompt(msg)
             self._cond.notify_all()
 
-    def _handle_ack(self, ack: Ack) -> None:
-        assert self._outbox is not None
+    def _handle_ack(self, ack: messages.Ack) -> None:
         if ack.epoch != self.cfg.epoch:
             return
-        done = self._outbox.ack(ack.epoch, ack.seqs)
-        for s in done:
-            self._sent_at.pop((ack.epoch, s), None)
-            self._acked.append(s)
+        done = self._uplink().acked(ack.epoch, ack.seqs)
+        self._acked.extend(done)
         self._stats["acked"] += len(done)
         if self.cfg.on_stored is not None:
             for s in done:
                 self.cfg.on_stored(s)
 
-    def _handle_prompt(self, p: Prompt) -> None:
+    def _handle_prompt(self, p: messages.Prompt) -> None:
         if p.prompt <= self._last_prompt_seen:
             self._stats["stale_prompts"] += 1      # a replay or a redelivery of an old prompt
             return
@@ -541,8 +448,8 @@ class RefDevice:
             self._connected = True
             self._stats["connects"] += 1
             self._history.append(("link", 1))
-            self._link.publish(self._seal(self._health(Hello)))
-            self._resend_all()
+            self._link.publish(self._uplink().seal(self._health(messages.Hello)))
+            self._uplink().resend_all()
             self._cond.notify_all()
 
     def _on_down(self) -> None:
@@ -559,3 +466,6 @@ class RefDevice:
         if self._offset_ms is None:
             return None
         return ((now + self._offset_ms) // 1000) & U32
+
+
+__all__ = ["DeviceConfig", "PressOutcome", "PressResult", "RefDevice", "State"]
