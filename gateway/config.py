@@ -40,6 +40,10 @@ class GatewayConfig:
     prompt_timeout_default: int = 20
     prompt_timeout_min: int = 10
     prompt_timeout_max: int = 30
+    # Quarantined messages kept whole per source (device, or topic when no device is known); beyond it,
+    # one in quarantine_sample is kept and the rest only counted, so a flood cannot fill the disk.
+    quarantine_keep: int = 1000
+    quarantine_sample: int = 100
     mqtt_client_id: str = topics.GATEWAY_USER
     now_ms: Callable[[], int] = field(default=wall_ms, repr=False)
 
@@ -52,6 +56,8 @@ class GatewayConfig:
             raise ConfigError("prompt timeouts must satisfy 10 <= min <= default <= max <= 300")
         if not 1 <= self.group_max <= 10_000:
             raise ConfigError("group_max must be 1..10000")
+        if self.quarantine_keep < 0 or self.quarantine_sample < 1:
+            raise ConfigError("quarantine_keep must be >= 0 and quarantine_sample >= 1")
         if self.uplink_host is not None:
             if self.signing_key_path is None:
                 raise ConfigError("an uplink needs uplink.signing_key")
@@ -98,7 +104,8 @@ class GatewayConfig:
         kw.update(http_bind=h.text("bind", "127.0.0.1"), http_port=h.port("port", 8080, allow_zero=True))
         t = r.section("tuning")
         for name in ("group_max", "batch_size", "backlog_threshold", "storage_min_free_bytes",
-                     "prompt_timeout_default", "prompt_timeout_min", "prompt_timeout_max"):
+                     "prompt_timeout_default", "prompt_timeout_min", "prompt_timeout_max", "quarantine_keep",
+                     "quarantine_sample"):
             if name in t.data:
                 kw[name] = t.integer(name)
         if "retry_s" in t.data:
@@ -114,7 +121,8 @@ _KNOWN = {
     "uplink": {"host", "port", "password", "password_file", "signing_key", "province_public_key"},
     "http": {"bind", "port"},
     "tuning": {"group_max", "batch_size", "retry_s", "backlog_threshold", "storage_min_free_bytes",
-               "prompt_timeout_default", "prompt_timeout_min", "prompt_timeout_max"},
+               "prompt_timeout_default", "prompt_timeout_min", "prompt_timeout_max", "quarantine_keep",
+               "quarantine_sample"},
 }
 
 

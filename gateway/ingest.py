@@ -301,6 +301,13 @@ class Ingest:
 
     def _quarantine(self, c: sqlite3.Connection, now: int, topic: str, device: str | None, reason: str,
                     detail: str, payload: bytes) -> None:
-        Store.quarantine(c, now, topic, device, reason, detail, payload)
+        flood = Store.quarantine(c, now, topic, device, reason, detail, payload,
+                                 keep=self.cfg.quarantine_keep, sample=self.cfg.quarantine_sample)
         self.stats.reject(reason)
+        if flood:
+            Store.raise_alarm(c, now, "quarantine-flood", device or topic,
+                              f"more than {self.cfg.quarantine_keep} rejected messages from "
+                              f"{device or topic}: now one in {self.cfg.quarantine_sample} is kept",
+                              once=True)
+            log.error("quarantine flood from %s: sampling from now on", device or topic)
         log.warning("rejected message on %s: %s (%s)", topic, reason, detail)

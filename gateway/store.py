@@ -122,6 +122,11 @@ CREATE TABLE IF NOT EXISTS quarantine (
     received_ms INTEGER NOT NULL, topic TEXT NOT NULL, device TEXT, reason TEXT NOT NULL,
     detail TEXT NOT NULL, payload BLOB NOT NULL, digest BLOB NOT NULL
 );
+-- Every quarantined message counted, per source (device, or topic without one) and reason, kept or not.
+CREATE TABLE IF NOT EXISTS quarantine_tally (
+    source TEXT NOT NULL, reason TEXT NOT NULL, n INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, PRIMARY KEY (source, reason)
+);
 CREATE TABLE IF NOT EXISTS alarms (
     id INTEGER PRIMARY KEY,
     ms INTEGER NOT NULL, kind TEXT NOT NULL, device TEXT, detail TEXT NOT NULL, cleared_ms INTEGER
@@ -130,6 +135,11 @@ CREATE TABLE IF NOT EXISTS device_health (
     device TEXT PRIMARY KEY, last_seen_ms INTEGER NOT NULL, last TEXT, online INTEGER NOT NULL
 );
 """
+
+
+# A quarantined payload is kept for analysis (a device message is at most 256 bytes; the broker's packet
+# limit bounds the rest), but not more of it than this.
+MAX_QUARANTINE_BYTES = 1024
 
 
 def digest(data: bytes) -> bytes:
@@ -228,10 +238,21 @@ class Store:
 
     @staticmethod
     def quarantine(c: sqlite3.Connection, received_ms: int, topic: str, device: str | None, reason: str,
-                   detail: str, payload: bytes) -> None:
-        c.execute("INSERT INTO quarantine (received_ms, topic, device, reason, detail, payload, digest)"
-                  " VALUES (?,?,?,?,?,?,?)", (received_ms, topic, device, reason, detail, payload,
-                                              digest(payload)))
+                   detail: str, payload: bytes, *, keep: int = 1000, sample: int = 100) -> bool:
+        """Count a rejected message; keep it whole while its source has at most ``keep`` of them, then one
+        in ``sample``. The payload kept is cut to MAX_QUARANTINE_BYTES (its digest is of all of it).
+        -> True for the first message over ``keep`` (the caller raises the flood alarm once)."""
+        source = device if device is not None else f"topic:{topic}"
+        c.execute("INSERT INTO quarantine_tally (source, reason, n, bytes, first_ms, last_ms)"
+                  " VALUES (?,?,1,?,?,?) ON CONFLICT (source, reason) DO UPDATE SET n = n + 1,"
+                  " bytes = bytes + excluded.bytes, last_ms = excluded.last_ms",
+                  (source, reason, len(payload), received_ms, received_ms))
+        (total,) = c.execute("SELECT sum(n) FROM quarantine_tally WHERE source=?", (source,)).fetchone()
+        if total <= keep or (total - keep) % sample == 0:
+            c.execute("INSERT INTO quarantine (received_ms, topic, device, reason, detail, payload, digest)"
+                      " VALUES (?,?,?,?,?,?,?)", (received_ms, topic, device, reason, detail,
+                                                  payload[:MAX_QUARANTINE_BYTES], digest(payload)))
+        return bool(total == keep + 1)
 
     @staticmethod
     def raise_alarm(c: sqlite3.Connection, ms: int, kind: str, device: str | None, detail: str, *,
@@ -322,7 +343,7 @@ class Store:
 
     def quarantine_counts(self) -> dict[str, int]:
         with self.read() as c:
-            return dict(c.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason").fetchall())
+            return dict(c.execute("SELECT reason, sum(n) FROM quarantine_tally GROUP BY reason").fetchall())
 
     def devices(self) -> dict[str, dict[str, Any]]:
         with self.read() as c:

@@ -94,6 +94,26 @@ def test_quarantine_and_alarms(store: Store) -> None:
     assert payload == b"\xd1junk" and dg == digest(b"\xd1junk")
 
 
+def test_quarantine_bounded_per_source(store: Store) -> None:
+    """A flood from one credential: every message counted, 10 kept whole then one in 5, payloads cut."""
+    firsts = []
+    with store.transaction() as c:
+        for i in range(100):
+            firsts.append(Store.quarantine(c, i, "cs/1/d/hf01-w01/up", DEV, "bad-mac", "x", bytes(5000),
+                                           keep=10, sample=5))
+        # another source is not held back by the first one's flood
+        Store.quarantine(c, 200, "cs/1/d/hf01-w02/up", "hf01-w02", "bad-mac", "x", b"junk", keep=10, sample=5)
+    assert firsts.index(True) == 10 and firsts.count(True) == 1, "the 11th is the first over the cap"
+    assert store.quarantine_counts() == {"bad-mac": 101}
+    with store.read() as c:
+        kept = c.execute("SELECT count(*), max(length(payload)) FROM quarantine WHERE device=?",
+                         (DEV,)).fetchone()
+        other = c.execute("SELECT count(*) FROM quarantine WHERE device='hf01-w02'").fetchone()
+        (dg,) = c.execute("SELECT digest FROM quarantine LIMIT 1").fetchone()
+    assert kept == (10 + 90 // 5, 1024) and other == (1,)
+    assert dg == digest(bytes(5000)), "the digest is of the whole payload"
+
+
 def test_forward_queue_written_with_the_rating(store: Store) -> None:
     m = rating(device_key(1), DEV, 3)
     with store.transaction() as c:

@@ -207,3 +207,28 @@ def test_firmware_takes_the_downlink_limit_the_gateway_keeps() -> None:
     app = (Path(__file__).resolve().parent.parent / "firmware" / "cs" / "app.py").read_text()
     m = re.search(r"^_MAX_DOWN = const\((\d+)\)", app, re.M)
     assert m and int(m.group(1)) == limits.MAX_DOWNLINK_PACKET
+
+
+def test_quarantine_flood_is_bounded_and_good_ratings_still_count(tmp_path: Path,
+                                                                  hall_broker: Callable[[Keystore], Mosquitto]
+                                                                  ) -> None:
+    ks = make_keystore(devices=1)
+    broker = hall_broker(ks)
+    gw = start_gateway(write_config(tmp_path, ks, broker.port, quarantine_keep=50, quarantine_sample=10))
+    a = Device(broker.port, A, KA).start()
+    try:
+        forged = rating(KB, A, 999)            # A's id, another key: bad MAC
+        for i in range(300):
+            a.publish(forged)
+            if i % 30 == 0:
+                a.publish(rating(KA, A, 1 + i // 30))
+        assert a.wait_acked(set(range(1, 11)))
+        assert gw.wait_until(lambda: gw.store.quarantine_counts().get("bad-mac") == 300, 20)
+        assert [r[2] for r in stored(gw)] == list(range(1, 11)), "no good rating lost in the flood"
+        (kept,) = rows(gw, "SELECT count(*) FROM quarantine")
+        assert kept == (50 + 250 // 10,)
+        floods = [al for al in gw.store.open_alarms() if al["kind"] == "quarantine-flood"]
+        assert len(floods) == 1 and floods[0]["device"] == A, floods
+    finally:
+        a.stop()
+        gw.stop()
