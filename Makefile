@@ -86,7 +86,7 @@ lint: venv mpy-stubs
 	cd out/typecheck && PYTHONPATH=. $(CURDIR)/$(VENV)/bin/lint-imports --no-cache $(CURDIR)/pyproject.toml
 	cd out/typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p countersign
 	cd out/typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml $(CURDIR)/tools/*.py
-	MYPYPATH=$(CURDIR)/$(MPY_STUBS) $(VENV)/bin/mypy --config-file tools/mypy-firmware.ini \
+	MYPYPATH=$(CURDIR)/$(MPY_STUBS):$(CURDIR)/firmware:$(CURDIR)/firmware/drivers $(VENV)/bin/mypy --config-file tools/mypy-firmware.ini \
 	  --custom-typeshed-dir $(MPY_STUBS) --cache-dir out/mypy-firmware-cache \
 	  firmware/main.py firmware/cs firmware/boards firmware/drivers
 
