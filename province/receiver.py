@@ -180,7 +180,14 @@ def process_message(s: st.Store, registry: Keystore, province_key: Ed25519Privat
             outcome = s.insert_prompt(st.PromptRow(hall, e.prompt, e.device, e.ctx, e.timeout, b.batch))
         else:
             try:
-                row = _device_row(registry, hall, b, e)
+                try:
+                    row = _device_row(registry, hall, b, e)
+                except (ProtocolError, ValueError, TypeError, KeyError) as exc:
+                    if isinstance(exc, EntryRejected):
+                        raise
+                    # A gap in a decoder, still one bad entry: it must not cost the rest of the batch.
+                    log.error("hall %s batch %d entry %d: unexpected %r", hall, b.batch, i, exc)
+                    raise EntryRejected(f"unexpected {type(exc).__name__}: {exc}", "bad-entry") from exc
             except EntryRejected as exc:
                 rejected.append((i, exc.reason))
                 log.warning("hall %s batch %d entry %d rejected: %s (%s)", hall, b.batch, i, exc.reason, exc)
@@ -310,6 +317,15 @@ class Worker:
                 if self._stop.wait(delay):
                     return False
                 delay = min(delay * 2, 5.0)
+            except (ProtocolError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                # A bug met by one message, not bad input (that is quarantined inside process_message).
+                # Nothing of the group is committed; the others go on one by one, so one hall's batch
+                # cannot stop this worker from serving every other hall.
+                s.rollback()
+                if len(group) > 1:
+                    return all(self._commit_group(conn, [it]) for it in group)
+                self._held_back(conn, group[0], exc)
+                return True
         # Counters first: they describe what is committed, and anyone holding an ack sees them updated.
         counts: Counter[str] = Counter({"commits": 1})
         rejected: Counter[str] = Counter()
@@ -329,6 +345,23 @@ class Worker:
             if it.generation == gen:
                 self.client.ack(it.mid, it.qos)
         return True
+
+
+    def _held_back(self, conn: sqlite3.Connection, it: _Item, exc: BaseException) -> None:
+        """A message that processing could not handle: kept in quarantine, its MQTT delivery PUBACKed (a
+        held packet would fill the broker's in-flight window) but no batch ack sent, so its gateway keeps
+        the batch and sends it again: once the fault is fixed, it is stored."""
+        log.error("%s: processing a message on %s failed: %r", self.name, it.topic, exc, exc_info=exc)
+        s = st.Store(conn, self.cfg.now_ms())
+        s.begin()
+        s.quarantine(it.topic, None, "processing-error", f"{type(exc).__name__}: {exc}", it.payload)
+        s.alarm("processing-error", None, None, f"{it.topic}: {type(exc).__name__}: {exc}")
+        s.commit()
+        self._stats.add(self.name, Counter({"processing_errors": 1}), Counter(),
+                        Counter({"processing-error": 1}))
+        with self._gen_lock:
+            if it.generation == self._generation:
+                self.client.ack(it.mid, it.qos)
 
 
 def open_store(path: Path) -> None:

@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from province_helpers import (
@@ -268,3 +269,45 @@ def test_cli_broker_config_keygen_and_run(tmp_path: Path) -> None:
             proc.wait(20)
     assert proc.returncode == 0
     assert rows(tmp_path / "p.db", "SELECT device, seq FROM ratings") == [("hf01-w01", 1)]
+
+
+def test_a_processing_fault_costs_one_entry_or_one_batch_never_the_worker(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug met by one entry rejects that entry; one met by a whole message holds that batch back
+    (quarantined, no batch ack, so the gateway resends it) while the worker goes on serving."""
+    from countersign.province import receiver
+
+    real_row, real_process = receiver._device_row, receiver.process_message
+
+    def row(registry: Any, hall: str, b: batch.Batch, e: batch.DeviceEntry) -> Any:
+        if e.ctx.txn == "boom":
+            raise TypeError("a decoder gap")
+        return real_row(registry, hall, b, e)
+
+    def process(s: Any, registry: Any, key: Any, topic: str, payload: bytes) -> Any:
+        if b"crash-me" in payload:
+            raise AttributeError("a bug in processing")
+        return real_process(s, registry, key, topic, payload)
+
+    monkeypatch.setattr(receiver, "_device_row", row)
+    monkeypatch.setattr(receiver, "process_message", process)
+    p = world.province(workers=1)
+    hall = world.hall_client("hf01")
+    k1 = world.device_key("hf01-w01")
+    gk = world.gateway_keys["hf01"]
+    hall.publish("hf01", signed_batch(gk, "hf01", 1, [entry(rating(k1, "hf01-w01", 1)),
+                                                     entry(rating(k1, "hf01-w01", 2), txn="boom"),
+                                                     entry(rating(k1, "hf01-w01", 3))]))
+    [(_raw, ack)] = hall.wait_acks(1)
+    assert (ack.stored, ack.rejected) == (2, [(1, "bad-entry")])
+    held = signed_batch(gk, "hf01", 2, [entry(rating(k1, "hf01-w01", 4), txn="crash-me")])
+    hall.publish("hf01", held)
+    hall.publish("hf01", signed_batch(gk, "hf01", 3, [entry(rating(k1, "hf01-w01", 5))]))
+    acks = hall.wait_acks(2)
+    assert [a.batch for _r, a in acks] == [1, 3], "batch 2 held back, batch 3 served after it"
+    assert rows(p.config.db_path, "SELECT reason FROM quarantine") == [("processing-error",)]
+    monkeypatch.setattr(receiver, "process_message", real_process)    # the fix is deployed
+    hall.publish("hf01", held)                                          # the gateway's resend
+    acks = hall.wait_acks(3)
+    assert acks[2][1].batch == 2 and acks[2][1].stored == 1
+    assert rows(p.config.db_path, "SELECT seq FROM ratings ORDER BY seq") == [(1,), (3,), (4,), (5,)]
