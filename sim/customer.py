@@ -37,7 +37,7 @@ class Patience:
     walkaway_s: float | None = 40.0
 
 
-OpenPrompt = Callable[[Txn, str], "int | None"]     # (txn, txn id) -> prompt id, None: none opened
+OpenPrompt = Callable[[Txn, str], int | None]     # (txn, txn id) -> prompt id, None: none opened
 
 
 def serve(keypad: Keypad, txn: Txn, txn_id: str, open_prompt: OpenPrompt, ledger: Ledger,

@@ -222,8 +222,7 @@ class RefDevice:
                 self._stats["ignored"] += 1
                 self._cond.notify_all()
                 return PressResult(PressOutcome.NO_PROMPT)
-            assert self._outbox is not None
-            if self._outbox.full:
+            if self._uplink().outbox.full:
                 self._stats["full"] += 1
                 self._cond.notify_all()
                 return PressResult(PressOutcome.FULL)
@@ -334,10 +333,9 @@ class RefDevice:
             self._cond.notify_all()
 
     def _expire_locked(self) -> None:
-        assert self._outbox is not None
         now = self.cfg.mono_ms()
         self._state = State.EXPIRED
-        if self._outbox.full:
+        if self._uplink().outbox.full:
             # Never overwrite: the no-rating cannot be kept; counted so the heartbeat's outbox_free = 0
             # and this count tell the hall why.
             self._stats["full"] += 1
@@ -370,11 +368,11 @@ class RefDevice:
                 self._sender.resend_overdue()
 
     def _health(self, cls: type[messages.Hello]) -> messages.Hello:
-        assert self._outbox is not None
+        box = self._uplink().outbox
         now = self.cfg.mono_ms()
         self._last_nonce = self.cfg.rng.getrandbits(32)
         return cls(epoch=self.cfg.epoch, boot=self._boot, nonce=self._last_nonce, fw=self.cfg.fw,
-                   reset=RESET_POWER_ON, heap=0, outbox=len(self._outbox), outbox_free=self._outbox.free,
+                   reset=RESET_POWER_ON, heap=0, outbox=len(box), outbox_free=box.free,
                    uptime=(max(0, now - self._t0) // 1000) & U32, rssi=None,
                    ignored=self._stats["ignored"] & U32, stuck=0, time=self._unix_s(now))
 
