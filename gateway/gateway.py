@@ -228,7 +228,8 @@ class Gateway:
             last = h.get("last") or {}
             devices[dev] = {"window": dk.window, "revoked": dk.revoked, "online": h.get("online", False),
                             "last_seen_ms": h.get("last_seen_ms"), "outbox": last.get("outbox"),
-                            "firmware": last.get("fw"), "stuck_keys": last.get("stuck", 0)}
+                            "firmware": last.get("fw"), "stuck_keys": last.get("stuck", 0),
+                            "bad_downlinks": last.get("bad_down") or 0}
         return {"hall": self.cfg.hall, "devices": devices, "counts": self._stats.snapshot(),
                 "rejected": self._stats.rejected(), "quarantined": self.store.quarantine_counts(),
                 "alarms": self.store.open_alarms(), "backlog": self.backlog(),

@@ -60,6 +60,7 @@ class K(IntEnum):
     CLERK_NAME = 24
     STUCK = 25          # bit mask of keys held down past the stuck-key limit
     OUTBOX_FREE = 26    # free outbox slots
+    BAD_DOWN = 27       # hello/heartbeat: downlinks discarded since boot (failed MAC, too large, bad topic)
 
 
 class Service(IntEnum):
@@ -206,7 +207,7 @@ _HEALTH = ((K.EPOCH, "epoch", "u16", True), (K.BOOT, "boot", "u32", True), (K.NO
            (K.OUTBOX, "outbox", "u32", True), (K.OUTBOX_FREE, "outbox_free", "u32", True),
            (K.UPTIME, "uptime", "u32", True), (K.RSSI, "rssi", "int", True),
            (K.IGNORED, "ignored", "u32", True), (K.STUCK, "stuck", "u16", True),
-           (K.TIME, "time", "time", True))
+           (K.TIME, "time", "time", True), (K.BAD_DOWN, "bad_down", "u32", False))
 
 
 @dataclass
@@ -226,6 +227,7 @@ class Hello(Message):
     ignored: int
     stuck: int
     time: int | None
+    bad_down: int | None = None     # absent while 0 (a keypad that discarded nothing sends no field)
 
 
 @dataclass

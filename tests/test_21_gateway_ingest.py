@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 from conftest import device_key, make_keystore
 from gw_helpers import Device, hello, rating, rows, start_gateway, write_config
@@ -232,3 +233,16 @@ def test_quarantine_flood_is_bounded_and_good_ratings_still_count(tmp_path: Path
     finally:
         a.stop()
         gw.stop()
+
+
+def test_heartbeat_reports_discarded_downlinks(setup: dict[str, object]) -> None:
+    gw, devs = setup["gw"], setup["devs"]
+    assert isinstance(gw, Gateway) and isinstance(devs, dict)
+    hb = messages.Heartbeat(epoch=1, boot=1, nonce=5, fw="1.0.0", reset=1, heap=40000, outbox=0,
+                            outbox_free=100, uptime=5, rssi=-50, ignored=0, stuck=0, time=None, bad_down=3)
+    assert messages.decode_payload(hb.encode()) == hb
+    plain = messages.Heartbeat(**{**hb.__dict__, "bad_down": None})
+    assert 27 not in cbor2.loads(plain.encode()) and cbor2.loads(hb.encode())[27] == 3
+    devs[A].publish(cose.mac0_encode(KA, A.encode(), hb.encode()))
+    assert gw.wait_until(lambda: gw.status()["devices"][A]["bad_downlinks"] == 3, 10)
+    assert gw.status()["devices"][B]["bad_downlinks"] == 0

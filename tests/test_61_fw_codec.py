@@ -230,3 +230,18 @@ def test_up_messages_byte_identical_to_cpython(tmp_path: Path) -> None:
     path.write_text(json.dumps(cases), encoding="utf-8")
     out = assert_mpy_ok("mp_codec.py", env={"CS_CODEC_UP": str(path)})
     assert f"ok {len(cases)} up messages byte-identical to CPython mac0_encode" in out
+
+
+def test_health_bad_down_byte_identical_to_cpython() -> None:
+    """The optional bad_down (key 27): absent while 0, else appended last, the same bytes on both."""
+    out = assert_mpy_ok("mp_health.py", heap="256K")
+    got = {int(b): bytes.fromhex(h) for _hb, b, h in (ln.split() for ln in out.splitlines()
+                                                       if ln.startswith("HB "))}
+    assert set(got) == {0, 3, 70000}
+    for bad, data in got.items():
+        want = messages.Heartbeat(epoch=1, boot=7, nonce=5, fw="cs-fw 1.0.0", reset=1, heap=40000, outbox=2,
+                                  outbox_free=8998, uptime=300, rssi=-61, ignored=3, stuck=0, time=None,
+                                  bad_down=bad or None)
+        assert data == want.encode(), bad
+        assert messages.decode_payload(data) == want
+    assert 27 not in cbor2.loads(got[0]) and cbor2.loads(got[70000])[27] == 70000

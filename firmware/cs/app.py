@@ -122,7 +122,7 @@ class App:
         n = msgs.health(self._payload, typ, self.state.epoch, self.state.boot, self.clock.new_nonce(),
                         VERSION, self.board.reset_cause(), gc.mem_free(), self.outbox.depth,
                         self.outbox.free, self.clock.uptime_s(), self.board.rssi(), self.flow.ignored,
-                        self.keys.stuck, self.clock.unix_s())
+                        self.keys.stuck, self.clock.unix_s(), self.bad_downlink + self.client.dropped())
         self.client.publish(self._up, self._seal(n), 1)
 
     # -- MQTT events -----------------------------------------------------------------------------

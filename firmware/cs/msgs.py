@@ -40,6 +40,7 @@ _K_RSSI = const(18)
 _K_IGNORED = const(19)
 _K_STUCK = const(25)
 _K_OUTBOX_FREE = const(26)
+_K_BAD_DOWN = const(27)
 
 _U16 = const(0xFFFF)
 _U32 = const(0xFFFFFFFF)
@@ -97,11 +98,12 @@ def _tail(buf, p, prompt, time, mono, delay, boot):
 
 
 def health(buf, typ, epoch, boot, nonce, fw, reset, heap, outbox, outbox_free, uptime, rssi, ignored,
-           stuck, time):
-    """Hello (typ 3) or heartbeat (typ 4). fw: str or UTF-8 bytes (bytes: no allocation)."""
+           stuck, time, bad_down=0):
+    """Hello (typ 3) or heartbeat (typ 4). fw: str or UTF-8 bytes (bytes: no allocation). bad_down:
+    downlinks discarded since boot, sent only when not 0 (key 27 sorts last: appended)."""
     if typ != _T_HELLO and typ != _T_HEARTBEAT:
         raise ValueError("bad-type")
-    buf[0] = 0xAE           # map(14)
+    buf[0] = 0xAF if bad_down else 0xAE     # map(15) / map(14)
     p = _u(buf, 1, _K_TYPE, typ, 0, 255)
     p = _u(buf, p, _K_EPOCH, epoch, 0, _U16)
     p = _time(buf, p, time)
@@ -126,7 +128,10 @@ def health(buf, typ, epoch, boot, nonce, fw, reset, heap, outbox, outbox_free, u
         p = cbor.put_int(buf, p + 1, rssi)
     p = _u(buf, p, _K_IGNORED, ignored, 0, _U32)
     p = _u(buf, p, _K_STUCK, stuck, 0, _U16)
-    return _u(buf, p, _K_OUTBOX_FREE, outbox_free, 0, _U32)
+    p = _u(buf, p, _K_OUTBOX_FREE, outbox_free, 0, _U32)
+    if bad_down:
+        p = _u(buf, p, _K_BAD_DOWN, bad_down, 0, _U32)
+    return p
 
 
 # ---- decoder, checked like messages.from_map: the type, then unknown keys, then each field in spec

@@ -17,7 +17,8 @@ NAMES = {"epoch": M.K_EPOCH, "seq": M.K_SEQ, "score": M.K_SCORE, "scale": M.K_SC
          "fw": M.K_FW, "reset": M.K_RESET, "heap": M.K_HEAP, "outbox": M.K_OUTBOX,
          "uptime": M.K_UPTIME, "rssi": M.K_RSSI, "ignored": M.K_IGNORED, "clerk": M.K_CLERK,
          "service": M.K_SERVICE, "txn": M.K_TXN, "timeout": M.K_TIMEOUT,
-         "clerk_name": M.K_CLERK_NAME, "stuck": M.K_STUCK, "outbox_free": M.K_OUTBOX_FREE}
+         "clerk_name": M.K_CLERK_NAME, "stuck": M.K_STUCK, "outbox_free": M.K_OUTBOX_FREE,
+         "bad_down": 27}   # optional health field (cs/msgs.py _K_BAD_DOWN)
 TYPES = {"rating": M.T_RATING, "no_rating": M.T_NO_RATING, "hello": M.T_HELLO,
          "heartbeat": M.T_HEARTBEAT, "ack": M.T_ACK, "prompt": M.T_PROMPT,
          "time": M.T_TIME,
