@@ -19,9 +19,9 @@ outbox.bin: erasing would lose its identity and its unsent ratings (``countersig
 reconciles them first). A simulated keypad runs no esptool: the image steps are skipped.
 
 Then the application, in the same raw-REPL session (link.py; the app's watchdog is extended for it), as
-device/bundle.py's ``install_into`` does on a simulated keypad's folder:
+common/bundle.py's ``install_into`` does on a simulated keypad's folder:
 
-1. the bundle of the board (device/bundle.py): a .mpy tree, its manifest with sha256 per file, and the
+1. the bundle of the board (common/bundle.py): a .mpy tree, its manifest with sha256 per file, and the
    same tree as a ROMFS image; ``app.txt`` on the keypad names the installed one;
 2. a usable ROMFS partition (``vfs.rom_ioctl`` and partition 0, large enough: not on stock images) takes
    the image (mpremote's own ``romfs deploy`` code) and the pointer becomes ``/rom``; otherwise the tree

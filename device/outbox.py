@@ -1,6 +1,6 @@
 """A keypad's outbox file (``outbox.bin``) read on the host, without changing it.
 
-The format is firmware/cs/outbox.py's (and sim/outbox.py's): records ``kind (1) | body length (2) | body
+The format is firmware/cs/outbox.py's (and common/outbox.py's): records ``kind (1) | body length (2) | body
 | CRC32 (4)``, ITEM bodies ``epoch (2) | seq (4) | the COSE_Mac0 as sent``, ACK bodies ``epoch (2) |
 seq (4) * n``. A torn or damaged tail ends the read (the keypad drops it on load as well).
 """

@@ -40,7 +40,7 @@ from .errors import ProtocolError
 from .messages import Ack, Heartbeat, Hello, Message, NoRating, Prompt, Rating, Session, TimeSync
 
 VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
-# Must-fail regressions found by inputs nobody on the project wrote (issue 9: public vectors, fuzzing),
+# Must-fail regressions found by inputs nobody on the project wrote (public vectors, fuzzing),
 # kept apart from the 31 golden cases whose count the firmware's vector script pins.
 REGRESS = "regress"
 
@@ -257,7 +257,7 @@ def _fail_cases() -> dict[str, dict[str, Any]]:
 
 
 def _regress_cases() -> dict[str, dict[str, Any]]:
-    """Issue 9's reproducers and their siblings, each MACed with the right key so only the defect fails."""
+    """The hardening reproducers and siblings, each MACed with the right key so only the defect fails."""
     payload = RATING.encode()
     out: dict[str, dict[str, Any]] = {}
 

@@ -1,4 +1,4 @@
-"""Regression vectors (protocol/vectors/regress/, issue 9): the inputs that found a defect, each refused
+"""Regression vectors (protocol/vectors/regress/): the inputs that found a defect, each refused
 with its reason. The codec/CDDL agreement of every vector, on CPython and on the firmware, is
 tests/test_12_cddl.py; here what is particular to each defect class."""
 

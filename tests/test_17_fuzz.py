@@ -1,4 +1,4 @@
-"""Property tests and the short seeded fuzz pass of the codecs (issue 9; `make fuzz` is the long one).
+"""Property tests and the short seeded fuzz pass of the codecs (`make fuzz` is the long one).
 
 - encode/decode round trips: any value of the profile's types, and every device message type;
 - every single-byte change of a valid message is rejected, or decodes to a different message whose

@@ -1,4 +1,4 @@
-"""A rejected entry never stops the rest of its batch at the province (issue 9): each kind of malformed
+"""A rejected entry never stops the rest of its batch at the province: each kind of malformed
 entry inside a validly signed batch is rejected with a reason, the good entries around it are stored,
 and the receiver goes on serving the next batch. Through province.receiver.process_message on a real
 store (the worker's processing thread runs exactly this per batch), plus a hypothesis fuzz of entries.

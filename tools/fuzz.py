@@ -1,4 +1,4 @@
-"""Differential fuzzing of the two codecs (issue 9): mutated device messages judged by the CPython
+"""Differential fuzzing of the two codecs: mutated device messages judged by the CPython
 reference (protocol/cose.py, messages.py) and by the keypad's codec on the MicroPython unix port
 (firmware/cs, through tests/fw/mp_verdicts.py, thousands of inputs per interpreter process).
 
