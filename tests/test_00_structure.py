@@ -117,3 +117,23 @@ def test_wheel_runs_a_simulated_hall(wheel_venv: Path, tmp_path: Path) -> None:
     assert rep["settled"], rep
     assert (rep["lost"], rep["duplicated"], rep["invented"], rep["altered"]) == (0, 0, 0, 0), rep
     assert rep["hops"]["received_province"] > 0, rep["hops"]
+
+
+def test_readme_data_path_table_names_real_code() -> None:
+    """Every file and function in the README's data-path table exists (a rename must update the README)."""
+    import ast
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## The data path, hop by hop", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| [^|]+ \| `([^`]+)` \| `([^`]+)` \|$", section, re.M)
+    assert len(rows) >= 15, rows
+    for path, name in rows:
+        tree = ast.parse((ROOT / path).read_text(), path)
+        scope: list[ast.stmt] = tree.body
+        for part in name.split("."):
+            found = [n for n in scope if isinstance(n, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                     and n.name == part]
+            assert found, f"README data path: {path} has no {name}"
+            node = found[0]
+            scope = node.body if isinstance(node, ast.ClassDef) else []
