@@ -1,9 +1,11 @@
-"""One hall end to end on CPython: province broker + receiver, hall broker + gateway, reference keypads.
+"""One or more halls end to end: province broker + receiver, per hall a broker + gateway, and keypads.
 
-Used by the end-to-end tests, ``countersign sim chain`` (today's ``make demo``) and the benchmark. Every
-part is the real one (mosquitto processes, the gateway and province objects with their SQLite files,
-keypads speaking the protocol over MQTT); only the keypads are the CPython reference device rather than
-MicroPython firmware.
+Used by the end-to-end tests, ``countersign sim chain``, ``countersign sim hall`` (``make demo``), the
+province simulation's set-up and the benchmark. Every part is the real one (mosquitto processes, the
+gateway and province with their SQLite files, keypads speaking the protocol over MQTT). A keypad is the
+CPython reference device, or the real firmware on the MicroPython unix port for the first
+``ChainConfig.firmware`` windows of each hall; scenarios reach either through ``keypad(dev)``, the one
+keypad interface (``keypad.py``), and serve customers with the one routine (``customer.py``).
 """
 
 from __future__ import annotations
