@@ -40,6 +40,10 @@ from .store import Outcome, RatingRecord, Store
 
 log = logging.getLogger("countersign.gateway.ingest")
 
+# Seqs per ack sent to a keypad (the protocol allows 32): half the list the keypad decodes an ack into,
+# so a 64 KB heap fragmented by a long drain still finds the block for it.
+ACK_SEQS = 16
+
 PAUSE_ENV = "COUNTERSIGN_TEST_PAUSE_AT"
 
 
@@ -189,8 +193,8 @@ class Ingest:
         self.stats.incr("group_commits")
         self.stats.incr("messages", len(group))
         for (dev, epoch), seqs in acks.items():
-            for i in range(0, len(seqs), limits.MAX_ACK_SEQS):
-                if self.send(dev, messages.Ack(epoch, tuple(seqs[i:i + limits.MAX_ACK_SEQS]))):
+            for i in range(0, len(seqs), ACK_SEQS):
+                if self.send(dev, messages.Ack(epoch, tuple(seqs[i:i + ACK_SEQS]))):
                     self.stats.incr("acks_sent")
         if replies:
             with self.store.read() as c:

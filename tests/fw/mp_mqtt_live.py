@@ -50,7 +50,7 @@ def on_puback(pid):
 
 def on_msg(topic, payload):
     text = bytes(payload).decode()
-    say("MSG", topic.decode(), text)
+    say("MSG", bytes(topic).decode(), text)
     if text.startswith("pub "):
         body = text[4:].encode()
         say("PUB", c.publish(UP, body), text[4:])

@@ -283,7 +283,7 @@ class Client:
                 # every reconnect, and the acks and prompts queued behind it would never arrive.
                 self._r[_DROP] += 1
             elif self.on_msg:
-                self.on_msg(bytes(topic), payload)
+                self.on_msg(topic, payload)     # views into the parser buffer: valid until it returns
             if pid:   # PUBACK only once the application has taken the message
                 # Written over the packet just handled (the parser starts the next one afresh).
                 self._send(p.mv, pkt.puback(p.mv, pid))
@@ -367,10 +367,12 @@ def _b(s):
 def _our_topic(t):
     # The protocol's topics are printable ASCII without spaces or wildcards (cs/1/d/<id>/...): anything
     # else (U+0000, invalid or any non-ASCII UTF-8, a wildcard) is not a downlink of ours.
-    for c in t:
+    n = len(t)
+    for i in range(n):      # an index loop: iterating the memoryview would allocate an iterator
+        c = t[i]
         if c < 0x21 or c > 0x7E or c == 0x23 or c == 0x2B:
             return False
-    return len(t) > 0
+    return n > 0
 
 
 def _reason(e):
