@@ -10,7 +10,7 @@ gateway's Ed25519 public key and the province's. Every further line is one messa
 ``direction`` is the topic's last segment: up / down / will on a hall broker, batch / ack on the
 provincial one. tests/xcheck_capture.py re-verifies a capture with pycose, importing nothing from here.
 
-The capture logs in as the read-only ``_observer`` user (see ``gateway.brokerconf.observer_acl``), never
+The capture logs in as the read-only ``_observer`` user (see ``common.brokerconf.observer_acl``), never
 as the gateway: with ``use_username_as_clientid`` a second ``_gateway`` login would kick the real gateway
 off. Brokers only have that user when their config was generated with an observer password, which
 ``enable_observer`` does for a ``Chain`` before its brokers start.
