@@ -180,19 +180,15 @@ def process_message(s: st.Store, registry: Keystore, province_key: Ed25519Privat
             outcome = s.insert_prompt(st.PromptRow(hall, e.prompt, e.device, e.ctx, e.timeout, b.batch))
         else:
             try:
-                try:
-                    row = _device_row(registry, hall, b, e)
-                except (ProtocolError, ValueError, TypeError, KeyError) as exc:
-                    if isinstance(exc, EntryRejected):
-                        raise
-                    # A gap in a decoder, still one bad entry: it must not cost the rest of the batch.
-                    log.error("hall %s batch %d entry %d: unexpected %r", hall, b.batch, i, exc)
-                    raise EntryRejected(f"unexpected {type(exc).__name__}: {exc}", "bad-entry") from exc
-            except EntryRejected as exc:
-                rejected.append((i, exc.reason))
-                log.warning("hall %s batch %d entry %d rejected: %s (%s)", hall, b.batch, i, exc.reason, exc)
-                if exc.reason in SECURITY_REASONS:
-                    s.alarm("rejected-entry", hall, None, f"batch {b.batch} entry {i}: {exc.reason}: {exc}")
+                row = _device_row(registry, hall, b, e)
+            except (ProtocolError, ValueError, TypeError, KeyError) as exc:
+                # EntryRejected carries its reason; anything else is a gap in a decoder, still one bad
+                # entry: it must not cost the rest of the batch.
+                reason = exc.reason if isinstance(exc, EntryRejected) else "bad-entry"
+                rejected.append((i, reason))
+                log.warning("hall %s batch %d entry %d rejected: %s (%r)", hall, b.batch, i, reason, exc)
+                if reason in SECURITY_REASONS:
+                    s.alarm("rejected-entry", hall, None, f"batch {b.batch} entry {i}: {reason}: {exc}")
                 continue
             outcome = s.insert_rating(row)
         if outcome is Outcome.STORED:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from conftest import device_key, make_keystore
 from gw_helpers import Device, hello, rating, rows, start_gateway, write_config
 
+from countersign.gateway.config import GatewayConfig
 from countersign.gateway.gateway import Gateway
 from countersign.protocol import cbor, cose, limits, messages, topics
 from countersign.protocol.keystore import DeviceKey, Keystore
@@ -37,6 +39,18 @@ def setup(tmp_path: Path, hall_broker: Callable[[Keystore], Mosquitto]) -> Itera
     g = state["gw"]
     assert isinstance(g, Gateway)
     g.stop()
+
+
+@contextmanager
+def own_gateway(cfg: GatewayConfig, broker: Mosquitto) -> Iterator[tuple[Gateway, Device]]:
+    """A gateway of its own config on ``broker``, with keypad A connected; both stopped afterwards."""
+    gw = start_gateway(cfg)
+    a = Device(broker.port, A, KA).start()
+    try:
+        yield gw, a
+    finally:
+        a.stop()
+        gw.stop()
 
 
 def stored(gw: Gateway) -> list[tuple[object, ...]]:
@@ -167,17 +181,13 @@ def test_storage_alarm_raised_and_ratings_still_kept(tmp_path: Path,
     ks = make_keystore(devices=1)
     broker = hall_broker(ks)
     # a threshold no disk meets: the alarm is raised at start-up, and nothing is refused or dropped
-    gw = start_gateway(write_config(tmp_path, ks, broker.port, storage_min_free_bytes=2**62))
-    a = Device(broker.port, A, KA).start()
-    try:
+    cfg = write_config(tmp_path, ks, broker.port, storage_min_free_bytes=2**62)
+    with own_gateway(cfg, broker) as (gw, a):
         assert [al["kind"] for al in gw.status()["alarms"]] == ["storage"]
         a.publish(rating(KA, A, 1))
         assert a.wait_acked({1})
         assert stored(gw) == [(A, 1, 1, 4)]
         assert [al["kind"] for al in gw.store.open_alarms()] == ["storage"]   # raised once, not per commit
-    finally:
-        a.stop()
-        gw.stop()
 
 
 def test_no_downlink_over_the_keypads_limit(setup: dict[str, object]) -> None:
@@ -215,9 +225,8 @@ def test_quarantine_flood_is_bounded_and_good_ratings_still_count(tmp_path: Path
                                                                   ) -> None:
     ks = make_keystore(devices=1)
     broker = hall_broker(ks)
-    gw = start_gateway(write_config(tmp_path, ks, broker.port, quarantine_keep=50, quarantine_sample=10))
-    a = Device(broker.port, A, KA).start()
-    try:
+    cfg = write_config(tmp_path, ks, broker.port, quarantine_keep=50, quarantine_sample=10)
+    with own_gateway(cfg, broker) as (gw, a):
         forged = rating(KB, A, 999)            # A's id, another key: bad MAC
         for i in range(300):
             a.publish(forged)
@@ -230,9 +239,6 @@ def test_quarantine_flood_is_bounded_and_good_ratings_still_count(tmp_path: Path
         assert kept == (50 + 250 // 10,)
         floods = [al for al in gw.store.open_alarms() if al["kind"] == "quarantine-flood"]
         assert len(floods) == 1 and floods[0]["device"] == A, floods
-    finally:
-        a.stop()
-        gw.stop()
 
 
 def test_heartbeat_reports_discarded_downlinks(setup: dict[str, object]) -> None:
