@@ -1,7 +1,7 @@
 """Firmware codec (firmware/cs/cbor.py, cose.py, msgs.py) on the real MicroPython unix port.
 
-- tests/fw/mp_codec.py: encoder boundaries, decoder limits and reasons, HMAC-SHA256 (RFC 4231), field
-  validation, no allocation while encoding ratings;
+- tests/fw/mp_codec.py: encoder boundaries, decoder limits and reasons, HMAC-SHA256 (RFC 4231), COSE;
+- tests/fw/mp_msgs.py: field validation, the down decoder, no allocation while encoding ratings;
 - tests/fw/mp_vectors.py: every protocol/vectors/*.json, byte for byte and reason for reason;
 - both again in a 64 KB heap, as the device would run them (firmware and scripts compiled by mpy-cross);
 - a differential run: thousands of mutated downlinks judged by the CPython reference
@@ -45,6 +45,11 @@ def _mpy_cross() -> str:
 
 def test_codec_unit_checks() -> None:
     out = assert_mpy_ok("mp_codec.py")
+    assert "FAIL" not in out and "passed" in out.splitlines()[-1]
+
+
+def test_message_unit_checks() -> None:
+    out = assert_mpy_ok("mp_msgs.py")
     assert "heap growth over 1000 rating encodes: 0 bytes" in out
     assert "FAIL" not in out and "passed" in out.splitlines()[-1]
 
@@ -60,13 +65,15 @@ def test_both_scripts_in_a_64k_heap(tmp_path: Path) -> None:
     """Compiled as on the device (a 64 KB heap cannot also hold the compiler's parse of these files)."""
     (tmp_path / "cs").mkdir()
     for name in CODEC_FILES:
+        # A relative source name, as the bundle builder gives: the name is a qstr in the heap, and an
+        # absolute one grows with the checkout's path (CI's is longer than a developer's).
         subprocess.run([_mpy_cross(), "-o", str(tmp_path / "cs" / name.replace(".py", ".mpy")),
-                        str(FIRMWARE / "cs" / name)], check=True, cwd=FIRMWARE)
-    for name in ("mpyboot.py", "upmsgs.py", "mp_codec.py", "mp_vectors.py"):
+                        f"cs/{name}"], check=True, cwd=FIRMWARE)
+    for name in ("mpyboot.py", "upmsgs.py", "mp_codec.py", "mp_msgs.py", "mp_vectors.py"):
         subprocess.run([_mpy_cross(), "-o", str(tmp_path / name.replace(".py", ".mpy")), name],
                        check=True, cwd=FW_TESTS)
     env = {"PATH": "/usr/bin:/bin", "CS_FIRMWARE": str(tmp_path), "CS_VECTORS": str(VECTORS)}
-    for script in ("mp_codec", "mp_vectors"):
+    for script in ("mp_codec", "mp_msgs", "mp_vectors"):
         r = subprocess.run([micropython(), "-X", "heapsize=64K", "-m", script], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=120, check=False)
         out = r.stdout + r.stderr
@@ -180,7 +187,7 @@ def test_differential_against_the_cpython_reference(tmp_path: Path) -> None:
             "kid-mismatch", "unexpected-tag", "indefinite-length"} <= reasons, reasons
     path = tmp_path / "cases.json"
     path.write_text(json.dumps(cases), encoding="utf-8")
-    out = assert_mpy_ok("mp_codec.py", env={"CS_CODEC_CASES": str(path)})
+    out = assert_mpy_ok("mp_msgs.py", env={"CS_CODEC_CASES": str(path)})
     assert f"differential cases: {len(cases)}" in out
     assert f"ok same verdict as CPython on {len(cases)} mutated messages" in out
 
@@ -228,7 +235,7 @@ def test_up_messages_byte_identical_to_cpython(tmp_path: Path) -> None:
         cases.append([kind, key.hex(), kid, a, want.hex()])
     path = tmp_path / "up.json"
     path.write_text(json.dumps(cases), encoding="utf-8")
-    out = assert_mpy_ok("mp_codec.py", env={"CS_CODEC_UP": str(path)})
+    out = assert_mpy_ok("mp_msgs.py", env={"CS_CODEC_UP": str(path)})
     assert f"ok {len(cases)} up messages byte-identical to CPython mac0_encode" in out
 
 

@@ -2,10 +2,10 @@
 # good cases are rebuilt byte for byte by the firmware's encoders and accepted by its verifier; must-fail
 # cases are refused with the vector's reason.
 import mpyboot
-from mpyboot import check, done
+from mpyboot import check, done, h, reason_of
 import json
 import os
-from binascii import hexlify, unhexlify
+from binascii import unhexlify
 
 from cs import cbor, cose, msgs
 import upmsgs as M
@@ -32,18 +32,6 @@ UP = (M.T_RATING, M.T_NO_RATING, M.T_HELLO, M.T_HEARTBEAT)
 DEVICE_REASON = {"fail-17-score-outside-scale.json": "bad-type",
                  "fail-18-unknown-field.json": "bad-type",
                  "fail-19-downlink-type-sent-up.json": None}
-
-
-def h(b):
-    return hexlify(b).decode()
-
-
-def reason_of(fn):
-    try:
-        fn()
-    except ValueError as e:
-        return e.args[0] if e.args else "?"
-    return None
 
 
 def encode_fields(buf, typ, fields):

@@ -31,3 +31,23 @@ def raises(fn, reason=None):
 
 def done():
     print("passed", _n[0], "checks")
+
+
+def h(b):
+    from binascii import hexlify
+    return hexlify(b).decode()
+
+
+def x(s):
+    """bytes from hex with spaces, as the cases are written"""
+    from binascii import unhexlify
+    return unhexlify(s.replace(" ", ""))
+
+
+def reason_of(fn):
+    """The reason fn() is refused with (ValueError's first argument), or None if it is accepted."""
+    try:
+        fn()
+    except ValueError as e:
+        return e.args[0] if e.args else "?"
+    return None
