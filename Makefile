@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 XCHECK := .venv-xcheck
 XSTAMP := $(XCHECK)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-DEBS := mosquitto mosquitto-clients socat faketime
+# chromium + chromium-driver: the hall page's tests drive Debian's own headless browser (no download).
+DEBS := mosquitto mosquitto-clients socat faketime chromium chromium-driver
 
 .PHONY: all deps debs venv xcheck test demo bench lint clean firmware mpy-stubs fuzz
 
