@@ -24,6 +24,7 @@ from .forward import Forwarder, ForwarderConfig
 from .ingest import Ingest
 from .stats import Stats
 from .store import Store
+from .watch import Watch
 
 log = logging.getLogger("countersign.gateway")
 
@@ -34,6 +35,8 @@ class Gateway:
     def __init__(self, config: GatewayConfig,
                  on_fatal: Callable[[BaseException], None] | None = None) -> None:
         """``on_fatal`` is called (from a worker thread) if ingest dies of a bug; the daemon then exits."""
+        # First: every part below (and the helpers' threads) spawns or adopts its thread through it.
+        self.watch = Watch(self._fatal)
         self.cfg = config
         self.failed = threading.Event()
         self._on_fatal_cb = on_fatal
