@@ -35,3 +35,33 @@ class NotFound(ApiError, LookupError):
 
 class Conflict(ApiError):
     status = 409
+
+
+class Unauthorized(ApiError):
+    """No credential, or one that is unknown or revoked (answered with WWW-Authenticate: Bearer)."""
+
+    status = 401
+
+
+class Forbidden(ApiError):
+    """A valid credential asking for something it may not do, e.g. a window it may not drive."""
+
+    status = 403
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class TooMany(ApiError):
+    """Rate limited; ``retry_after`` (seconds) becomes the Retry-After header when given."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(ApiError):
+    status = 503
