@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from countersign.protocol import topics
-from countersign.protocol.keystore import Keystore, mqtt_password, write_atomic
+from countersign.protocol.keystore import FileOwner, Keystore, mqtt_password, write_atomic
 
 _PBKDF2_ITERATIONS = 101   # mosquitto_passwd's own default for $7$ (PBKDF2-SHA512)
 
@@ -120,18 +120,33 @@ def conf_text(files: BrokerFiles, *, title: str, port: int, bind: str = "0.0.0.0
     return "\n".join(lines) + "\n"
 
 
+def broker_owner(run_as: str | None) -> FileOwner | None:
+    """The owner of the broker's passwd, acl and data folder: the user mosquitto drops to."""
+    return None if not run_as else FileOwner.parse(run_as)
+
+
 def write_broker_dir(out_dir: Path, *, passwd: str, acl: str, title: str, port: int, bind: str = "0.0.0.0",
                      run_as: str | None = None, persistence: bool = True, max_packet_size: int,
                      extra: Sequence[str] = ()) -> BrokerFiles:
     """Write mosquitto.conf, passwd and acl into ``out_dir`` (and ``data/`` with persistence)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    owner = broker_owner(run_as)            # an unknown user fails here, before anything is written
+    if not out_dir.is_dir():
+        out_dir.mkdir(parents=True)
+        # Not the tool's umask (0027 under a hardened shell would make it root's alone): the broker,
+        # once it dropped to run_as, must still get through it to passwd and acl.
+        out_dir.chmod(0o755)
     files = BrokerFiles(out_dir / "mosquitto.conf", out_dir / "passwd", out_dir / "acl")
-    # mosquitto 2.0 reads these after dropping privileges; 0o644 keeps them readable for `user mosquitto`.
-    write_atomic(files.passwd, passwd, mode=0o640)
-    write_atomic(files.acl, acl, mode=0o644)
+    # mosquitto 2.0 reads passwd and acl after dropping privileges (at start and on every SIGHUP), and
+    # 2.0.16+ warns that it will refuse files not owned by its own user: so they are the run-as user's,
+    # 0640. Without run_as they keep whatever owner they had (write_atomic), for the tools' rewrites.
+    write_atomic(files.passwd, passwd, mode=0o640, owner=owner)
+    write_atomic(files.acl, acl, mode=0o640, owner=owner)
     data_dir = out_dir / "data" if persistence else None
     if data_dir is not None:
-        data_dir.mkdir(exist_ok=True)
+        data_dir.mkdir(mode=0o750, exist_ok=True)
+        if owner is not None:
+            # The persistence file is written by the broker itself, after it dropped to run_as.
+            os.chown(data_dir, owner.uid, owner.gid)
     write_atomic(files.conf, conf_text(files, title=title, port=port, bind=bind, data_dir=data_dir,
                                        run_as=run_as, max_packet_size=max_packet_size, extra=extra),
                  mode=0o644)

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from countersign.common.brokerconf import OBSERVER_USER, hall_acl_text, hall_passwd_text, password_hash
-from countersign.protocol.keystore import DeviceKey, Keystore, KeystoreError, mqtt_password, write_atomic
+from countersign.protocol.keystore import (
+    DeviceKey,
+    FileOwner,
+    Keystore,
+    KeystoreError,
+    mqtt_password,
+    write_atomic,
+)
 
 from .errors import DeviceToolError
 
@@ -44,6 +51,12 @@ class HallFiles:
 
     def apply(self, add: dict[str, DeviceKey] | None = None, revoke: list[str] | None = None) -> list[str]:
         """Add (or re-key) ``add`` and revoke ``revoke`` everywhere; returns what was done, one line each."""
+        try:
+            return self._apply(add, revoke)
+        except KeystoreError as exc:        # a file that cannot keep its owner, or a damaged registry
+            raise DeviceToolError(str(exc)) from exc
+
+    def _apply(self, add: dict[str, DeviceKey] | None, revoke: list[str] | None) -> list[str]:
         add = add or {}
         revoke = revoke or []
         done: list[str] = []
@@ -94,8 +107,13 @@ class HallFiles:
                             for dev, dk in sorted(ks.devices.items()) if not dk.revoked]
             text = "\n".join(lines) + "\n"
             observer = any(ln.split(":", 1)[0] == OBSERVER_USER for ln in keep)
+        # write_atomic keeps passwd's owner (the broker's user, set by `broker-config --run-as`): a
+        # provisioning run as root must not leave the broker unable to read it on the SIGHUP below. The
+        # acl follows passwd, even if it was missing.
         write_atomic(passwd, text, mode=0o640)
-        write_atomic(self.broker_dir / "acl", hall_acl_text(observer), mode=0o644)
+        st = passwd.stat()
+        write_atomic(self.broker_dir / "acl", hall_acl_text(observer), mode=0o640,
+                     owner=FileOwner(st.st_uid, st.st_gid))
 
 
 def _what(add: dict[str, DeviceKey], revoke: list[str]) -> str:

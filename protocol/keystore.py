@@ -15,8 +15,10 @@ Files are replaced atomically (write-new-then-rename) so a crash never leaves a 
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -125,20 +127,74 @@ class Keystore:
             raise KeystoreError(f"cannot read keystore {path}: {exc}") from exc
         return cls.from_json(data)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        write_atomic(Path(path), json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n")
+    def save(self, path: str | os.PathLike[str], *, owner: FileOwner | None = None) -> None:
+        """0640: the gateway reads the keystore as its own user through the file's group (see
+        ``write_atomic`` for whose file it is)."""
+        write_atomic(Path(path), json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n",
+                     mode=SECRET_MODE, owner=owner)
 
 
-def write_atomic(path: Path, data: str | bytes, mode: int = 0o600) -> None:
-    """Write-new-then-rename with fsync of file and folder: readers see the old file or the new one."""
+# Secrets are never world-readable; the group bit lets a service's user read what root's tools write.
+SECRET_MODE = 0o640
+
+
+@dataclass(frozen=True)
+class FileOwner:
+    """Who a written file belongs to: the service that reads it, not whoever ran the tool."""
+
+    uid: int
+    gid: int
+
+    @classmethod
+    def parse(cls, spec: str) -> FileOwner:
+        """``user`` (its primary group) or ``user:group``, names or numbers."""
+        user, _, group = spec.partition(":")
+        try:
+            pw = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+        except KeyError as exc:
+            raise KeystoreError(f"no such user {user!r}") from exc
+        if not group:
+            return cls(pw.pw_uid, pw.pw_gid)
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError as exc:
+            raise KeystoreError(f"no such group {group!r}") from exc
+        return cls(pw.pw_uid, gid)
+
+
+def write_atomic(path: Path, data: str | bytes, mode: int = 0o600, *,
+                 owner: FileOwner | None = None) -> None:
+    """Write-new-then-rename with fsync of file and folder: readers see the old file or the new one.
+
+    The new file gets ``owner`` when given, else the old file's owner and group: a tool run as root that
+    rewrites the broker's or the gateway's file must not take it away from the service reading it. When
+    that owner cannot be kept (not root, someone else's file), nothing is replaced and the error says so.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    if owner is None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            pass
+        else:
+            owner = FileOwner(st.st_uid, st.st_gid)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
+            mine = os.fstat(f.fileno())
+            if owner is not None and (owner.uid, owner.gid) != (mine.st_uid, mine.st_gid):
+                try:
+                    os.fchown(f.fileno(), owner.uid, owner.gid)
+                except PermissionError as exc:
+                    raise KeystoreError(f"cannot write {path} as {owner.uid}:{owner.gid}, the owner its "
+                                        f"readers need: {exc.strerror} (run as root or as that user)"
+                                        ) from exc
+            # After the chown, which may clear mode bits; before the rename, so no reader ever sees the
+            # file with the wrong owner or mode.
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -167,11 +223,12 @@ def load_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
         raise KeystoreError(f"cannot read signing key {path}: {exc}") from exc
 
 
-def save_signing_key(path: str | os.PathLike[str], key: Ed25519PrivateKey) -> None:
+def save_signing_key(path: str | os.PathLike[str], key: Ed25519PrivateKey, *,
+                     owner: FileOwner | None = None) -> None:
     from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
 
     raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    write_atomic(Path(path), raw.hex() + "\n")
+    write_atomic(Path(path), raw.hex() + "\n", mode=SECRET_MODE, owner=owner)
 
 
 def mqtt_password(key: bytes) -> str:
