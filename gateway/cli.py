@@ -23,6 +23,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     run = sub.add_parser("run", help="run the hall gateway until SIGTERM/SIGINT")
     run.add_argument("--config", required=True, type=Path, help="gateway TOML file")
+    run.add_argument("--pid-file", type=Path, default=None,
+                     help="write the gateway's pid here (0644) while it runs, e.g. "
+                          "/run/countersign-gateway/gateway.pid: the device tools signal it with it")
     run.set_defaults(func=_run)
 
     bc = sub.add_parser("broker-config", help="write the hall mosquitto config from the keystore")
@@ -41,13 +44,19 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from countersign.common.sdnotify import Notifier
+
     from .config import GatewayConfig
+    from .daemon import Daemon, remove_pid_file, write_pid_file
     from .gateway import Gateway
 
     stop = threading.Event()
+    daemon = Daemon(stop, Notifier.from_env())
     try:
         cfg = GatewayConfig.load(args.config)
-        gw = Gateway(cfg, on_fatal=lambda _exc: stop.set())
+        gw = Gateway(cfg, on_fatal=daemon.on_fatal)
+        if args.pid_file is not None:
+            write_pid_file(args.pid_file)
     except (ConfigError, ProtocolError, OSError) as exc:
         print(f"countersign gateway: {exc}", file=sys.stderr)
         return 2
@@ -65,16 +74,11 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGHUP, _on_hup)
-    gw.start()
-    print(f"gateway {cfg.hall} ready http={gw.http_port}", file=sys.stderr, flush=True)
     try:
-        stop.wait()
+        return daemon.run(gw)
     finally:
-        gw.stop()
-    if gw.failed.is_set():
-        print("countersign gateway: ingest failed, exiting for a restart", file=sys.stderr)
-        return 1
-    return 0
+        if args.pid_file is not None:
+            remove_pid_file(args.pid_file)
 
 
 def _broker_config(args: argparse.Namespace) -> int:

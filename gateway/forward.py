@@ -41,10 +41,15 @@ from countersign.protocol import batch, cbor, cose, keystore, limits, topics
 from countersign.protocol.errors import ProtocolError
 
 from .store import HELD_BATCH_ID, init_uplink_schema, uplink_backlog
+from .watch import Watch
 
 log = logging.getLogger(__name__)
 
 PROVINCE_KID = b"province"
+
+# Part names in the gateway's watch.
+THREAD = "forwarder"
+MQTT_LOOP = "uplink-mqtt"
 
 def _no_alarm(kind: str, detail: str) -> None:
     del kind, detail
@@ -133,13 +138,15 @@ class Forwarder:
         self._stats = _Stats(counts={n: 0 for n in _STAT_NAMES})
         self._backlog_alarmed = False
         self._thread: threading.Thread | None = None
+        self._watch: Watch | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         self._client = self._make_client()
 
     # ---- public API ----------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, watch: Watch | None = None) -> None:
+        """With the gateway's ``watch``, the forwarder's thread and its MQTT loop ending is fatal to it."""
         if self._thread is not None:
             raise RuntimeError("forwarder already started")
         # Create the tables here (not only on the thread) so a bad db path fails start(), loudly.
@@ -151,14 +158,23 @@ class Forwarder:
         finally:
             conn.close()
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name=f"forward-{self.cfg.hall}", daemon=True)
-        self._thread.start()
+        self._watch = watch
+        if watch is not None:
+            self._thread = watch.spawn(THREAD, self._run)
+        else:
+            self._thread = threading.Thread(target=self._run, name=f"forward-{self.cfg.hall}", daemon=True)
+            self._thread.start()
         # connect_async + loop_start: the gateway starts even when the province is unreachable, and paho
         # reconnects with backoff for as long as it runs.
         self._client.connect_async(self.cfg.uplink_host, self.cfg.uplink_port, keepalive=self.cfg.keepalive_s)
         self._client.loop_start()
+        if watch is not None:
+            watch.adopt(MQTT_LOOP, self._client._thread)
 
     def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.retire(MQTT_LOOP)
+            self._watch.retire(THREAD)
         self._stopping.set()
         self._wakeup.set()
         if self._thread is not None:

@@ -29,6 +29,7 @@ from .watch import Watch
 log = logging.getLogger("countersign.gateway")
 
 STORAGE_CHECK_MS = 10_000
+HTTP_PART = "http"
 
 
 class Gateway:
@@ -54,7 +55,8 @@ class Gateway:
                 uplink_password=config.uplink_password, batch_size=config.batch_size,
                 retry_s=config.retry_s, backlog_threshold=config.backlog_threshold,
                 now_ms=config.now_ms, on_alarm=self._on_alarm))
-        self.ingest = Ingest(config, self.store, self.keystore, self._stats, self._committed, self._fatal)
+        self.ingest = Ingest(config, self.store, self.keystore, self._stats, self._committed, self._fatal,
+                             self.watch)
         self.api = ApiServer(self, config.http_bind, config.http_port)
         self._last_storage_check = -STORAGE_CHECK_MS
         self._started = False
@@ -63,14 +65,17 @@ class Gateway:
     # --- lifecycle --------------------------------------------------------------------------------------
 
     def start(self, wait_s: float = 10.0) -> None:
-        """Start every part; wait up to ``wait_s`` for the broker subscription (it keeps retrying after)."""
+        """Start every part; wait up to ``wait_s`` for the broker subscription (it keeps retrying after).
+
+        ``wait_s=0``: do not wait (the daemon watches ``ingest.ready`` and the parts itself)."""
         if self.forwarder is not None:
-            self.forwarder.start()
+            self.forwarder.start(self.watch)
         self.ingest.start()
         self.api.start()
+        self.watch.adopt(HTTP_PART, self.api.thread)
         self._started = True
         self._check_storage(force=True)
-        if not self.ingest.ready.wait(wait_s):
+        if wait_s > 0 and not self.ingest.ready.wait(wait_s):
             log.warning("hall broker %s:%d not reachable yet; retrying", self.cfg.broker_host,
                         self.cfg.broker_port)
 
@@ -79,6 +84,7 @@ class Gateway:
             self.store.close()
             return
         self._started = False
+        self.watch.stopping()
         self.api.stop()
         self.ingest.stop()
         if self.forwarder is not None:

@@ -37,6 +37,7 @@ from countersign.protocol.keystore import DeviceKey, Keystore
 from .config import GatewayConfig
 from .stats import Stats
 from .store import Outcome, RatingRecord, Store
+from .watch import Watch
 
 log = logging.getLogger("countersign.gateway.ingest")
 
@@ -45,6 +46,9 @@ log = logging.getLogger("countersign.gateway.ingest")
 ACK_SEQS = 16
 
 PAUSE_ENV = "COUNTERSIGN_TEST_PAUSE_AT"
+
+WORKER = "ingest-worker"
+MQTT_LOOP = "hall-mqtt"
 
 
 @dataclass
@@ -75,13 +79,16 @@ class _ContextError(SchemaError):
 
 class Ingest:
     def __init__(self, cfg: GatewayConfig, store: Store, keystore: Callable[[], Keystore], stats: Stats,
-                 on_commit: Callable[[], None], on_fatal: Callable[[BaseException], None]) -> None:
+                 on_commit: Callable[[], None], on_fatal: Callable[[BaseException], None],
+                 watch: Watch | None = None) -> None:
+        """``watch``: the gateway's (a worker or loop that ends is fatal to it); alone, one of our own."""
         self.cfg, self.store, self.keystore, self.stats = cfg, store, keystore, stats
-        self.on_commit, self.on_fatal = on_commit, on_fatal
+        self.on_commit = on_commit
+        self.watch = watch if watch is not None else Watch(on_fatal)
         self.ready = threading.Event()          # subscribed (the broker now queues for us)
         self._q: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         self._pause_at = os.environ.get(PAUSE_ENV) or None
-        self._worker = threading.Thread(target=self._run, name=f"ingest-{cfg.hall}", daemon=True)
+        self._worker: threading.Thread | None = None
         # Persistent session and manual PUBACKs: the hall broker keeps what arrives while we are down and
         # redelivers whatever we had not committed. No jitter: one client per hall broker, on the same host.
         self.client = make_client(
@@ -94,15 +101,20 @@ class Ingest:
     # --- lifecycle ------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._worker.start()
+        self._worker = self.watch.spawn(WORKER, self._run)
         self.client.connect_async(self.cfg.broker_host, self.cfg.broker_port, keepalive=30)
         self.client.loop_start()
+        # paho keeps its network thread here; without it the gateway hears no keypad.
+        self.watch.adopt(MQTT_LOOP, self.client._thread)
 
     def stop(self) -> None:
+        self.watch.retire(MQTT_LOOP)
+        self.watch.retire(WORKER)
         self.client.disconnect()
         self.client.loop_stop()
         self._q.put(None)
-        self._worker.join(10)
+        if self._worker is not None:
+            self._worker.join(10)
 
     # --- MQTT callbacks (paho's network thread: keep them tiny) ----------------------------------------
 
@@ -152,16 +164,16 @@ class Ingest:
             self._loop()
         except BaseException as exc:
             # A bug, not bad input (that is quarantined). Nothing un-committed was PUBACKed, so the safe
-            # reaction is to stop and let the supervisor (systemd Restart=always) start us again.
+            # reaction is to stop (the watch tells the daemon) and let systemd start us again.
             log.critical("ingest worker died: %r", exc, exc_info=True)
-            self.on_fatal(exc)
             raise
 
     def _loop(self) -> None:
         while True:
             group, stop = take_group(self._q, self.cfg.group_max)
             if group:
-                self._process(group)
+                with self.watch.busy(WORKER):
+                    self._process(group)
             if stop:
                 return
 
