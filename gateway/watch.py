@@ -35,8 +35,11 @@ class PartDied(GatewayError, RuntimeError):
     """A part the gateway depends on stopped while the gateway was running."""
 
 
-class InjectedFault(GatewayError, RuntimeError):
-    """Raised inside a part's thread by the ``COUNTERSIGN_TEST_KILL`` hook (tests only)."""
+class InjectedFault(BaseException):
+    """Raised inside a part's thread by the ``COUNTERSIGN_TEST_KILL`` hook (tests only).
+
+    A BaseException, like SystemExit: the fault must end the thread, and libraries' loops (paho's) catch
+    and carry on from any ``Exception``."""
 
 
 class Watch:
