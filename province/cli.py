@@ -181,7 +181,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         files = write_province_broker_files(args.out, registry, hall_pw, province_pw, port=args.port,
                                             bind=args.bind, run_as=args.run_as, province_user=args.username,
                                             workers=args.workers, persistence=not args.no_persistence)
-    except ConfigError as exc:
+    except (ConfigError, KeystoreError) as exc:        # KeystoreError: an unknown --run-as user
         print(f"broker-config: {exc}", file=sys.stderr)
         return 1
     print(files.conf)

@@ -385,6 +385,15 @@ def test_broker_config_unknown_run_as_user_writes_nothing(layout: Layout) -> Non
     assert not out.exists()
 
 
+def test_province_broker_config_unknown_run_as_user_is_one_line(layout: Layout) -> None:
+    Keystore().save(layout.root / "registry.json")
+    r = _cli("province", "broker-config", "--registry", str(layout.root / "registry.json"),
+             "--out", str(layout.root / "pbroker"), "--province-password-file", str(layout.root / "p.pass"),
+             "--hall-passwords", str(layout.root / "halls.json"), "--run-as", "no-such-user-here")
+    assert (r.returncode, r.stderr.strip()) == (1, "broker-config: no such user 'no-such-user-here'")
+    assert not (layout.root / "pbroker").exists()
+
+
 def test_databases_are_created_and_kept_not_world_readable(layout: Layout) -> None:
     old = os.umask(0)                # the most permissive umask: the mode must not come from it
     try:
