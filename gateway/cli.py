@@ -42,6 +42,22 @@ def register(parser: argparse.ArgumentParser) -> None:
     kg.add_argument("--force", action="store_true", help="overwrite an existing key file")
     kg.set_defaults(func=_keygen)
 
+    tok = sub.add_parser("token", help="issue, revoke and list the counter systems' API credentials")
+    tsub = tok.add_subparsers(dest="token_cmd", required=True, metavar="ACTION")
+    ti = tsub.add_parser("issue", help="issue a credential; its token goes to --out (0600), never to stdout")
+    ti.add_argument("--tokens", required=True, type=Path, help="credentials file ([http] tokens)")
+    ti.add_argument("--name", required=True, help="who holds it, e.g. counter-pc-3 (shown in every log line)")
+    ti.add_argument("--windows", required=True, help="windows it may drive: 1,2 or '*' for every window")
+    ti.add_argument("--out", required=True, type=Path, help="file for the token, for the counter PC")
+    ti.set_defaults(func=_token_issue)
+    tr = tsub.add_parser("revoke", help="revoke a credential (the running gateway refuses it at once)")
+    tr.add_argument("--tokens", required=True, type=Path)
+    tr.add_argument("--name", required=True)
+    tr.set_defaults(func=_token_revoke)
+    tl = tsub.add_parser("list", help="list the credentials: names, windows, created, revoked")
+    tl.add_argument("--tokens", required=True, type=Path)
+    tl.set_defaults(func=_token_list)
+
 
 def _run(args: argparse.Namespace) -> int:
     from countersign.common.sdnotify import Notifier
@@ -103,4 +119,60 @@ def _keygen(args: argparse.Namespace) -> int:
     key = new_signing_key()
     save_signing_key(args.out, key)
     print(public_bytes(key).hex())
+    return 0
+
+
+def _windows_text(windows: frozenset[str] | None) -> str:
+    return "*" if windows is None else ",".join(sorted(windows))
+
+
+def _token_issue(args: argparse.Namespace) -> int:
+    from countersign.protocol.keystore import write_atomic
+
+    from .tokens import CredentialsError, issue, parse_windows
+
+    if args.out.exists():
+        print(f"countersign gateway token issue: {args.out} exists; choose another --out", file=sys.stderr)
+        return 2
+    try:
+        windows = parse_windows(args.windows)
+        token = issue(args.tokens, args.name, windows)
+        write_atomic(args.out, token + "\n", mode=0o600)
+    except (CredentialsError, OSError) as exc:
+        print(f"countersign gateway token issue: {exc}", file=sys.stderr)
+        return 2
+    print(f"issued {args.name} windows={_windows_text(windows)} token in {args.out}")
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    from .tokens import CredentialsError, revoke
+
+    try:
+        e = revoke(args.tokens, args.name)
+    except (CredentialsError, OSError) as exc:
+        print(f"countersign gateway token revoke: {exc}", file=sys.stderr)
+        return 2
+    print(f"revoked {e.name}")
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    import datetime
+
+    from .tokens import CredentialsError, read_entries
+
+    try:
+        entries = read_entries(args.tokens)
+    except CredentialsError as exc:
+        print(f"countersign gateway token list: {exc}", file=sys.stderr)
+        return 2
+
+    def when(t: int | None) -> str:
+        if t is None:
+            return "-"
+        return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+    for e in entries:
+        print(f"{e.name}\twindows={_windows_text(e.windows)}\tcreated={when(e.created)}\trevoked={when(e.revoked)}")
     return 0

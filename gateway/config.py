@@ -32,6 +32,13 @@ class GatewayConfig:
     province_public_key: str = ""             # 64 hex digits: verifies the province's batch acks
     http_bind: str = "127.0.0.1"
     http_port: int = 0                        # 0 = pick a free port (tests, several gateways per process)
+    # Counter-system credentials (tokens.py); None = none configured, every API call is refused (401).
+    tokens_path: Path | None = None
+    http_cert: Path | None = None             # TLS on the API when cert and key are both set
+    http_key: Path | None = None
+    http_max_connections: int = 64            # beyond it the oldest idle connection goes, or a 503
+    http_header_timeout_s: float = 10.0       # a request must be complete this long after it starts
+    http_keep_alive_s: float = 5.0
     group_max: int = 256                      # messages per group commit
     batch_size: int = 500                     # entries per signed uplink batch
     retry_s: float = 10.0
@@ -56,6 +63,8 @@ class GatewayConfig:
             raise ConfigError("prompt timeouts must satisfy 10 <= min <= default <= max <= 300")
         if not 1 <= self.group_max <= 10_000:
             raise ConfigError("group_max must be 1..10000")
+        if self.http_max_connections < 1:
+            raise ConfigError("http.max_connections must be at least 1")
         if self.quarantine_keep < 0 or self.quarantine_sample < 1:
             raise ConfigError("quarantine_keep must be >= 0 and quarantine_sample >= 1")
         if self.uplink_host is not None:
@@ -102,6 +111,16 @@ class GatewayConfig:
                       province_public_key=u.text("province_public_key", required=True))
         h = r.section("http")
         kw.update(http_bind=h.text("bind", "127.0.0.1"), http_port=h.port("port", 8080, allow_zero=True))
+        for key, name in (("tokens", "tokens_path"), ("cert", "http_cert"), ("key", "http_key")):
+            if key in h.data:
+                kw[name] = h.path(key)
+        if ("cert" in h.data) != ("key" in h.data):
+            raise ConfigError("http.cert and http.key go together")
+        if "max_connections" in h.data:
+            kw["http_max_connections"] = h.integer("max_connections")
+        for key in ("header_timeout_s", "keep_alive_s"):
+            if key in h.data:
+                kw[f"http_{key}"] = h.number(key)
         t = r.section("tuning")
         for name in ("group_max", "batch_size", "backlog_threshold", "storage_min_free_bytes",
                      "prompt_timeout_default", "prompt_timeout_min", "prompt_timeout_max", "quarantine_keep",
@@ -119,7 +138,7 @@ _KNOWN = {
     "": {"hall", "db", "keystore", "broker", "uplink", "http", "tuning"},
     "broker": {"host", "port", "password", "password_file"},
     "uplink": {"host", "port", "password", "password_file", "signing_key", "province_public_key"},
-    "http": {"bind", "port"},
+    "http": {"bind", "port", "tokens", "cert", "key", "max_connections", "header_timeout_s", "keep_alive_s"},
     "tuning": {"group_max", "batch_size", "retry_s", "backlog_threshold", "storage_min_free_bytes",
                "prompt_timeout_default", "prompt_timeout_min", "prompt_timeout_max", "quarantine_keep",
                "quarantine_sample"},
