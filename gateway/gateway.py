@@ -17,13 +17,16 @@ from countersign.protocol import messages
 from countersign.protocol.context import Context
 from countersign.protocol.keystore import Keystore
 
-from .api import ApiServer
+from .api import create_app
 from .config import GatewayConfig
-from .errors import BadRequest, Conflict, NotFound
+from .errors import ApiError, BadRequest, Conflict, NotFound
 from .forward import Forwarder, ForwarderConfig
+from .http import HttpLimits, HttpServer, TlsFiles
+from .identity import Caller
 from .ingest import Ingest
 from .stats import Stats
 from .store import Store
+from .tokens import Credentials
 from .watch import Watch
 
 log = logging.getLogger("countersign.gateway")
@@ -57,7 +60,15 @@ class Gateway:
                 now_ms=config.now_ms, on_alarm=self._on_alarm))
         self.ingest = Ingest(config, self.store, self.keystore, self._stats, self._committed, self._fatal,
                              self.watch)
-        self.api = ApiServer(self, config.http_bind, config.http_port)
+        self.credentials = Credentials(config.tokens_path)
+        tls = None
+        if config.http_cert is not None and config.http_key is not None:
+            tls = TlsFiles(config.http_cert, config.http_key)
+        self.api = HttpServer(
+            create_app(self, self.credentials), config.http_bind, config.http_port,
+            HttpLimits(max_connections=config.http_max_connections,
+                       header_timeout_s=config.http_header_timeout_s, keep_alive_s=config.http_keep_alive_s),
+            tls)
         self._last_storage_check = -STORAGE_CHECK_MS
         self._started = False
         self._commits = threading.Condition()
@@ -81,6 +92,7 @@ class Gateway:
 
     def stop(self) -> None:
         if not self._started:
+            self.api.stop()       # closes the listening socket it bound in __init__
             self.store.close()
             return
         self._started = False
@@ -186,7 +198,7 @@ class Gateway:
 
     # --- API operations (each validates everything before changing anything) -------------------------------
 
-    def sign_in(self, window: str, body: dict[str, Any]) -> dict[str, Any]:
+    def sign_in(self, caller: Caller, window: str, body: dict[str, Any]) -> dict[str, Any]:
         device = self.device_for_window(window)
         clerk = _text(body, "clerk", required=True)
         name = _text(body, "name", required=False)
@@ -197,7 +209,7 @@ class Gateway:
         log.info("window %s: clerk %s signed in", window, clerk)
         return {"window": window, "clerk": clerk, "name": name, "device": device}
 
-    def sign_out(self, window: str, body: dict[str, Any]) -> dict[str, Any]:
+    def sign_out(self, caller: Caller, window: str, body: dict[str, Any]) -> dict[str, Any]:
         device = self.device_for_window(window)
         _no_extra(body, set())
         with self.store.transaction() as c:
@@ -205,7 +217,7 @@ class Gateway:
         self.ingest.send(device, messages.Session())
         return {"window": window, "clerk": None, "device": device}
 
-    def open_prompt(self, window: str, body: dict[str, Any]) -> dict[str, Any]:
+    def open_prompt(self, caller: Caller, window: str, body: dict[str, Any]) -> dict[str, Any]:
         device = self.device_for_window(window)
         txn = _text(body, "txn", required=True)
         service = body.get("service")
@@ -228,6 +240,16 @@ class Gateway:
         if self.forwarder is not None:
             self.forwarder.wake()
         return {"prompt": pid, "device": device, "clerk": s[0]}
+
+    # Until counter.py (issue 11) provides them: answered, so a counter system sees why.
+    def prompt_result(self, caller: Caller, prompt_id: int) -> dict[str, Any]:
+        raise ApiError("prompt read-back is not available in this build", 501)
+
+    def set_webhook(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        raise ApiError("webhooks are not available in this build", 501)
+
+    def delete_webhook(self, caller: Caller) -> dict[str, Any]:
+        raise ApiError("webhooks are not available in this build", 501)
 
     def status(self) -> dict[str, Any]:
         health = self.store.devices()

@@ -16,6 +16,8 @@ import paho.mqtt.client as mqtt
 from conftest import GATEWAY_PASSWORD
 
 from countersign.common.mqtt import Handlers, Options, make_client
+from countersign.gateway import tokens
+from countersign.gateway.apiclient import CounterClient
 from countersign.gateway.config import GatewayConfig
 from countersign.gateway.gateway import Gateway
 from countersign.protocol import cose, messages, topics
@@ -151,11 +153,30 @@ class Device:
 
 def write_config(tmp_path: Path, keystore: Keystore, broker_port: int, name: str = "gw",
                  **extra: Any) -> GatewayConfig:
+    """A gateway's config, with a credentials file holding one every-window credential (``token_of``)."""
     ks_path = tmp_path / f"{name}-keystore.json"
     keystore.save(ks_path)
+    extra.setdefault("tokens_path", tmp_path / f"{name}-tokens.json")
+    if not extra["tokens_path"].exists():
+        _token_file(extra["tokens_path"]).write_text(tokens.issue(extra["tokens_path"], "test-counter", None))
     return GatewayConfig(hall=keystore.hall, db_path=tmp_path / f"{name}.db", keystore_path=ks_path,
                          broker_host="127.0.0.1", broker_port=broker_port, gateway_password=GATEWAY_PASSWORD,
                          http_port=0, **extra)
+
+
+def _token_file(tokens_path: Path) -> Path:
+    return tokens_path.with_name(tokens_path.name + ".token")
+
+
+def token_of(cfg: GatewayConfig) -> str:
+    """The token of the every-window credential ``write_config`` issued."""
+    if cfg.tokens_path is None:
+        raise ValueError("this config has no credentials file")
+    return _token_file(cfg.tokens_path).read_text()
+
+
+def client(gw: Gateway, token: str | None = None) -> CounterClient:
+    return CounterClient(f"http://127.0.0.1:{gw.http_port}", token or token_of(gw.cfg))
 
 
 def start_gateway(cfg: GatewayConfig) -> Gateway:
@@ -167,10 +188,19 @@ def start_gateway(cfg: GatewayConfig) -> Gateway:
     return gw
 
 
-def http(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+def http(target: Gateway | int, method: str, path: str, body: Any = None, *,
+         token: str | None = None) -> tuple[int, Any]:
+    """One raw call; a Gateway target brings its ``write_config`` credential unless ``token`` is given,
+    a bare port sends ``token`` only (none: unauthenticated)."""
+    if isinstance(target, Gateway):
+        port, token = target.http_port, token if token is not None else token_of(target.cfg)
+    else:
+        port = target
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             raw = r.read()

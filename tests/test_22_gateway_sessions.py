@@ -38,11 +38,10 @@ def context_rows(gw: Gateway) -> list[tuple[object, ...]]:
 
 def test_signin_prompt_rating_carries_context(env: tuple[Gateway, Device, Device]) -> None:
     gw, a, _b = env
-    port = gw.http_port
-    assert http(port, "POST", "/v1/windows/1/signin", {"clerk": "10023", "name": "张三"})[0] == 200
+    assert http(gw, "POST", "/v1/windows/1/signin", {"clerk": "10023", "name": "张三"})[0] == 200
     assert a.wait(lambda: any(s.clerk == "10023" for s in a.of_type(messages.Session)))
     assert a.of_type(messages.Session)[-1].clerk_name == "张三"
-    status, body = http(port, "POST", "/v1/windows/1/prompt", {"txn": "T-1", "service": 2, "timeout": 15})
+    status, body = http(gw, "POST", "/v1/windows/1/prompt", {"txn": "T-1", "service": 2, "timeout": 15})
     assert status == 200, body
     pid = body["prompt"]
     assert a.wait(lambda: bool(a.of_type(messages.Prompt)))     # MAC verified by the Device helper
@@ -61,7 +60,7 @@ def test_signin_prompt_rating_carries_context(env: tuple[Gateway, Device, Device
 
     # a prompt that was opened for A, answered by B: refused
     _b = env[2]
-    status, body = http(port, "POST", "/v1/windows/1/prompt", {"txn": "T-2", "service": 3})
+    status, body = http(gw, "POST", "/v1/windows/1/prompt", {"txn": "T-2", "service": 3})
     assert status == 200
     _b.publish(rating(KB, B, 1, prompt=body["prompt"]))
     assert _b.wait_acked({1})
@@ -76,10 +75,10 @@ def test_signin_prompt_rating_carries_context(env: tuple[Gateway, Device, Device
 
 def test_invite_key_rating_binds_signed_in_clerk(env: tuple[Gateway, Device, Device]) -> None:
     gw, _a, b = env
-    assert http(gw.http_port, "POST", "/v1/windows/2/signin", {"clerk": "20001"})[0] == 200
+    assert http(gw, "POST", "/v1/windows/2/signin", {"clerk": "20001"})[0] == 200
     b.publish(rating(KB, B, 1, score=4, prompt=0))
     assert b.wait_acked({1})
-    assert http(gw.http_port, "POST", "/v1/windows/2/signout")[0] == 200
+    assert http(gw, "POST", "/v1/windows/2/signout")[0] == 200
     assert b.wait(lambda: b.of_type(messages.Session)[-1].clerk is None)
     b.publish(rating(KB, B, 2, score=3, prompt=0))      # window closed: no clerk, still stored
     assert b.wait_acked({1, 2})
@@ -89,7 +88,6 @@ def test_invite_key_rating_binds_signed_in_clerk(env: tuple[Gateway, Device, Dev
 
 def test_bad_api_input_is_4xx_and_changes_nothing(env: tuple[Gateway, Device, Device]) -> None:
     gw, a, _b = env
-    port = gw.http_port
 
     def snapshot() -> tuple[object, ...]:
         return (rows(gw, "SELECT * FROM prompts"), rows(gw, "SELECT * FROM sessions"),
@@ -110,16 +108,16 @@ def test_bad_api_input_is_4xx_and_changes_nothing(env: tuple[Gateway, Device, De
         ("GET", "/v1/nothing", None, 404),
     ]
     for method, path, body, want in cases:
-        status, out = http(port, method, path, body)
+        status, out = http(gw, method, path, body)
         assert status == want, (path, body, out)
         assert "error" in out
     assert snapshot() == before
-    assert http(port, "POST", "/v1/windows/1/signin", {"clerk": "10023"})[0] == 200
+    assert http(gw, "POST", "/v1/windows/1/signin", {"clerk": "10023"})[0] == 200
     before = snapshot()
     for body in ({"txn": "T", "service": 0}, {"txn": "T", "service": 99}, {"txn": "T", "service": "2"},
                  {"txn": "T", "service": 2, "timeout": 9}, {"txn": "T", "service": 2, "timeout": 31},
                  {"txn": "T", "service": 2, "timeout": True}, {"service": 2}, {"txn": "", "service": 2}):
-        status, out = http(port, "POST", "/v1/windows/1/prompt", body)
+        status, out = http(gw, "POST", "/v1/windows/1/prompt", body)
         assert status == 400, (body, out)
     assert snapshot() == before
     assert a.of_type(messages.Prompt) == []
@@ -129,11 +127,11 @@ def test_status_and_metrics(env: tuple[Gateway, Device, Device]) -> None:
     gw, a, _b = env
     a.publish(rating(KA, A, 1))
     assert a.wait_acked({1})
-    status, st = http(gw.http_port, "GET", "/v1/status")
+    status, st = http(gw, "GET", "/v1/status")
     assert status == 200
     assert st["hall"] == "hf01" and st["devices"][A]["online"] and not st["devices"][B]["online"]
     assert st["counts"]["stored"] == 1 and st["alarms"] == []
-    status, text = http(gw.http_port, "GET", "/metrics")
+    status, text = http(gw, "GET", "/metrics")
     assert status == 200
     assert 'countersign_gateway_stored_total{hall="hf01"} 1' in text
     assert 'countersign_gateway_devices_online{hall="hf01"} 1' in text
@@ -163,8 +161,8 @@ def test_prompt_and_rating_forwarded_with_context(tmp_path: Path,
     a = Device(broker.port, A, KA).start()
     try:
         assert isinstance(gw.forwarder, fwd.Forwarder)
-        assert http(gw.http_port, "POST", "/v1/windows/1/signin", {"clerk": "10023"})[0] == 200
-        pid = http(gw.http_port, "POST", "/v1/windows/1/prompt", {"txn": "T-9", "service": 4})[1]["prompt"]
+        assert http(gw, "POST", "/v1/windows/1/signin", {"clerk": "10023"})[0] == 200
+        pid = http(gw, "POST", "/v1/windows/1/prompt", {"txn": "T-9", "service": 4})[1]["prompt"]
         msg = rating(KA, A, 1, score=2, prompt=pid)
         a.publish(msg)
         assert a.wait_acked({1})
