@@ -10,7 +10,8 @@ Province registry::
     {"halls": {"hf01": {"public_key": "<64 hex Ed25519>"}},
      "devices": {"hf01-w03": {"hall": "hf01", "key": "<64 hex>", "epoch": 1, "revoked": false}}}
 
-Files are replaced atomically (write-new-then-rename) so a crash never leaves a half-written keystore.
+Files are replaced atomically (write-new-then-rename) so a crash never leaves a half-written keystore,
+and keep their owner and group (``write_atomic``): the services reading them run as their own users.
 """
 
 from __future__ import annotations
