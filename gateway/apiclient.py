@@ -35,9 +35,11 @@ class CounterClient:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self.timeout = timeout
-        self._ssl: ssl.SSLContext | None = None
-        if ca_file is not None:
-            self._ssl = ssl.create_default_context(cafile=str(ca_file))
+        ctx = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+        # Direct, never through an HTTP proxy from the environment: the gateway is on the hall LAN, and a
+        # proxy would see the token.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                                   urllib.request.HTTPSHandler(context=ctx))
 
     def __repr__(self) -> str:
         return f"CounterClient({self.base_url!r})"     # never the token
@@ -48,7 +50,7 @@ class CounterClient:
         req = urllib.request.Request(self.base_url + path, data=data, method=method, headers={
             "Authorization": f"Bearer {self._token}", "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as r:
+            with self._opener.open(req, timeout=self.timeout) as r:
                 raw, ctype = r.read(), r.headers.get("Content-Type", "")
         except urllib.error.HTTPError as e:
             raw = e.read()

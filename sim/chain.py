@@ -10,18 +10,17 @@ keypad interface (``keypad.py``), and serve customers with the one routine (``cu
 
 from __future__ import annotations
 
-import json
 import random
 import secrets
 import sqlite3
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from countersign.gateway import tokens
+from countersign.gateway.apiclient import ApiCallError, CounterClient
 from countersign.gateway.brokerconf import write_broker_files
 from countersign.gateway.config import GatewayConfig
 from countersign.gateway.gateway import Gateway
@@ -85,12 +84,17 @@ class Hall:
     uplink_password: str
     port: int
     broker: Mosquitto
+    api_token: str = ""                        # the hall's counter system's credential (every window)
     gateway: Gateway | GatewayProcess | None = None
     http_port: int = 0
 
     @property
     def db_path(self) -> Path:
         return self.dir / "gateway" / "gateway.db"
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.dir / "gateway" / "tokens.json"
 
 
 class Chain:
@@ -153,8 +157,11 @@ class Chain:
         port = self.port()
         files = write_broker_files(d / "hall-broker", ks, gw_password, port=port, bind="127.0.0.1",
                                    run_as=run_as_clause())
-        return Hall(hall, d, ks, ks_path, key_path, public_bytes(gw_key), gw_password,
-                    secrets.token_urlsafe(16), port, Mosquitto(files.conf, port))
+        h = Hall(hall, d, ks, ks_path, key_path, public_bytes(gw_key), gw_password,
+                 secrets.token_urlsafe(16), port, Mosquitto(files.conf, port))
+        # Set-up issues the counter system's credential, as a technician does with `gateway token issue`.
+        h.api_token = tokens.issue(h.tokens_path, f"{hall}-counter", None)
+        return h
 
     # The first hall's parts, for the common one-hall case.
     @property
@@ -194,7 +201,7 @@ class Chain:
                              signing_key_path=h.signing_key_path,
                              province_public_key=self.province_public.hex(),
                              retry_s=self.cfg.retry_s, batch_size=self.cfg.batch_size,
-                             prompt_timeout_min=10)
+                             prompt_timeout_min=10, tokens_path=h.tokens_path)
 
     def start_gateway(self, hall: str | None = None) -> Gateway | GatewayProcess:
         h = self.halls[hall or self.hall]
@@ -202,7 +209,7 @@ class Chain:
             if not h.http_port:
                 h.http_port = self.port()
             gp = GatewayProcess(self.gateway_config(h.hall), h.dir / "gateway", h.http_port,
-                                clock_jumps=self.cfg.clock_jumps)
+                                clock_jumps=self.cfg.clock_jumps, token=h.api_token)
             h.gateway = gp.start()
             return gp
         gw = Gateway(self.gateway_config(h.hall))
@@ -299,17 +306,18 @@ class Chain:
     # -- the counter system, through each gateway's real HTTP API -------------------------------------
     def api(self, method: str, path: str, body: dict[str, Any] | None = None,
             hall: str | None = None) -> tuple[int, dict[str, Any]]:
-        gw = self.halls[hall or self.hall].gateway
-        if gw is None:
-            raise RuntimeError("gateway is not running")
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{gw.http_port}{path}", data=data,
-                                     method=method, headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, json.loads(r.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
+            out = self.client(hall).call(method, path, body)
+        except ApiCallError as e:
+            return e.status, {"error": str(e)}
+        return 200, out if isinstance(out, dict) else {}
+
+    def client(self, hall: str | None = None) -> CounterClient:
+        """The hall's counter system: its gateway's API with the credential issued at set-up."""
+        h = self.halls[hall or self.hall]
+        if h.gateway is None:
+            raise RuntimeError("gateway is not running")
+        return CounterClient(f"http://127.0.0.1:{h.gateway.http_port}", h.api_token)
 
     def sign_in(self, window: str, clerk: str, name: str, hall: str | None = None) -> None:
         code, body = self.api("POST", f"/v1/windows/{window}/signin", {"clerk": clerk, "name": name}, hall)

@@ -7,7 +7,6 @@ the gateway's wall clock at once, as an NTP step would, without any hook in the 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -15,11 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from countersign.gateway.apiclient import CounterClient
 from countersign.gateway.config import GatewayConfig
 
 from .proc import end
@@ -42,7 +41,10 @@ def write_config(cfg: GatewayConfig, path: Path, http_port: int) -> None:
     pw.write_text(cfg.gateway_password)
     lines = [f'hall = "{cfg.hall}"', f'db = "{cfg.db_path}"', f'keystore = "{cfg.keystore_path}"', "",
              "[broker]", f'host = "{cfg.broker_host}"', f"port = {cfg.broker_port}",
-             f'password_file = "{pw}"', "", "[http]", f'bind = "{cfg.http_bind}"', f"port = {http_port}", ""]
+             f'password_file = "{pw}"', "", "[http]", f'bind = "{cfg.http_bind}"', f"port = {http_port}"]
+    if cfg.tokens_path is not None:
+        lines.append(f'tokens = "{cfg.tokens_path}"')
+    lines.append("")
     if cfg.uplink_host is not None:
         up = path.parent / "uplink-password"
         up.write_text(cfg.uplink_password)
@@ -57,8 +59,11 @@ def write_config(cfg: GatewayConfig, path: Path, http_port: int) -> None:
 class GatewayProcess:
     """Start/kill/restart `countersign gateway run`; the same HTTP API and database as the embedded one."""
 
-    def __init__(self, cfg: GatewayConfig, folder: Path, http_port: int, clock_jumps: bool = False) -> None:
+    def __init__(self, cfg: GatewayConfig, folder: Path, http_port: int, clock_jumps: bool = False,
+                 token: str = "") -> None:
+        """``token``: a credential of the gateway's ``cfg.tokens_path``, for ``status()``."""
         self.cfg, self.folder, self.http_port = cfg, folder, http_port
+        self._token = token
         folder.mkdir(parents=True, exist_ok=True)
         self.config_path = folder / "gateway.toml"
         write_config(cfg, self.config_path, http_port)
@@ -120,9 +125,7 @@ class GatewayProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v1/status", timeout=10) as r:
-            data: dict[str, Any] = json.loads(r.read())
-            return data
+        return CounterClient(f"http://127.0.0.1:{self.http_port}", self._token).status()
 
     def backlog(self) -> int:
         return int(self.status()["backlog"])

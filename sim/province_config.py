@@ -48,6 +48,7 @@ class HallSpec:
     broker_port: int
     gateway: GatewayConfig
     devices: tuple[DeviceSpec, ...]
+    api_token: str = ""         # the hall's counter-system credential (Chain issues it at set-up)
 
 
 @dataclass(frozen=True)

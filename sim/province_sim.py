@@ -105,7 +105,7 @@ class ProvinceSim:
             gcfg.prompt_timeout_default = cfg.day.prompt_timeout
             devs = tuple(DeviceSpec(dev, dk.key, dk.epoch, dk.window, fw_ports.get(dev, 0))
                          for dev, dk in sorted(h.keystore.devices.items()))
-            halls.append(HallSpec(h.hall, number, h.broker.conf, h.port, gcfg, devs))
+            halls.append(HallSpec(h.hall, number, h.broker.conf, h.port, gcfg, devs, h.api_token))
         n = cfg.worker_count()
         per = math.ceil(len(halls) / n)
         slices = [halls[i:i + per] for i in range(0, len(halls), per)]

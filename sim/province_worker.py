@@ -9,17 +9,15 @@ keypad's ``day_plan``; a cap on the customers served at once keeps the load unde
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
 import traceback
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from countersign.gateway.apiclient import ApiCallError, CounterClient
 from countersign.gateway.gateway import Gateway
 
 from . import customer
@@ -36,20 +34,14 @@ from .resources import fd_peak, raise_nofile
 # Back to back customers: a walk-away's prompt is left for the next one to replace (a no-rating then).
 PATIENCE = customer.Patience(prompt_s=30, rating_s=30, walkaway_s=None)
 
-# A direct opener: a developer's HTTP proxy must not swallow calls to the local API. Built once (stateless,
-# shared by the threads of a worker: building one per request costs more than the request).
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-
-def _api(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+def _api(client: CounterClient, method: str, path: str,
+         body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     try:
-        with _DIRECT.open(req, timeout=30) as r:
-            return int(r.status), json.loads(r.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        return int(e.code), json.loads(e.read() or b"{}")
+        out = client.call(method, path, body)
+    except ApiCallError as e:
+        return e.status, {"error": str(e)}
+    return 200, out if isinstance(out, dict) else {}
 
 
 class Slice:
@@ -108,6 +100,9 @@ class Slice:
         """Whether this keypad's plan uses the invite key (the firmware keypads' plans do not)."""
         return d.firmware_port == 0
 
+    def _client(self, h: HallSpec) -> CounterClient:
+        return CounterClient(f"http://127.0.0.1:{self.gateways[h.hall].http_port}", h.api_token, timeout=30)
+
     def _clerk(self, h: HallSpec, window: str) -> str:
         return f"{h.number:03d}{int(window):02d}"
 
@@ -116,14 +111,14 @@ class Slice:
         for attempt in range(3):
             missing: list[str] = []
             for h in self.spec.halls:
-                port = self.gateways[h.hall].http_port
+                api = self._client(h)
                 for d in h.devices:
                     kp = self.keypads[d.device_id]
                     clerk = self._clerk(h, d.window)
                     if attempt and (not self._invites(d) or kp.wait_clerk(clerk, 0)):
                         continue
                     name = CLERK_NAMES[(h.number + int(d.window)) % len(CLERK_NAMES)]
-                    code, body = _api(port, "POST", f"/v1/windows/{d.window}/signin",
+                    code, body = _api(api, "POST", f"/v1/windows/{d.window}/signin",
                                       {"clerk": clerk, "name": name})
                     if code != 200:
                         raise ProvinceSimError(f"{h.hall} window {d.window}: sign-in failed: {code} {body}")
@@ -160,10 +155,10 @@ class Slice:
 
     def _window(self, dev: str) -> None:
         h, spec, kp = self.hall_of[dev], self.spec_of[dev], self.keypads[dev]
-        port = self.gateways[h.hall].http_port
+        api = self._client(h)
 
         def open_prompt(txn: Txn, tid: str) -> int:
-            code, body = _api(port, "POST", f"/v1/windows/{spec.window}/prompt",
+            code, body = _api(api, "POST", f"/v1/windows/{spec.window}/prompt",
                               {"txn": tid, "service": txn.service, "timeout": self.spec.day.prompt_timeout})
             if code != 200:
                 raise ProvinceSimError(f"{h.hall} window {spec.window}: prompt failed: {code} {body}")
