@@ -6,6 +6,7 @@ with the gateway's status and message, so a caller never mistakes a 4xx for succ
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import urllib.error
@@ -59,7 +60,7 @@ class CounterClient:
             except (ValueError, KeyError, TypeError):
                 message = raw.decode("utf-8", "replace")[:200] or e.reason
             raise ApiCallError(message, e.code) from e
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             raise ApiCallError(f"no answer from {self.base_url}: {e}", 0) from e
         return json.loads(raw) if ctype.startswith("application/json") else raw.decode("utf-8")
 
