@@ -31,14 +31,18 @@ HALL_MAX_PACKET = 4096
 
 def write_broker_files(out_dir: Path, keystore: Keystore, gateway_password: str, *, port: int,
                        bind: str = "0.0.0.0", run_as: str | None = None,
-                       persistence: bool = True, observer_password: str | None = None) -> BrokerFiles:
+                       persistence: bool = True, observer_password: str | None = None,
+                       pid_file: Path | None = None) -> BrokerFiles:
     """Write mosquitto.conf, passwd and acl into ``out_dir`` for the hall broker.
 
     ``observer_password``: when given, adds the read-only ``_observer`` user (traffic capture in the
     simulator and tests). None, the default and the production setting, adds no such user.
+    ``run_as``: the user mosquitto drops to; passwd, acl and data/ become that user's (0640, 0750).
+    ``pid_file``: where mosquitto writes its pid, for the technicians' tools to SIGHUP it.
     """
     return write_broker_dir(
         out_dir, passwd=hall_passwd_text(keystore, gateway_password, observer_password),
         acl=hall_acl_text(observer_password is not None),
         title="the hall broker. Regenerate with `countersign gateway broker-config`.",
-        port=port, bind=bind, run_as=run_as, persistence=persistence, max_packet_size=HALL_MAX_PACKET)
+        port=port, bind=bind, run_as=run_as, persistence=persistence, max_packet_size=HALL_MAX_PACKET,
+        pid_file=pid_file)

@@ -32,7 +32,7 @@ from gw_helpers import Device, rating
 
 from countersign.common.brokerconf import BrokerFiles
 from countersign.common.db import open_db
-from countersign.device.hall import HallFiles
+from countersign.device.hall import HallFiles, read_pid
 from countersign.gateway.brokerconf import write_broker_files
 from countersign.protocol.keystore import DeviceKey, FileOwner, Keystore, KeystoreError, write_atomic
 from countersign.sim.broker import Mosquitto, free_port
@@ -343,6 +343,22 @@ def test_production_layout_mosquitto_and_gateway_as_their_users(layout: Layout) 
         broker.stop()
     log = (lay.root / "mosquitto.log").read_text(errors="replace")
     assert "Unable to open" not in log and "Error" not in log, log[-2000:]
+
+
+def test_broker_pid_file_is_what_the_tools_signal(layout: Layout) -> None:
+    """`pid_file` in the generated config: mosquitto writes it (after dropping to `mosquitto`: its folder
+    must be that user's), and the device tools' `--broker-pid-file` reads the broker's own pid from it."""
+    pid_file = layout.root / "run" / "mosquitto" / "mosquitto.pid"
+    pid_file.parent.mkdir()
+    mq = pwd.getpwnam(BROKER_USER)
+    os.chown(pid_file.parent, mq.pw_uid, mq.pw_gid)     # as Debian's mosquitto.service does (ExecStartPre)
+    port = free_port()
+    files = write_broker_files(layout.broker, Keystore(hall=HALL), "pw", port=port, bind="127.0.0.1",
+                               run_as=BROKER_USER, pid_file=pid_file)
+    assert f"pid_file {pid_file}" in files.conf.read_text()
+    with Mosquitto(files.conf, port, log_path=layout.root / "mosquitto.log") as broker:
+        assert broker.proc is not None
+        assert read_pid(None, pid_file) == broker.proc.pid
 
 
 def test_a_rewrite_keeps_the_old_files_owner_or_takes_the_one_given(layout: Layout) -> None:
