@@ -12,6 +12,7 @@ from countersign.common.clock import wall_ms
 from countersign.protocol import topics
 
 from .errors import ConfigError
+from .hours import BusinessHours, zone
 
 __all__ = ["ConfigError", "GatewayConfig"]
 
@@ -52,6 +53,17 @@ class GatewayConfig:
     quarantine_keep: int = 1000
     quarantine_sample: int = 100
     mqtt_client_id: str = topics.GATEWAY_USER
+    # The hall page and alarms (page.py, alarms.py, notify.py).
+    timezone: str = "Asia/Shanghai"           # the hall's local day ("today") and business hours
+    hours: BusinessHours = field(default_factory=BusinessHours)
+    users_path: Path | None = None            # hall-manager accounts (users.py); None: the page shows none
+    alarm_notify: tuple[str, ...] = ()        # apprise URLs every alarm raise and clear is pushed to
+    heartbeat_s: int = 60                     # the keypads' heartbeat period (firmware config heartbeat_s)
+    alarm_check_s: float = 5.0                # how often absence (offline, silent) is looked for
+    silent_minutes: int = 30                  # open hours, prompts opened, no outcome for this long: silent
+    outbox_free_percent: int = 10             # a keypad's outbox with less free than this: alarm
+    notify_retry_s: float = 5.0               # first retry of an undelivered notification, doubling...
+    notify_retry_max_s: float = 600.0         # ...up to this
     now_ms: Callable[[], int] = field(default=wall_ms, repr=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +79,9 @@ class GatewayConfig:
             raise ConfigError("http.max_connections must be at least 1")
         if self.quarantine_keep < 0 or self.quarantine_sample < 1:
             raise ConfigError("quarantine_keep must be >= 0 and quarantine_sample >= 1")
+        zone(self.timezone)
+        if self.heartbeat_s < 1 or self.silent_minutes < 1 or not 0 <= self.outbox_free_percent <= 100:
+            raise ConfigError("alarms: heartbeat_s and silent_minutes >= 1, outbox_free_percent 0..100")
         if self.uplink_host is not None:
             if self.signing_key_path is None:
                 raise ConfigError("an uplink needs uplink.signing_key")
@@ -129,13 +144,19 @@ class GatewayConfig:
                 kw[name] = t.integer(name)
         if "retry_s" in t.data:
             kw["retry_s"] = t.number("retry_s")
-        for rd in (r, b, u, h, t):
+        kw.update(_page_keys(r))
+        for rd in (r, b, u, h, t, r.section("page"), r.section("hours"), r.section("alarms")):
             rd.check_unknown()
         return cls(**kw)
 
 
 _KNOWN = {
-    "": {"hall", "db", "keystore", "broker", "uplink", "http", "tuning"},
+    "": {"hall", "db", "keystore", "broker", "uplink", "http", "tuning", "timezone", "page", "hours",
+         "alarms"},
+    "page": {"users"},
+    "hours": {"days", "open", "close", "closed_dates"},
+    "alarms": {"notify", "heartbeat_s", "check_s", "silent_minutes", "outbox_free_percent", "retry_s",
+               "retry_max_s"},
     "broker": {"host", "port", "password", "password_file"},
     "uplink": {"host", "port", "password", "password_file", "signing_key", "province_public_key"},
     "http": {"bind", "port", "tokens", "cert", "key", "max_connections", "header_timeout_s", "keep_alive_s"},
@@ -143,6 +164,35 @@ _KNOWN = {
                "prompt_timeout_default", "prompt_timeout_min", "prompt_timeout_max", "quarantine_keep",
                "quarantine_sample"},
 }
+
+
+def _page_keys(r: _Reader) -> dict[str, Any]:
+    """``timezone``, ``[page]``, ``[hours]`` and ``[alarms]`` -> GatewayConfig keyword arguments."""
+    kw: dict[str, Any] = {}
+    if "timezone" in r.data:
+        kw["timezone"] = r.text("timezone")
+    pg, hr, al = r.section("page"), r.section("hours"), r.section("alarms")
+    if "users" in pg.data:
+        kw["users_path"] = pg.path("users")
+    if hr.data:
+        dates = hr._get("closed_dates", list, [], False)
+        if not all(isinstance(d, str) for d in dates):
+            raise ConfigError("hours.closed_dates must be a list of dates like \"2026-10-01\"")
+        kw["hours"] = BusinessHours.parse(hr.text("days", "mon-sat"), hr.text("open", "08:30"),
+                                          hr.text("close", "17:30"), dates)
+    notify = al._get("notify", list, [], False)
+    if not all(isinstance(u, str) and "://" in u for u in notify):
+        raise ConfigError("alarms.notify must be a list of apprise URLs like \"json://host:port/path\"")
+    kw["alarm_notify"] = tuple(notify)
+    for key, name in (("heartbeat_s", "heartbeat_s"), ("silent_minutes", "silent_minutes"),
+                      ("outbox_free_percent", "outbox_free_percent")):
+        if key in al.data:
+            kw[name] = al.integer(key)
+    for key, name in (("check_s", "alarm_check_s"), ("retry_s", "notify_retry_s"),
+                      ("retry_max_s", "notify_retry_max_s")):
+        if key in al.data:
+            kw[name] = al.number(key)
+    return kw
 
 
 class _Reader:

@@ -17,13 +17,16 @@ from countersign.protocol import messages
 from countersign.protocol.context import Context
 from countersign.protocol.keystore import Keystore
 
+from .alarms import Alarms
 from .api import create_app
 from .config import GatewayConfig
 from .errors import ApiError, BadRequest, Conflict, NotFound
 from .forward import Forwarder, ForwarderConfig
+from .hours import zone
 from .http import HttpLimits, HttpServer, TlsFiles
 from .identity import Caller
 from .ingest import Ingest
+from .notify import Notifier
 from .stats import Stats
 from .store import Store
 from .tokens import Credentials
@@ -46,8 +49,12 @@ class Gateway:
         self._on_fatal_cb = on_fatal
         self._ks_lock = threading.Lock()
         self._ks = self._load_keystore()
-        self._stats = Stats()
         self.store = Store(config.db_path, config.now_ms)
+        self._stats = Stats(self.store)        # counters kept in the database across restarts
+        tz = zone(config.timezone)
+        self.notifier = Notifier(self.store, config.alarm_notify, config.hall, tz, config.now_ms,
+                                 config.notify_retry_s, config.notify_retry_max_s)
+        self.alarms = Alarms(config, self.store, self.keystore, self._stats, tz, self._after_alarm_pass)
         # None without an uplink: ratings are still queued (store.py) and wait for one.
         self.forwarder: Forwarder | None = None
         if config.uplink_host is not None and config.signing_key_path is not None:
@@ -82,6 +89,8 @@ class Gateway:
         if self.forwarder is not None:
             self.forwarder.start(self.watch)
         self.ingest.start()
+        self.notifier.start(self.watch)
+        self.alarms.start(self.watch.spawn)
         self.api.start()
         self.watch.adopt(HTTP_PART, self.api.thread)
         self._started = True
@@ -101,6 +110,9 @@ class Gateway:
         self.ingest.stop()
         if self.forwarder is not None:
             self.forwarder.stop()
+        self.alarms.stop()
+        self.notifier.stop()
+        self._stats.flush()
         self.store.close()
 
     @property
@@ -150,6 +162,7 @@ class Gateway:
         if self.forwarder is not None:
             self.forwarder.wake()
         self._check_storage()
+        self.alarms.wake()
         with self._commits:
             self._commits.notify_all()
 
@@ -180,6 +193,10 @@ class Gateway:
                     log.error("STORAGE: only %d bytes free under %s", free, self.cfg.db_path.parent)
             elif Store.clear_alarms(c, now, "storage"):
                 log.info("storage alarm cleared: %d bytes free", free)
+
+    def _after_alarm_pass(self) -> None:
+        self._check_storage()
+        self.notifier.wake()
 
     def _on_alarm(self, kind: str, detail: str) -> None:
         """The forwarder's alarms: 'backlog', 'backlog-cleared', 'province-rejected', ..."""

@@ -129,7 +129,13 @@ CREATE TABLE IF NOT EXISTS quarantine_tally (
 );
 CREATE TABLE IF NOT EXISTS alarms (
     id INTEGER PRIMARY KEY,
-    ms INTEGER NOT NULL, kind TEXT NOT NULL, device TEXT, detail TEXT NOT NULL, cleared_ms INTEGER
+    ms INTEGER NOT NULL, kind TEXT NOT NULL, device TEXT, detail TEXT NOT NULL, cleared_ms INTEGER,
+    acked_ms INTEGER, acked_by TEXT  -- who acknowledged it on the hall page (ALARM_COLUMNS migrates)
+);
+-- Every raise and clear, written in the alarm's own transaction: notify.py pushes them from here.
+CREATE TABLE IF NOT EXISTS alarm_events (
+    id INTEGER PRIMARY KEY, alarm INTEGER NOT NULL,
+    event TEXT NOT NULL CHECK (event IN ('raised', 'cleared')), ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS device_health (
     device TEXT PRIMARY KEY, last_seen_ms INTEGER NOT NULL, last TEXT, online INTEGER NOT NULL
@@ -140,6 +146,18 @@ CREATE TABLE IF NOT EXISTS device_health (
 # A quarantined payload is kept for analysis (a device message is at most 256 bytes; the broker's packet
 # limit bounds the rest), but not more of it than this.
 MAX_QUARANTINE_BYTES = 1024
+
+
+# Columns added to ``alarms`` after its first release, with their types: added to an older database file.
+ALARM_COLUMNS = (("acked_ms", "INTEGER"), ("acked_by", "TEXT"))
+
+
+def migrate_alarms(c: sqlite3.Connection) -> None:
+    """Give an alarms table from an older gateway the columns it lacks (inside the caller's transaction)."""
+    have = {r[1] for r in c.execute("PRAGMA table_info(alarms)").fetchall()}
+    for name, typ in ALARM_COLUMNS:
+        if name not in have:
+            c.execute(f"ALTER TABLE alarms ADD COLUMN {name} {typ}")
 
 
 def digest(data: bytes) -> bytes:
@@ -188,6 +206,8 @@ class Store:
         init_uplink_schema(self.conn)
         self.conn.execute("COMMIT")
         self.conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+        with self.transaction() as c:
+            migrate_alarms(c)
 
     def close(self) -> None:
         with self._lock:
@@ -257,19 +277,32 @@ class Store:
     @staticmethod
     def raise_alarm(c: sqlite3.Connection, ms: int, kind: str, device: str | None, detail: str, *,
                     once: bool = False) -> bool:
-        """Record an alarm; with ``once`` no second open alarm of the same kind and device is added."""
+        """Record an alarm (and its 'raised' event, for the notifier); with ``once`` no second open alarm
+        of the same kind and device is added."""
         if once and c.execute("SELECT 1 FROM alarms WHERE kind=? AND device IS ? AND cleared_ms IS NULL",
                               (kind, device)).fetchone():
             return False
-        c.execute("INSERT INTO alarms (ms, kind, device, detail) VALUES (?,?,?,?)",
-                  (ms, kind, device, detail))
+        cur = c.execute("INSERT INTO alarms (ms, kind, device, detail) VALUES (?,?,?,?)",
+                        (ms, kind, device, detail))
+        c.execute("INSERT INTO alarm_events (alarm, event, ms) VALUES (?, 'raised', ?)", (cur.lastrowid, ms))
         return True
 
     @staticmethod
     def clear_alarms(c: sqlite3.Connection, ms: int, kind: str, device: str | None = None) -> int:
-        cur = c.execute("UPDATE alarms SET cleared_ms=? WHERE kind=? AND device IS ? AND cleared_ms IS NULL",
-                        (ms, kind, device))
-        return cur.rowcount
+        """Close the open alarms of ``kind`` and ``device`` at ``ms``, each with a 'cleared' event."""
+        ids = [r[0] for r in c.execute(
+            "SELECT id FROM alarms WHERE kind=? AND device IS ? AND cleared_ms IS NULL", (kind, device))]
+        for aid in ids:
+            c.execute("UPDATE alarms SET cleared_ms=? WHERE id=?", (ms, aid))
+            c.execute("INSERT INTO alarm_events (alarm, event, ms) VALUES (?, 'cleared', ?)", (aid, ms))
+        return len(ids)
+
+    @staticmethod
+    def ack_alarm(c: sqlite3.Connection, alarm_id: int, ms: int, who: str) -> bool:
+        """Acknowledge an open, unacknowledged alarm; False if there is none with that id."""
+        cur = c.execute("UPDATE alarms SET acked_ms=?, acked_by=? WHERE id=? AND cleared_ms IS NULL"
+                        " AND acked_ms IS NULL", (ms, who, alarm_id))
+        return cur.rowcount == 1
 
     def insert_prompt(self, c: sqlite3.Connection, device: str, ctx: Context, timeout: int) -> int:
         """Record an opened prompt (``ctx.prompt_ms`` = opened) and queue its record for the province."""
@@ -336,10 +369,11 @@ class Store:
             return n
 
     def open_alarms(self) -> list[dict[str, Any]]:
+        cols = ("id", "ms", "kind", "device", "detail", "acked_ms", "acked_by")
         with self.read() as c:
-            rows = c.execute("SELECT id, ms, kind, device, detail FROM alarms WHERE cleared_ms IS NULL"
+            rows = c.execute(f"SELECT {', '.join(cols)} FROM alarms WHERE cleared_ms IS NULL"
                              " ORDER BY id").fetchall()
-        return [dict(zip(("id", "ms", "kind", "device", "detail"), r, strict=True)) for r in rows]
+        return [dict(zip(cols, r, strict=True)) for r in rows]
 
     def quarantine_counts(self) -> dict[str, int]:
         with self.read() as c:
