@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed
 XCHECK := .venv-xcheck
 XSTAMP := $(XCHECK)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-# chromium + chromium-driver: the hall page's tests drive Debian's own headless browser (no download).
-DEBS := mosquitto mosquitto-clients socat faketime chromium chromium-driver
+# chromium + chromium-driver: the hall page's tests drive Debian's own headless browser (no download);
+# systemd: systemd-analyze verifies the gateway unit (test_2d).
+DEBS := mosquitto mosquitto-clients socat faketime chromium chromium-driver systemd
 
 .PHONY: all deps debs venv xcheck test demo bench lint clean firmware mpy-stubs fuzz
 
