@@ -13,6 +13,7 @@ from countersign.protocol import topics
 
 from .errors import ConfigError
 from .hours import BusinessHours, zone
+from .textcheck import DEFAULT_CLERK_PATTERN, TextError, clerk_pattern
 
 __all__ = ["ConfigError", "GatewayConfig"]
 
@@ -52,6 +53,14 @@ class GatewayConfig:
     # one in quarantine_sample is kept and the rest only counted, so a flood cannot fill the disk.
     quarantine_keep: int = 1000
     quarantine_sample: int = 100
+    # The counter operations (counter.py): the clerk roster, the prompt rate limit, webhook retries.
+    roster_path: Path | None = None           # [roster] file; None: every sign-in is refused (409)
+    clerk_pattern: str = DEFAULT_CLERK_PATTERN  # a 工号, matched whole
+    prompt_burst: int = 3                     # prompts a window may open at once, then...
+    prompt_interval_s: float = 5.0            # ...one per this many seconds (429 beyond)
+    prompt_grace_s: float = 60.0              # after a prompt's timeout, until it reads back "expired"
+    webhook_retry_s: float = 1.0              # first retry of an unacknowledged webhook delivery, doubling...
+    webhook_retry_max_s: float = 300.0        # ...up to this
     mqtt_client_id: str = topics.GATEWAY_USER
     # The hall page and alarms (page.py, alarms.py, notify.py).
     timezone: str = "Asia/Shanghai"           # the hall's local day ("today") and business hours
@@ -80,6 +89,12 @@ class GatewayConfig:
         if self.quarantine_keep < 0 or self.quarantine_sample < 1:
             raise ConfigError("quarantine_keep must be >= 0 and quarantine_sample >= 1")
         zone(self.timezone)
+        if self.prompt_burst < 1:
+            raise ConfigError("tuning.prompt_burst must be at least 1")
+        try:
+            clerk_pattern(self.clerk_pattern)
+        except TextError as exc:
+            raise ConfigError(f"roster.{exc}") from exc
         if self.heartbeat_s < 1 or self.silent_minutes < 1 or not 0 <= self.outbox_free_percent <= 100:
             raise ConfigError("alarms: heartbeat_s and silent_minutes >= 1, outbox_free_percent 0..100")
         if self.uplink_host is not None:
@@ -144,15 +159,26 @@ class GatewayConfig:
                 kw[name] = t.integer(name)
         if "retry_s" in t.data:
             kw["retry_s"] = t.number("retry_s")
+        if "prompt_burst" in t.data:
+            kw["prompt_burst"] = t.integer("prompt_burst")
+        for name in ("prompt_interval_s", "prompt_grace_s", "webhook_retry_s", "webhook_retry_max_s"):
+            if name in t.data:
+                kw[name] = t.number(name)
+        ro = r.section("roster")
+        if "file" in ro.data:
+            kw["roster_path"] = ro.path("file")
+        if "clerk_pattern" in ro.data:
+            kw["clerk_pattern"] = ro.text("clerk_pattern")
         kw.update(_page_keys(r))
-        for rd in (r, b, u, h, t, r.section("page"), r.section("hours"), r.section("alarms")):
+        for rd in (r, b, u, h, t, ro, r.section("page"), r.section("hours"), r.section("alarms")):
             rd.check_unknown()
         return cls(**kw)
 
 
 _KNOWN = {
     "": {"hall", "db", "keystore", "broker", "uplink", "http", "tuning", "timezone", "page", "hours",
-         "alarms"},
+         "alarms", "roster"},
+    "roster": {"file", "clerk_pattern"},
     "page": {"users"},
     "hours": {"days", "open", "close", "closed_dates"},
     "alarms": {"notify", "heartbeat_s", "check_s", "silent_minutes", "outbox_free_percent", "retry_s",
@@ -162,7 +188,8 @@ _KNOWN = {
     "http": {"bind", "port", "tokens", "cert", "key", "max_connections", "header_timeout_s", "keep_alive_s"},
     "tuning": {"group_max", "batch_size", "retry_s", "backlog_threshold", "storage_min_free_bytes",
                "prompt_timeout_default", "prompt_timeout_min", "prompt_timeout_max", "quarantine_keep",
-               "quarantine_sample"},
+               "quarantine_sample", "prompt_burst", "prompt_interval_s", "prompt_grace_s", "webhook_retry_s",
+               "webhook_retry_max_s"},
 }
 
 

@@ -13,24 +13,26 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from countersign.protocol import messages
-from countersign.protocol.context import Context
 from countersign.protocol.keystore import Keystore
 
 from .alarms import Alarms
 from .api import create_app
 from .config import GatewayConfig
-from .errors import ApiError, BadRequest, Conflict, NotFound
+from .counter import Counter, Limits
+from .errors import NotFound
 from .forward import Forwarder, ForwarderConfig
 from .hours import zone
 from .http import HttpLimits, HttpServer, TlsFiles
 from .identity import Caller
 from .ingest import Ingest
 from .notify import Notifier
+from .roster import Roster
 from .stats import Stats
 from .store import Store
 from .tokens import Credentials
 from .watch import Watch
+from .webhook import PART as WEBHOOK_PART
+from .webhook import Backoff, WebhookSender
 
 log = logging.getLogger("countersign.gateway")
 
@@ -68,6 +70,14 @@ class Gateway:
         self.ingest = Ingest(config, self.store, self.keystore, self._stats, self._committed, self._fatal,
                              self.watch)
         self.credentials = Credentials(config.tokens_path)
+        self.roster = None if config.roster_path is None else Roster(config.roster_path, config.clerk_pattern)
+        backoff = Backoff(config.webhook_retry_s, config.webhook_retry_max_s)
+        self.webhooks = WebhookSender(self.store, config.now_ms, config.prompt_grace_s, backoff, config.hall)
+        self.counter = Counter(
+            config.hall, self.store, self.roster,
+            Limits(config.prompt_burst, config.prompt_interval_s, config.prompt_grace_s,
+                   config.prompt_timeout_default, config.prompt_timeout_min, config.prompt_timeout_max),
+            config.now_ms, self.device_for_window, self.ingest.send, self._prompt_opened, self.webhooks.wake)
         tls = None
         if config.http_cert is not None and config.http_key is not None:
             tls = TlsFiles(config.http_cert, config.http_key)
@@ -91,6 +101,7 @@ class Gateway:
         self.ingest.start()
         self.notifier.start(self.watch)
         self.alarms.start(self.watch.spawn)
+        self.webhooks.thread = self.watch.spawn(WEBHOOK_PART, self.webhooks.run)
         self.api.start()
         self.watch.adopt(HTTP_PART, self.api.thread)
         self._started = True
@@ -112,6 +123,7 @@ class Gateway:
             self.forwarder.stop()
         self.alarms.stop()
         self.notifier.stop()
+        self.webhooks.stop()
         self._stats.flush()
         self.store.close()
 
@@ -161,6 +173,7 @@ class Gateway:
     def _committed(self) -> None:
         if self.forwarder is not None:
             self.forwarder.wake()
+        self.webhooks.wake()          # an outcome stored may have enqueued deliveries
         self._check_storage()
         self.alarms.wake()
         with self._commits:
@@ -213,60 +226,31 @@ class Gateway:
             return self.forwarder.backlog()
         return self.store.backlog()   # no uplink: everything queued is backlog
 
-    # --- API operations (each validates everything before changing anything) -------------------------------
+    # --- API operations: the counter system's, in counter.py (each validates before changing anything) --
 
-    def sign_in(self, caller: Caller, window: str, body: dict[str, Any]) -> dict[str, Any]:
-        device = self.device_for_window(window)
-        clerk = _text(body, "clerk", required=True)
-        name = _text(body, "name", required=False)
-        _no_extra(body, {"clerk", "name"})
-        with self.store.transaction() as c:
-            Store.set_session(c, window, clerk, name, self.cfg.now_ms())
-        self.ingest.send(device, messages.Session(clerk, name))
-        log.info("window %s: clerk %s signed in", window, clerk)
-        return {"window": window, "clerk": clerk, "name": name, "device": device}
-
-    def sign_out(self, caller: Caller, window: str, body: dict[str, Any]) -> dict[str, Any]:
-        device = self.device_for_window(window)
-        _no_extra(body, set())
-        with self.store.transaction() as c:
-            Store.set_session(c, window, None, None, self.cfg.now_ms())
-        self.ingest.send(device, messages.Session())
-        return {"window": window, "clerk": None, "device": device}
-
-    def open_prompt(self, caller: Caller, window: str, body: dict[str, Any]) -> dict[str, Any]:
-        device = self.device_for_window(window)
-        txn = _text(body, "txn", required=True)
-        service = body.get("service")
-        valid = {int(s) for s in messages.Service if s != messages.Service.UNKNOWN}
-        if isinstance(service, bool) or not isinstance(service, int) or service not in valid:
-            raise BadRequest(f"service must be one of {sorted(valid)}")
-        timeout = body.get("timeout", self.cfg.prompt_timeout_default)
-        lo, hi = self.cfg.prompt_timeout_min, self.cfg.prompt_timeout_max
-        if isinstance(timeout, bool) or not isinstance(timeout, int) or not lo <= timeout <= hi:
-            raise BadRequest(f"timeout must be an integer number of seconds in {lo}..{hi}")
-        _no_extra(body, {"txn", "service", "timeout"})
-        now = self.cfg.now_ms()
-        with self.store.transaction() as c:
-            s = Store.get_session(c, window)
-            if s is None:
-                raise Conflict(f"no clerk is signed in at window {window}")
-            pid = self.store.insert_prompt(c, device, Context(window, s[0], service, txn, now, s[1]), timeout)
-        self.ingest.send(device, messages.Prompt(pid, s[0], service, txn, timeout, now // 1000))
+    def _prompt_opened(self) -> None:
         self._stats.incr("prompts")
         if self.forwarder is not None:
             self.forwarder.wake()
-        return {"prompt": pid, "device": device, "clerk": s[0]}
+        self.webhooks.wake()          # its expiry is now the next thing to wait for
 
-    # Until counter.py (issue 11) provides them: answered, so a counter system sees why.
+    def sign_in(self, caller: Caller, window: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.counter.sign_in(caller, window, body)
+
+    def sign_out(self, caller: Caller, window: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.counter.sign_out(caller, window, body)
+
+    def open_prompt(self, caller: Caller, window: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.counter.open_prompt(caller, window, body)
+
     def prompt_result(self, caller: Caller, prompt_id: int) -> dict[str, Any]:
-        raise ApiError("prompt read-back is not available in this build", 501)
+        return self.counter.prompt_result(caller, prompt_id)
 
     def set_webhook(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-        raise ApiError("webhooks are not available in this build", 501)
+        return self.counter.set_webhook(caller, body)
 
     def delete_webhook(self, caller: Caller) -> dict[str, Any]:
-        raise ApiError("webhooks are not available in this build", 501)
+        return self.counter.delete_webhook(caller)
 
     def status(self) -> dict[str, Any]:
         health = self.store.devices()
@@ -298,21 +282,6 @@ class Gateway:
         out.append(f'countersign_gateway_backlog{{hall="{hall}"}} {st["backlog"]}')
         out.append(f'countersign_gateway_ratings_in_store{{hall="{hall}"}} {self.store.count_ratings()}')
         return "\n".join(out) + "\n"
-
-
-def _text(body: dict[str, Any], key: str, *, required: bool) -> Any:
-    v = body.get(key)
-    if v is None and not required:
-        return None
-    if not isinstance(v, str) or not v.strip() or len(v.encode()) > 64:
-        raise BadRequest(f"{key} must be non-empty text of at most 64 bytes")
-    return v
-
-
-def _no_extra(body: dict[str, Any], allowed: set[str]) -> None:
-    extra = set(body) - allowed
-    if extra:
-        raise BadRequest(f"unknown field(s): {', '.join(sorted(extra))}")
 
 
 __all__ = ["Gateway", "GatewayConfig"]

@@ -27,6 +27,8 @@ from countersign.protocol import batch, cbor
 from countersign.protocol.context import Context
 from countersign.protocol.outcome import Outcome
 
+from . import readback
+
 __all__ = ["HELD_BATCH_ID", "Context", "Outcome", "PromptRow", "RatingRecord", "Store", "digest", "enqueue",
            "init_uplink_schema", "uplink_backlog"]
 
@@ -208,6 +210,8 @@ class Store:
         self.conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
         with self.transaction() as c:
             migrate_alarms(c)
+        with self.transaction() as c:
+            readback.init_schema(c)      # txn once per hall, read-back and webhook deliveries
 
     def close(self) -> None:
         with self._lock:
@@ -254,6 +258,9 @@ class Store:
              r.delay_ms, r.received_ms, r.ctx.window, r.ctx.clerk, r.ctx.clerk_name, r.ctx.service, r.ctx.txn,
              r.ctx.prompt_ms, r.msg, digest(r.msg)))
         enqueue(c, r.uplink_entry())
+        if r.prompt > 0:
+            # The prompt's webhook deliveries, in the transaction that stores its outcome.
+            readback.prompt_ended(c, r.prompt, r.received_ms)
         return Outcome.STORED
 
     @staticmethod

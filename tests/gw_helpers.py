@@ -20,6 +20,7 @@ from countersign.gateway import tokens
 from countersign.gateway.apiclient import CounterClient
 from countersign.gateway.config import GatewayConfig
 from countersign.gateway.gateway import Gateway
+from countersign.gateway.roster import write_roster
 from countersign.protocol import cose, messages, topics
 from countersign.protocol.keystore import Keystore, mqtt_password
 
@@ -151,14 +152,23 @@ class Device:
         return self.wait(lambda: seqs <= set(self.acked_seqs(epoch)), timeout)
 
 
+# The clerks the tests sign in, each allowed at every window (a test of the roster writes its own).
+TEST_CLERKS = (("1", "测试"), ("10001", "张伟"), ("10002", "王芳"), ("10005", "李娜"), ("10006", "赵敏"),
+               ("10023", "张三"), ("20001", "李四"))
+
+
 def write_config(tmp_path: Path, keystore: Keystore, broker_port: int, name: str = "gw",
                  **extra: Any) -> GatewayConfig:
-    """A gateway's config, with a credentials file holding one every-window credential (``token_of``)."""
+    """A gateway's config, with a credentials file holding one every-window credential (``token_of``)
+    and a clerk roster of TEST_CLERKS."""
     ks_path = tmp_path / f"{name}-keystore.json"
     keystore.save(ks_path)
     extra.setdefault("tokens_path", tmp_path / f"{name}-tokens.json")
     if not extra["tokens_path"].exists():
         _token_file(extra["tokens_path"]).write_text(tokens.issue(extra["tokens_path"], "test-counter", None))
+    extra.setdefault("roster_path", tmp_path / f"{name}-roster.csv")
+    if not extra["roster_path"].exists():
+        write_roster(extra["roster_path"], [(c, n, None) for c, n in TEST_CLERKS])
     return GatewayConfig(hall=keystore.hall, db_path=tmp_path / f"{name}.db", keystore_path=ks_path,
                          broker_host="127.0.0.1", broker_port=broker_port, gateway_password=GATEWAY_PASSWORD,
                          http_port=0, **extra)

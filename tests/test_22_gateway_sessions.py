@@ -82,7 +82,7 @@ def test_invite_key_rating_binds_signed_in_clerk(env: tuple[Gateway, Device, Dev
     assert b.wait(lambda: b.of_type(messages.Session)[-1].clerk is None)
     b.publish(rating(KB, B, 2, score=3, prompt=0))      # window closed: no clerk, still stored
     assert b.wait_acked({1, 2})
-    assert context_rows(gw) == [(B, 1, "rating", 4, 0, "2", "20001", None, 0, None, 0),
+    assert context_rows(gw) == [(B, 1, "rating", 4, 0, "2", "20001", "李四", 0, None, 0),
                                 (B, 2, "rating", 3, 0, "2", None, None, 0, None, 0)]
 
 
