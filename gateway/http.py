@@ -133,6 +133,13 @@ class _GuardedH11(H11Protocol):
             self.transport.write(_raw_response(status, reason, message))
         self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not HTTP, in the API's JSON like every other refusal."""
+        self._disarm()
+        self.registry.pop(id(self), None)
+        self.transport.write(_raw_response(400, "Bad Request", msg))
+        self.transport.close()
+
     def data_received(self, data: bytes) -> None:
         if self._rejected:
             return
