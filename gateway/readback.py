@@ -74,7 +74,7 @@ def result(c: sqlite3.Connection, pid: int, now_ms: int, grace_ms: int) -> dict[
                            "scale": None, "rated_ms": None}
     r = c.execute("SELECT kind, score, scale, received_ms FROM ratings WHERE prompt=?", (pid,)).fetchone()
     if r is not None:
-        out.update(state=r[0], score=r[1], scale=r[2], rated_ms=r[3])
+        out.update(state="rated" if r[0] == "rating" else "no-rating", score=r[1], scale=r[2], rated_ms=r[3])
     elif now_ms >= opened_ms + timeout * 1000 + grace_ms:
         out["state"] = "expired"
     return out

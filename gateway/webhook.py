@@ -127,7 +127,7 @@ class WebhookSender:
         if error is None:
             log.info("webhook delivery %d to %s (%s) done", did, caller, url)
         else:
-            log.warning("webhook delivery %d to %s (%s) failed (%s); attempt %d, retrying in %.0f s",
+            log.warning("webhook delivery %d to %s (%s) failed (%s); attempt %d, retrying in %.1f s",
                         did, caller, url, error, attempts + 1, self.backoff.after(attempts + 1))
 
 

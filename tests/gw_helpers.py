@@ -167,7 +167,7 @@ def write_config(tmp_path: Path, keystore: Keystore, broker_port: int, name: str
     if not extra["tokens_path"].exists():
         _token_file(extra["tokens_path"]).write_text(tokens.issue(extra["tokens_path"], "test-counter", None))
     extra.setdefault("roster_path", tmp_path / f"{name}-roster.csv")
-    if not extra["roster_path"].exists():
+    if extra["roster_path"] is not None and not extra["roster_path"].exists():
         write_roster(extra["roster_path"], [(c, n, None) for c, n in TEST_CLERKS])
     return GatewayConfig(hall=keystore.hall, db_path=tmp_path / f"{name}.db", keystore_path=ks_path,
                          broker_host="127.0.0.1", broker_port=broker_port, gateway_password=GATEWAY_PASSWORD,
