@@ -15,6 +15,7 @@ from typing import Any
 
 from countersign.protocol.keystore import Keystore
 
+from . import tokens
 from .alarms import Alarms
 from .api import create_app
 from .config import GatewayConfig
@@ -72,7 +73,8 @@ class Gateway:
         self.credentials = Credentials(config.tokens_path)
         self.roster = None if config.roster_path is None else Roster(config.roster_path, config.clerk_pattern)
         backoff = Backoff(config.webhook_retry_s, config.webhook_retry_max_s)
-        self.webhooks = WebhookSender(self.store, config.now_ms, config.prompt_grace_s, backoff, config.hall)
+        self.webhooks = WebhookSender(self.store, config.now_ms, config.prompt_grace_s, backoff, config.hall,
+                                      self._credential_valid)
         self.counter = Counter(
             config.hall, self.store, self.roster,
             Limits(config.prompt_burst, config.prompt_interval_s, config.prompt_grace_s,
@@ -227,6 +229,16 @@ class Gateway:
         return self.store.backlog()   # no uplink: everything queued is backlog
 
     # --- API operations: the counter system's, in counter.py (each validates before changing anything) --
+
+    def _credential_valid(self, name: str) -> bool:
+        """Whether credential ``name`` is issued and not revoked (the file re-read: revoking is at once)."""
+        if self.cfg.tokens_path is None:
+            return False
+        try:
+            entries = tokens.read_entries(self.cfg.tokens_path)
+        except tokens.CredentialsError:
+            return False      # unreadable: send nothing until it is fixed, as the API refuses everyone
+        return any(e.name == name and e.revoked is None for e in entries)
 
     def _prompt_opened(self) -> None:
         self._stats.incr("prompts")

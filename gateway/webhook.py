@@ -55,8 +55,10 @@ def event_body(delivery: int, result_json: str) -> bytes:
 
 class WebhookSender:
     def __init__(self, store: Store, now_ms: Callable[[], int], grace_s: float, backoff: Backoff,
-                 hall: str) -> None:
+                 hall: str, credential_valid: Callable[[str], bool]) -> None:
+        """``credential_valid(name)``: whether the credential that registered a webhook still may use it."""
         self.store, self.now_ms, self.hall = store, now_ms, hall
+        self.credential_valid = credential_valid
         self.grace_ms = int(grace_s * 1000)
         self.backoff = backoff
         self._cond = threading.Condition()
@@ -93,8 +95,14 @@ class WebhookSender:
     def step(self) -> float:
         """Expire overdue prompts, send one due delivery; -> seconds until there is more to do."""
         now = self.now_ms()
-        with self.store.transaction() as c:
-            readback.expire_due(c, now, self.grace_ms)
+        # Woken after every ingest commit: look first, and take the write lock only with work to do.
+        with self.store.read() as c:
+            expiring = c.execute("SELECT 1 FROM prompt_due WHERE due_ms <= ? LIMIT 1",
+                                 (now - self.grace_ms,)).fetchone()
+        if expiring is not None:
+            with self.store.transaction() as c:
+                readback.expire_due(c, now, self.grace_ms)
+        with self.store.read() as c:
             due = c.execute(
                 "SELECT d.id, d.caller, d.result, d.attempts, w.url, w.secret FROM webhook_deliveries d"
                 " JOIN webhooks w ON w.caller = d.caller WHERE d.delivered_ms IS NULL AND d.next_ms <= ?"
@@ -113,8 +121,13 @@ class WebhookSender:
 
     def _deliver(self, did: int, caller: str, result_json: str, attempts: int, url: str, secret: str) -> None:
         body = event_body(did, result_json)
-        error = post(url, body, {SIGNATURE_HEADER: sign(secret, body), DELIVERY_HEADER: str(did),
-                                 "X-Countersign-Hall": self.hall})
+        if not self.credential_valid(caller):
+            # A revoked counter PC learns no more ratings; its deliveries wait (a credential issued again
+            # under a new name registers its own webhook).
+            error: str | None = "credential revoked or unknown: not sent"
+        else:
+            error = post(url, body, {SIGNATURE_HEADER: sign(secret, body), DELIVERY_HEADER: str(did),
+                                     "X-Countersign-Hall": self.hall})
         now = self.now_ms()
         with self.store.transaction() as c:
             if error is None:

@@ -490,6 +490,17 @@ def test_webhook_for_an_expired_prompt_and_only_own_windows(make_hall: Callable[
         h.b.publish(no_rating(KB, B, 1, prompt=p2))
         assert recv_2.wait(lambda: len(recv_2.ok()) == 2)
         assert recv_2.ok()[-1]["state"] == "no-rating"
+
+        # Revoked: that counter PC is sent nothing more, the others carry on.
+        tokens.revoke(h.cfg.tokens_path, "window-2-pc")
+        p3 = c.open_prompt("2", "E-3", 1)["prompt"]
+        h.b.publish(no_rating(KB, B, 2, prompt=p3))
+        assert recv_all.wait(lambda: len(recv_all.ok()) == 4)        # p2's no-rating, then p3's
+        assert recv_all.ok()[-1]["prompt"] == p3
+        assert h.gw.wait_until(lambda: rows(
+            h.gw, "SELECT last_error FROM webhook_deliveries WHERE caller='window-2-pc' AND prompt=?",
+            (p3,)) == [("credential revoked or unknown: not sent",)], 10)
+        assert len(recv_2.got) == 2
     finally:
         recv_all.close()
         recv_2.close()
