@@ -48,8 +48,9 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def event_body(delivery: int, result_json: str) -> bytes:
-    event = {"event": "prompt-ended", "delivery": delivery, **json.loads(result_json)}
+def event_body(hall: str, delivery: int, result_json: str) -> bytes:
+    # The hall is in the body, not only a header: the signature covers the body alone.
+    event = {"event": "prompt-ended", "hall": hall, "delivery": delivery, **json.loads(result_json)}
     return json.dumps(event, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
 
@@ -120,7 +121,7 @@ class WebhookSender:
         return max(0.0, (min(times) - self.now_ms()) / 1000.0) or 0.001
 
     def _deliver(self, did: int, caller: str, result_json: str, attempts: int, url: str, secret: str) -> None:
-        body = event_body(did, result_json)
+        body = event_body(self.hall, did, result_json)
         if not self.credential_valid(caller):
             # A revoked counter PC learns no more ratings; its deliveries wait (a credential issued again
             # under a new name registers its own webhook).

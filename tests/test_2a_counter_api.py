@@ -441,9 +441,9 @@ def test_webhook_survives_receiver_outage_and_gateway_restart(make_hall: Callabl
         assert verify(secret, headers, body)
         assert not verify("not-the-secret", headers, body)
         event = json.loads(body)
-        assert {k: event[k] for k in ("event", "prompt", "txn", "clerk", "state", "score", "window")} == {
-            "event": "prompt-ended", "prompt": pid, "txn": "W-1", "clerk": "10001", "state": "rated",
-            "score": 3, "window": "1"}
+        want = {"event": "prompt-ended", "hall": "hf01", "prompt": pid, "txn": "W-1", "clerk": "10001",
+                "state": "rated", "score": 3, "scale": 4, "window": "1", "service": 2}
+        assert {k: event[k] for k in want} == want
         assert headers[DELIVERY_HEADER] == str(event["delivery"])
 
         # Acknowledged once: the next prompt's event arrives and the first is not sent again.
