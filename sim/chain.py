@@ -24,6 +24,7 @@ from countersign.gateway.apiclient import ApiCallError, CounterClient
 from countersign.gateway.brokerconf import write_broker_files
 from countersign.gateway.config import GatewayConfig
 from countersign.gateway.gateway import Gateway
+from countersign.gateway.roster import write_roster
 from countersign.protocol.keystore import (
     DeviceKey,
     Keystore,
@@ -43,7 +44,7 @@ from countersign.sim.refdevice import DeviceConfig, RefDevice
 from . import customer
 from .keypad import Keypad
 from .ledger import Ledger
-from .plan import Txn, chain_txn
+from .plan import CLERK_NAMES, Txn, chain_txn
 
 # The chain's customers wait 10 s for a prompt or a rating, and for a walk-away's no-rating until the
 # prompt (10 s) has certainly expired.
@@ -68,6 +69,21 @@ class ChainConfig:
 
     def hall_ids(self) -> list[str]:
         return [self.hall] if self.halls == 1 else [f"hf{n:02d}" for n in range(1, self.halls + 1)]
+
+
+
+def roster_rows(hall: str, number: int, windows: int) -> list[tuple[str, str, None]]:
+    """A hall's clerk roster, as the business system would export it: the clerks the simulators and
+    tests sign in, each allowed at every window. Per window w (index i = w - 1): ``10001 + i`` with
+    CLERK_NAMES[i] (``sim hall``, the chain tests), ``<hall>-cw`` likewise (several halls), and the
+    province simulation's ``NNNww`` (hall number, window) with CLERK_NAMES[(number + w) % n]."""
+    n = len(CLERK_NAMES)
+    out: list[tuple[str, str, None]] = []
+    for i in range(max(windows, 2)):
+        w = i + 1
+        out += [(f"{10001 + i}", CLERK_NAMES[i % n], None), (f"{hall}-c{w}", CLERK_NAMES[i % n], None),
+                (f"{number:03d}{w:02d}", CLERK_NAMES[(number + w) % n], None)]
+    return out
 
 
 @dataclass
@@ -96,6 +112,10 @@ class Hall:
     def tokens_path(self) -> Path:
         return self.dir / "gateway" / "tokens.json"
 
+    @property
+    def roster_path(self) -> Path:
+        return self.dir / "gateway" / "roster.csv"
+
 
 class Chain:
     """Start/stop the whole chain; each part can also be stopped and restarted for fault tests."""
@@ -112,8 +132,8 @@ class Chain:
         self._ports: set[int] = set()
         self.halls: dict[str, Hall] = {}
         self.hall_of: dict[str, str] = {}          # device id -> hall id
-        for hall in cfg.hall_ids():
-            self.halls[hall] = self._make_hall(hall, w / "halls" / hall if cfg.halls > 1 else w)
+        for number, hall in enumerate(cfg.hall_ids(), start=1):
+            self.halls[hall] = self._make_hall(hall, number, w / "halls" / hall if cfg.halls > 1 else w)
         self.registry_path = w / "province" / "registry.json"
         self.registry.save(self.registry_path)
         self.province_password = secrets.token_urlsafe(16)
@@ -139,7 +159,7 @@ class Chain:
                 self._ports.add(p)
                 return p
 
-    def _make_hall(self, hall: str, d: Path) -> Hall:
+    def _make_hall(self, hall: str, number: int, d: Path) -> Hall:
         ks = Keystore(hall=hall)
         for i in range(1, self.cfg.devices + 1):
             dev = f"{hall}-w{i:02d}"
@@ -161,6 +181,7 @@ class Chain:
                  secrets.token_urlsafe(16), port, Mosquitto(files.conf, port))
         # Set-up issues the counter system's credential, as a technician does with `gateway token issue`.
         h.api_token = tokens.issue(h.tokens_path, f"{hall}-counter", None)
+        write_roster(h.roster_path, roster_rows(hall, number, self.cfg.devices))
         return h
 
     # The first hall's parts, for the common one-hall case.
@@ -201,7 +222,11 @@ class Chain:
                              signing_key_path=h.signing_key_path,
                              province_public_key=self.province_public.hex(),
                              retry_s=self.cfg.retry_s, batch_size=self.cfg.batch_size,
-                             prompt_timeout_min=10, tokens_path=h.tokens_path)
+                             prompt_timeout_min=10, tokens_path=h.tokens_path, roster_path=h.roster_path,
+                             # Simulated customers come faster than real ones (accelerated days, tests
+                             # back to back): the per-window limit is for a runaway counter system, and
+                             # test_2a tests it; here it must not refuse the simulation's own pace.
+                             prompt_burst=1000, prompt_interval_s=0.01)
 
     def start_gateway(self, hall: str | None = None) -> Gateway | GatewayProcess:
         h = self.halls[hall or self.hall]

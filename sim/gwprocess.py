@@ -45,6 +45,8 @@ def write_config(cfg: GatewayConfig, path: Path, http_port: int) -> None:
     if cfg.tokens_path is not None:
         lines.append(f'tokens = "{cfg.tokens_path}"')
     lines.append("")
+    if cfg.roster_path is not None:
+        lines += ["[roster]", f'file = "{cfg.roster_path}"', ""]
     if cfg.uplink_host is not None:
         up = path.parent / "uplink-password"
         up.write_text(cfg.uplink_password)
@@ -52,7 +54,8 @@ def write_config(cfg: GatewayConfig, path: Path, http_port: int) -> None:
                   f'password_file = "{up}"', f'signing_key = "{cfg.signing_key_path}"',
                   f'province_public_key = "{cfg.province_public_key}"', ""]
     lines += ["[tuning]", f"retry_s = {cfg.retry_s}", f"batch_size = {cfg.batch_size}",
-              f"prompt_timeout_min = {cfg.prompt_timeout_min}", ""]
+              f"prompt_timeout_min = {cfg.prompt_timeout_min}", f"prompt_burst = {cfg.prompt_burst}",
+              f"prompt_interval_s = {cfg.prompt_interval_s}", ""]
     path.write_text("\n".join(lines))
 
 
