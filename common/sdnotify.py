@@ -23,7 +23,9 @@ class Notifier:
         self._address = "\0" + address[1:] if address and address.startswith("@") else address
         self._sock: socket.socket | None = None
         if self._address:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never block: a notify socket nobody reads must not stall the daemon's main loop.
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC |
+                                       socket.SOCK_NONBLOCK)
 
     @classmethod
     def from_env(cls) -> Notifier:

@@ -6,7 +6,6 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from countersign.protocol.errors import ProtocolError
@@ -66,8 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     from .daemon import Daemon, remove_pid_file, write_pid_file
     from .gateway import Gateway
 
-    stop = threading.Event()
-    daemon = Daemon(stop, Notifier.from_env())
+    daemon = Daemon(Notifier.from_env())
     try:
         cfg = GatewayConfig.load(args.config)
         gw = Gateway(cfg, on_fatal=daemon.on_fatal)
@@ -79,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
 
     def _on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping", signum)
-        stop.set()
+        daemon.request_stop()
 
     def _on_hup(_signum: int, _frame: object) -> None:
         try:

@@ -8,11 +8,12 @@ systemd's WatchdogSec kills and restarts us: we do not try to judge from inside 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -52,9 +53,14 @@ def remove_pid_file(path: Path) -> None:
 
 
 class Daemon:
-    def __init__(self, stop: threading.Event, notifier: Notifier) -> None:
-        self.stop, self.notifier = stop, notifier
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
         self.fatal: list[BaseException] = []
+        self._stop = False
+        # The main thread sleeps in select() on this pipe, and a stop request is one byte written to it:
+        # a signal handler runs on the main thread, so setting a threading.Event from it deadlocks when
+        # the signal lands while that thread holds the Event's own lock (inside Event.wait).
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         period = watchdog_s()
         # systemd wants a ping at least every period; twice as often leaves room for a slow cycle.
         self.interval_s = min(2.0, period / 4)
@@ -63,15 +69,28 @@ class Daemon:
     def on_fatal(self, exc: BaseException) -> None:
         """From any thread: a part died."""
         self.fatal.append(exc)
-        self.stop.set()
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        """From any thread or a signal handler: takes no lock."""
+        self._stop = True
+        # A full pipe holds wake-ups already: the loop sees _stop after any of them.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    def _sleep(self, seconds: float) -> None:
+        readable, _, _ = select.select([self._wake_r], [], [], seconds)
+        if readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 512)
 
     def run(self, gw: Gateway) -> int:
-        """Until a signal sets ``stop`` or a part dies. 0 on a clean stop, 1 on a fatal part."""
+        """Until ``request_stop`` (a signal) or a part dies. 0 on a clean stop, 1 on a fatal part."""
         ready = announced = stuck_logged = False
         try:
             gw.start(wait_s=0)
             started = time.monotonic()
-            while not self.stop.is_set():
+            while not self._stop:
                 try:
                     gw.watch.check()
                 except PartDied as exc:
@@ -104,12 +123,15 @@ class Daemon:
                     self.notifier.notify("WATCHDOG=1")
                 # Until announced, a tenth of a second: the tools wait for the line, and an adopted
                 # thread that dies at start has no event to wake us.
-                self.stop.wait(self.interval_s if announced else 0.1)
+                self._sleep(self.interval_s if announced else 0.1)
         finally:
             why = f"fatal: {self.fatal[0]}" if self.fatal else "stopping"
+            log.info("%s", why)
             self.notifier.notify("STOPPING=1", f"STATUS={why}")
             gw.stop()
             self.notifier.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
         if self.fatal:
             log.critical("exiting for a restart: %s", self.fatal[0])
             print(f"countersign gateway: {self.fatal[0]}; exiting for a restart", file=sys.stderr,

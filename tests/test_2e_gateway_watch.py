@@ -227,7 +227,7 @@ def test_stopping_is_told_to_systemd(world: World) -> None:
         p = world.gateway({"NOTIFY_SOCKET": ns.name})
         assert ns.until(lambda m: "READY=1" in m, 20) is not None, p.stderr()
         p.proc.send_signal(signal.SIGTERM)
-        assert ns.until(lambda m: "STOPPING=1" in m, 20) is not None, ns.got
+        assert ns.until(lambda m: "STOPPING=1" in m, 20) is not None, (ns.got, p.stderr())
         assert p.proc.wait(20) == 0, p.stderr()
     finally:
         ns.close()
