@@ -16,6 +16,7 @@ still pin file handles until the process has none left (and then cannot reconnec
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import socket
@@ -177,11 +178,19 @@ def _protocol_for(limits: HttpLimits) -> type[_GuardedH11]:
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, listening: threading.Event) -> None:
+    def __init__(self, config: uvicorn.Config, listening: threading.Event, handshake_s: float) -> None:
         super().__init__(config)
         self._listening = listening
+        self._handshake_s = handshake_s
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.config.ssl is not None:
+            # A TLS connection reaches _GuardedH11 only after its handshake, so one that never shakes
+            # hands is bounded by asyncio's handshake timeout alone (60 s unless given): give it ours.
+            # uvicorn has no option for it; this loop is this server's own, so the wrapper stays here.
+            loop = asyncio.get_running_loop()
+            setattr(loop, "create_server",  # noqa: B010 - mypy refuses assigning to a method
+                    functools.partial(loop.create_server, ssl_handshake_timeout=self._handshake_s))
         await super().startup(sockets)
         self._listening.set()
 
@@ -223,7 +232,7 @@ class HttpServer:
             self._sock.close()
             raise HttpError(f"cannot load the HTTP server's TLS files: {exc}") from exc
         self._listening = threading.Event()
-        self._server = _Server(self._config, self._listening)
+        self._server = _Server(self._config, self._listening, limits.header_timeout_s)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="gateway-http", daemon=True)
 

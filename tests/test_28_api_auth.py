@@ -10,9 +10,11 @@ import datetime
 import ipaddress
 import json
 import logging
+import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -201,9 +203,14 @@ def test_tls_when_a_certificate_is_configured(tmp_path: Path,
     ks = make_keystore(devices=1)
     broker = hall_broker(ks)
     cert, key = _self_signed(tmp_path)
-    cfg = write_config(tmp_path, ks, broker.port, http_cert=cert, http_key=key)
+    cfg = write_config(tmp_path, ks, broker.port, http_cert=cert, http_key=key, http_header_timeout_s=1.0)
     gw = start_gateway(cfg)
     try:
+        # A connection that never starts its TLS handshake is closed in header_timeout_s too.
+        with socket.create_connection(("127.0.0.1", gw.http_port), timeout=5) as idle:
+            t0 = time.monotonic()
+            assert idle.recv(100) == b""
+            assert time.monotonic() - t0 < 3
         base = f"https://127.0.0.1:{gw.http_port}"
         c = CounterClient(base, token_of(cfg), ca_file=cert)
         assert c.sign_in("1", "10023")["clerk"] == "10023"
