@@ -29,8 +29,8 @@ so when it is not.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import re
 import threading
 import urllib.request
 from collections.abc import Callable
@@ -111,13 +111,18 @@ def drain(device: str, key: bytes, pending: list[obx.Pending], host: str, port: 
     return res
 
 
+_BACKLOG = re.compile(r"^countersign_gateway_backlog\{[^}]*\} (\d+)$", re.M)
+
+
 def wait_forwarded(url: str, timeout: float, poll: Callable[[float], object]) -> bool:
-    """True once the gateway's forwarding backlog is 0 (its /v1/status)."""
+    """True once the gateway's forwarding backlog is 0. Read from its /metrics, which needs no
+    credential (counts only; /v1/status is for the counter systems' credentials)."""
     waited = 0.0
     while waited <= timeout:
         try:
-            with urllib.request.urlopen(url.rstrip("/") + "/v1/status", timeout=5) as r:
-                if json.loads(r.read()).get("backlog") == 0:
+            with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=5) as r:
+                m = _BACKLOG.search(r.read().decode("utf-8"))
+                if m is not None and int(m.group(1)) == 0:
                     return True
         except (OSError, ValueError):
             pass

@@ -222,3 +222,18 @@ def test_tls_when_a_certificate_is_configured(tmp_path: Path,
             CounterClient(f"http://127.0.0.1:{gw.http_port}", token_of(cfg)).status()
     finally:
         gw.stop()
+
+
+def test_metrics_need_no_credential_and_show_no_clerk(env: tuple[Gateway, Device]) -> None:
+    """/metrics stays open (scrapers, the technician's `device replace` waiting for the backlog to
+    drain) because it holds counts only: no clerk id, no session."""
+    import threading
+
+    from countersign.device.replace import wait_forwarded
+
+    gw, _a = env
+    client(gw).sign_in("1", "10023", "张三")
+    status, text = http(gw.http_port, "GET", "/metrics")
+    assert status == 200 and 'countersign_gateway_backlog{hall="hf01"} 0' in text
+    assert "10023" not in text and "张三" not in text
+    assert wait_forwarded(f"http://127.0.0.1:{gw.http_port}", 5, threading.Event().wait)
