@@ -31,6 +31,7 @@ from countersign.protocol.keystore import (
     new_signing_key,
     public_bytes,
     save_signing_key,
+    write_atomic,
 )
 from countersign.province.brokerconf import write_province_broker_files
 from countersign.province.config import ProvinceConfig
@@ -113,6 +114,11 @@ class Hall:
         return self.dir / "gateway" / "tokens.json"
 
     @property
+    def token_path(self) -> Path:
+        """The counter system's token (0600), as `gateway token issue --out` writes it: for curl."""
+        return self.dir / "gateway" / "counter.token"
+
+    @property
     def roster_path(self) -> Path:
         return self.dir / "gateway" / "roster.csv"
 
@@ -181,6 +187,7 @@ class Chain:
                  secrets.token_urlsafe(16), port, Mosquitto(files.conf, port))
         # Set-up issues the counter system's credential, as a technician does with `gateway token issue`.
         h.api_token = tokens.issue(h.tokens_path, f"{hall}-counter", None)
+        write_atomic(h.token_path, h.api_token + "\n", mode=0o600)
         write_roster(h.roster_path, roster_rows(hall, number, self.cfg.devices))
         return h
 
