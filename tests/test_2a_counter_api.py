@@ -40,7 +40,9 @@ from countersign.gateway.gateway import Gateway
 from countersign.gateway.roster import RosterError, parse_roster, write_roster
 from countersign.gateway.store import Store
 from countersign.gateway.textcheck import clerk_pattern
+from countersign.gateway.watch import KILL_ENV
 from countersign.gateway.webhook import DELIVERY_HEADER, SIGNATURE_HEADER
+from countersign.gateway.webhook import PART as WEBHOOK_PART
 from countersign.protocol import messages
 from countersign.protocol.keystore import Keystore
 from countersign.sim.broker import Mosquitto, free_port
@@ -519,5 +521,21 @@ def test_bad_roster_at_start_refuses_sign_in(tmp_path: Path, hall_broker: Callab
         assert "no roster loaded" in caplog.text
         write_roster(roster, ROSTER)                       # fixed: usable at once
         assert http(gw, "POST", "/v1/windows/1/signin", {"clerk": "10001"})[0] == 200
+    finally:
+        gw.stop()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")   # the injected fault
+def test_webhook_sender_death_is_fatal(tmp_path: Path, hall_broker: Callable[[Keystore], Mosquitto],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KILL_ENV, WEBHOOK_PART)       # the sender's thread raises, as a bug in it would
+    ks = make_keystore(devices=1)
+    broker = hall_broker(ks)
+    died: list[BaseException] = []
+    gw = Gateway(write_config(tmp_path, ks, broker.port), on_fatal=died.append)
+    gw.start()
+    try:
+        assert gw.failed.wait(10)
+        assert WEBHOOK_PART in str(died[0])
     finally:
         gw.stop()
