@@ -182,6 +182,8 @@ class Counter:
         return {"prompt": pid, "device": device, "clerk": s[0]}
 
     def prompt_result(self, caller: Caller, prompt_id: int) -> dict[str, Any]:
+        if not 0 < prompt_id < 2**63:          # beyond SQLite's integers: no such prompt, not an overflow
+            raise NotFound(f"no prompt {prompt_id}")
         with self.store.read() as c:
             res = readback.result(c, prompt_id, self.now_ms(), int(self.limits.prompt_grace_s * 1000))
         # The same answer for a prompt of a window the caller does not drive: its existence is not theirs.

@@ -39,7 +39,7 @@ from countersign.gateway.config import GatewayConfig
 from countersign.gateway.gateway import Gateway
 from countersign.gateway.roster import RosterError, parse_roster, write_roster
 from countersign.gateway.store import Store
-from countersign.gateway.textcheck import clerk_pattern
+from countersign.gateway.textcheck import TextError, check_clerk, check_name, check_txn, clerk_pattern
 from countersign.gateway.watch import KILL_ENV
 from countersign.gateway.webhook import DELIVERY_HEADER, SIGNATURE_HEADER
 from countersign.gateway.webhook import PART as WEBHOOK_PART
@@ -539,3 +539,25 @@ def test_webhook_sender_death_is_fatal(tmp_path: Path, hall_broker: Callable[[Ke
         assert WEBHOOK_PART in str(died[0])
     finally:
         gw.stop()
+
+
+def test_text_checks() -> None:
+    p = clerk_pattern()
+    assert check_clerk("A-10023", p) == "A-10023"
+    assert check_name("  欧阳 娜娜 ") == "欧阳 娜娜"
+    invisible = ["\u200e", "\u200f", "\u202a", "\u202d", "\u2066", "\u2069", "\u061c", "\u00ad", "\u2060",
+                 "\ue000", "\u2029", "\x7f", "\x85", "\ud800"]
+    for ch in invisible:
+        with pytest.raises(TextError):
+            check_name(f"张{ch}三")
+        with pytest.raises(TextError):
+            check_clerk(f"1{ch}", clerk_pattern(".+"))      # even under a loose pattern
+    for bad in ["", "   ", "张" * 22]:
+        with pytest.raises(TextError):
+            check_name(bad)
+    assert check_txn("T-20261128/0042#a") == "T-20261128/0042#a"
+    for bad_txn in ["", " ", "T\t1", "交易", "x" * 65, 7]:
+        with pytest.raises(TextError):
+            check_txn(bad_txn)
+    with pytest.raises(TextError):
+        check_clerk("10001\n", clerk_pattern("^[0-9]+$"))     # "$" matches before a final newline; not here
