@@ -48,6 +48,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     ti.add_argument("--name", required=True, help="who holds it, e.g. counter-pc-3 (shown in every log line)")
     ti.add_argument("--windows", required=True, help="windows it may drive: 1,2 or '*' for every window")
     ti.add_argument("--out", required=True, type=Path, help="file for the token, for the counter PC")
+    ti.add_argument("--owner", default=None,
+                    help="user[:group] the credentials file belongs to when new (the gateway's, e.g. "
+                         "countersign); a rewrite keeps the file's owner")
     ti.set_defaults(func=_token_issue)
     tr = tsub.add_parser("revoke", help="revoke a credential (the running gateway refuses it at once)")
     tr.add_argument("--tokens", required=True, type=Path)
@@ -125,7 +128,7 @@ def _windows_text(windows: frozenset[str] | None) -> str:
 
 
 def _token_issue(args: argparse.Namespace) -> int:
-    from countersign.protocol.keystore import write_atomic
+    from countersign.protocol.keystore import FileOwner, write_atomic
 
     from .tokens import CredentialsError, issue, parse_windows
 
@@ -134,9 +137,10 @@ def _token_issue(args: argparse.Namespace) -> int:
         return 2
     try:
         windows = parse_windows(args.windows)
-        token = issue(args.tokens, args.name, windows)
+        owner = None if args.owner is None else FileOwner.parse(args.owner)
+        token = issue(args.tokens, args.name, windows, owner=owner)
         write_atomic(args.out, token + "\n", mode=0o600)
-    except (CredentialsError, OSError) as exc:
+    except (CredentialsError, ProtocolError, OSError) as exc:
         print(f"countersign gateway token issue: {exc}", file=sys.stderr)
         return 2
     print(f"issued {args.name} windows={_windows_text(windows)} token in {args.out}")
@@ -148,7 +152,7 @@ def _token_revoke(args: argparse.Namespace) -> int:
 
     try:
         e = revoke(args.tokens, args.name)
-    except (CredentialsError, OSError) as exc:
+    except (CredentialsError, ProtocolError, OSError) as exc:
         print(f"countersign gateway token revoke: {exc}", file=sys.stderr)
         return 2
     print(f"revoked {e.name}")

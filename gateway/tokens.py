@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from countersign.protocol.keystore import write_atomic
+from countersign.protocol.keystore import FileOwner, write_atomic
 
 from .errors import GatewayError
 from .identity import Caller
@@ -111,12 +111,15 @@ def read_entries(path: Path) -> list[Entry]:
     return entries
 
 
-def write_entries(path: Path, entries: Sequence[Entry]) -> None:
+def write_entries(path: Path, entries: Sequence[Entry], owner: FileOwner | None = None) -> None:
+    """0600: only the gateway reads it. ``owner`` for a new file (the gateway's user); a rewrite keeps
+    the file's owner (write_atomic), so revoking as root does not lock the gateway out."""
     doc = {"format": FORMAT, "credentials": [e.to_json() for e in entries]}
-    write_atomic(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n", mode=0o600)
+    write_atomic(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n", mode=0o600, owner=owner)
 
 
-def issue(path: Path, name: str, windows: frozenset[str] | None, now_s: int | None = None) -> str:
+def issue(path: Path, name: str, windows: frozenset[str] | None, now_s: int | None = None,
+          owner: FileOwner | None = None) -> str:
     """Add a credential and return its token (the only time it exists in clear: the caller stores it)."""
     if not name or len(name) > _NAME_MAX or not name.isprintable() or name.strip() != name:
         raise CredentialsError(f"a credential name is 1..{_NAME_MAX} printable characters")
@@ -125,7 +128,7 @@ def issue(path: Path, name: str, windows: frozenset[str] | None, now_s: int | No
         raise CredentialsError(f"a credential named {name!r} exists (revoke it and issue a new name)")
     token = secrets.token_urlsafe(32)
     created = int(time.time()) if now_s is None else now_s
-    write_entries(path, [*entries, Entry(name, token_hash(token), windows, created)])
+    write_entries(path, [*entries, Entry(name, token_hash(token), windows, created)], owner)
     return token
 
 

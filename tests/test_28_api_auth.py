@@ -237,3 +237,25 @@ def test_metrics_need_no_credential_and_show_no_clerk(env: tuple[Gateway, Device
     assert status == 200 and 'countersign_gateway_backlog{hall="hf01"} 0' in text
     assert "10023" not in text and "张三" not in text
     assert wait_forwarded(f"http://127.0.0.1:{gw.http_port}", 5, threading.Event().wait)
+
+
+def test_token_files_belong_to_the_gateways_user(tmp_path: Path) -> None:
+    """Run as root, `token issue --owner` gives a new credentials file to the gateway's user, and a
+    later revoke (as root) keeps it there: the gateway (User=countersign) can still read it."""
+    import os
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user (the production set-up runs it as root)")
+    nobody = pwd.getpwnam("nobody")
+    tokens = tmp_path / "tokens.json"
+    r = cli("issue", "--tokens", str(tokens), "--name", "pc", "--windows", "1", "--out", str(tmp_path / "t"),
+            "--owner", "nobody")
+    assert r.returncode == 0, r.stderr
+    assert (tokens.stat().st_uid, tokens.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert cli("revoke", "--tokens", str(tokens), "--name", "pc").returncode == 0
+    st = tokens.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (nobody.pw_uid, 0o600)
+    bad = cli("issue", "--tokens", str(tmp_path / "x.json"), "--name", "pc", "--windows", "1",
+              "--out", str(tmp_path / "t2"), "--owner", "no-such-user")
+    assert bad.returncode == 2 and "no such user" in bad.stderr
