@@ -60,6 +60,22 @@ def register(parser: argparse.ArgumentParser) -> None:
     tl.add_argument("--tokens", required=True, type=Path)
     tl.set_defaults(func=_token_list)
 
+    usr = sub.add_parser("user", help="add, remove and list the hall page's manager accounts")
+    usub = usr.add_subparsers(dest="user_cmd", required=True, metavar="ACTION")
+    ua = usub.add_parser("add", help="add an account; the password is read from stdin (or --password-file)")
+    ua.add_argument("--users", required=True, type=Path, help="accounts file ([page] users), kept 0600")
+    ua.add_argument("--name", required=True, help="log-in name, e.g. wang.li")
+    ua.add_argument("--password-file", type=Path, default=None, help="read the password from this file")
+    ua.add_argument("--replace", action="store_true", help="set a new password for an existing account")
+    ua.set_defaults(func=_user_add)
+    ur = usub.add_parser("remove", help="remove an account (its open sessions end at once)")
+    ur.add_argument("--users", required=True, type=Path)
+    ur.add_argument("--name", required=True)
+    ur.set_defaults(func=_user_remove)
+    ul = usub.add_parser("list", help="list the accounts (names and when they were added)")
+    ul.add_argument("--users", required=True, type=Path)
+    ul.set_defaults(func=_user_list)
+
 
 def _run(args: argparse.Namespace) -> int:
     from countersign.common.sdnotify import Notifier
@@ -177,4 +193,48 @@ def _token_list(args: argparse.Namespace) -> int:
 
     for e in entries:
         print(f"{e.name}\twindows={_windows_text(e.windows)}\tcreated={when(e.created)}\trevoked={when(e.revoked)}")
+    return 0
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    from .users import Users, UsersError
+
+    try:
+        if args.password_file is not None:
+            text = args.password_file.read_text(encoding="utf-8")
+        else:
+            text = sys.stdin.readline()
+        Users(args.users).add(args.name, text.rstrip("\r\n"), replace=args.replace)
+    except (UsersError, OSError) as exc:
+        print(f"countersign gateway user add: {exc}", file=sys.stderr)
+        return 2
+    print(f"user {args.name} added to {args.users}")
+    return 0
+
+
+def _user_remove(args: argparse.Namespace) -> int:
+    from .users import Users, UsersError
+
+    try:
+        Users(args.users).remove(args.name)
+    except (UsersError, OSError) as exc:
+        print(f"countersign gateway user remove: {exc}", file=sys.stderr)
+        return 2
+    print(f"user {args.name} removed")
+    return 0
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    import datetime
+
+    from .users import Users, UsersError
+
+    try:
+        accounts = Users(args.users).info()
+    except UsersError as exc:
+        print(f"countersign gateway user list: {exc}", file=sys.stderr)
+        return 2
+    for a in accounts:
+        added = datetime.datetime.fromtimestamp(a["created_ms"] / 1000, datetime.UTC)
+        print(f"{a['name']}\tadded={added:%Y-%m-%dT%H:%MZ}")
     return 0

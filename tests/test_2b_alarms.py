@@ -57,7 +57,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with outer.cond:
                     outer.got.append(json.loads(body))
@@ -228,7 +228,8 @@ def test_stuck_key_and_outbox_nearly_full_raised_once_and_cleared(hall: dict[str
     gw: Gateway = hall["gateway"](Clock())
     dev: Device = hall["device"]()
     dev.publish(health(A, KA, 1, stuck=0b100, outbox=95, outbox_free=5))
-    assert eventually(lambda: len(open_alarms(gw, "stuck-key")) == 1 and len(open_alarms(gw, "outbox-full")) == 1)
+    assert eventually(lambda: len(open_alarms(gw, "stuck-key")) == 1
+                      and len(open_alarms(gw, "outbox-full")) == 1)
     assert "key(s) 3" in open_alarms(gw, "stuck-key")[0]["detail"]
     dev.publish(health(A, KA, 2, stuck=0b100, outbox=96, outbox_free=4))
     assert gw.wait_until(lambda: (gw.store.devices()[A]["last"] or {}).get("nonce") == 2, 10)
