@@ -10,7 +10,8 @@ has taken too long, so the daemon stops its watchdog pings and systemd kills and
 
 Test hook: env ``COUNTERSIGN_TEST_KILL`` = a part's name (``ingest-worker``, ``hall-mqtt``,
 ``uplink-mqtt``, ``forwarder``, ``http``, ...) makes that part's thread raise ``InjectedFault`` a moment
-after the gateway started, as a bug in it would. Unset, it has no effect.
+after the gateway started, as a bug in it would; ``NAME@SECONDS`` waits that long first (a simulated
+hall whose gateway dies once it runs). Unset, it has no effect.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .errors import GatewayError
+from .errors import ConfigError, GatewayError
 
 log = logging.getLogger("countersign.gateway.watch")
 
@@ -49,7 +50,7 @@ class Watch:
         self._threads: dict[str, threading.Thread] = {}
         self._busy: dict[str, float] = {}          # part -> monotonic start of the work in hand
         self._stopping = threading.Event()
-        self._kill = os.environ.get(KILL_ENV) or None
+        self._kill, self._kill_after_s = _kill_hook(os.environ.get(KILL_ENV) or "")
 
     def spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
         """Start ``target`` on a daemon thread; its return or exception while running is fatal."""
@@ -57,7 +58,7 @@ class Watch:
         def run() -> None:
             try:
                 if self._kill == name:
-                    self._stopping.wait(KILL_AFTER_S)
+                    self._stopping.wait(self._kill_after_s)
                     raise InjectedFault(f"{KILL_ENV}={name}")
                 target()
             except BaseException as exc:
@@ -78,7 +79,7 @@ class Watch:
         with self._lock:
             self._threads[name] = thread
         if self._kill == name:
-            threading.Timer(KILL_AFTER_S, _raise_in, (thread, name)).start()
+            threading.Timer(self._kill_after_s, _raise_in, (thread, name)).start()
 
     def retire(self, name: str) -> None:
         """This part is being stopped on purpose (its own ``stop()``): its end is not news."""
@@ -128,6 +129,14 @@ class Watch:
         why = f"{name} stopped" if exc is None else f"{name} died: {exc!r}"
         log.critical("%s", why)
         self._on_fatal(PartDied(why))
+
+
+def _kill_hook(value: str) -> tuple[str | None, float]:
+    name, _, after = value.partition("@")
+    try:
+        return (name or None), (float(after) if after else KILL_AFTER_S)
+    except ValueError as exc:
+        raise ConfigError(f"{KILL_ENV}={value!r}: expected NAME or NAME@SECONDS") from exc
 
 
 def _raise_in(thread: threading.Thread, name: str) -> None:

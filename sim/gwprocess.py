@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from countersign.gateway.apiclient import CounterClient
+from countersign.gateway.apiclient import ApiCallError, CounterClient
 from countersign.gateway.config import GatewayConfig
 
 from .proc import end
@@ -63,9 +63,11 @@ class GatewayProcess:
     """Start/kill/restart `countersign gateway run`; the same HTTP API and database as the embedded one."""
 
     def __init__(self, cfg: GatewayConfig, folder: Path, http_port: int, clock_jumps: bool = False,
-                 token: str = "") -> None:
-        """``token``: a credential of the gateway's ``cfg.tokens_path``, for ``status()``."""
+                 token: str = "", extra_env: dict[str, str] | None = None) -> None:
+        """``token``: a credential of the gateway's ``cfg.tokens_path``, for ``status()``. ``extra_env``:
+        test hooks (COUNTERSIGN_TEST_KILL=...) for every start of this gateway."""
         self.cfg, self.folder, self.http_port = cfg, folder, http_port
+        self.extra_env = dict(extra_env or {})
         self._token = token
         folder.mkdir(parents=True, exist_ok=True)
         self.config_path = folder / "gateway.toml"
@@ -82,12 +84,15 @@ class GatewayProcess:
                 self.offset_file.write_text("+0s\n")
 
     def start(self, timeout: float = 20.0) -> GatewayProcess:
-        env = dict(os.environ)
+        env = {**os.environ, **self.extra_env}
+        main = "countersign.cli"
         if self.offset_file is not None:
+            # Monotonic time stays real (an NTP step does not move it); faketime_run explains the rest.
             env.update(LD_PRELOAD=libfaketime() or "", FAKETIME_TIMESTAMP_FILE=str(self.offset_file),
                        FAKETIME_NO_CACHE="1", FAKETIME_DONT_FAKE_MONOTONIC="1")
+            main = "countersign.sim.faketime_run"
         self._ready.clear()
-        self.proc = subprocess.Popen([sys.executable, "-m", "countersign.cli", "gateway", "run", "--config",
+        self.proc = subprocess.Popen([sys.executable, "-m", main, "gateway", "run", "--config",
                                       str(self.config_path)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, env=env)
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
@@ -127,6 +132,11 @@ class GatewayProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def exit_code(self) -> int | None:
+        """How the process ended (None: it runs, or was never started or was killed by us)."""
+        return None if self.proc is None else self.proc.poll()
+
     def status(self) -> dict[str, Any]:
         return CounterClient(f"http://127.0.0.1:{self.http_port}", self._token).status()
 
@@ -142,7 +152,7 @@ class GatewayProcess:
             try:
                 if predicate():
                     return True
-            except OSError:
+            except (OSError, ApiCallError):       # no answer: it may be restarting, or dead
                 if not self.running:
                     return False
             if time.monotonic() >= deadline:

@@ -28,8 +28,10 @@ from countersign.province.report import build_report
 from . import customer
 from .capture import Capture, attach_to_chain, enable_observer, header_for
 from .chain import Chain, ChainConfig
+from .gwprocess import GatewayProcess
 from .keypad import Keypad
 from .ledger import losses
+from .oracle import ExceptionLog, Undelivered, fault_windows, problems, uncaught_in_files, unexplained
 from .plan import CLERK_NAMES, SCORE_MIX_4, HallMix, Txn, hall_plan
 
 FAULT_KINDS = ("hall-broker-down", "uplink-down", "gateway-power-cut", "keypad-power-cut",
@@ -98,6 +100,12 @@ class HallRun:
         # Customers wait 10 s for the prompt and the rating, and a walk-away's prompt to expire.
         self.patience = customer.Patience(prompt_s=10, rating_s=10, walkaway_s=cfg.prompt_timeout + 10)
         self.errors: list[BaseException] = []
+        self.t0 = time.monotonic()
+        # Prompts asked for and never shown on the keypad, and prompts the counter system could not open
+        # (or the invite key did not): each a failure unless a fault under way explains it.
+        self.undelivered: list[Undelivered] = []
+        self.no_prompt: list[Undelivered] = []
+        self.exceptions = ExceptionLog()
 
     # -- the counter system at one window ------------------------------------------------------------
     def _pace(self, business_s: float) -> None:
@@ -108,7 +116,8 @@ class HallRun:
         kp = ch.keypad(dev)
         window = ch.keystore.devices[dev].window
         clerk, name = f"{10001 + i}", CLERK_NAMES[i % len(CLERK_NAMES)]
-        ch.sign_in(window, clerk, name)
+        # Quiet, as after a break: a gateway that refuses it shows up as prompts it could not open.
+        self._api_quiet("POST", f"/v1/windows/{window}/signin", {"clerk": clerk, "name": name})
 
         def open_prompt(t: Txn, tid: str) -> int | None:
             return self._open_prompt(window, t, tid)
@@ -119,7 +128,12 @@ class HallRun:
             if self.stop.is_set():
                 break
             self._pace(c.service_s)
-            customer.serve(kp, c, f"{dev}-T{k:05d}", open_prompt, ch.ledger, self.patience, self._pace)
+            start = time.monotonic() - self.t0
+            served = customer.serve(kp, c, f"{dev}-T{k:05d}", open_prompt, ch.ledger, self.patience,
+                                    self._pace)
+            if served in (customer.Served.UNDELIVERED, customer.Served.NO_PROMPT):
+                missed = Undelivered(dev, start, time.monotonic() - self.t0)
+                (self.undelivered if served is customer.Served.UNDELIVERED else self.no_prompt).append(missed)
             for key in c.child_taps:            # between customers: no prompt open, never a rating
                 self._tap(kp, key)
                 ch.ledger.add(child_taps=1)
@@ -182,6 +196,7 @@ class HallRun:
                 if gw is not None and hasattr(gw, "jump_clock"):
                     gw.jump_clock(f.jump_s)
                 rec["jump_s"] = f.jump_s
+            rec["end_s"] = round(time.monotonic() - t0, 1)
             self.faults_done.append(rec)
 
     # -- the run -------------------------------------------------------------------------------------
@@ -191,6 +206,12 @@ class HallRun:
         observer = None
         if cfg.capture is not None:
             observer = enable_observer(ch)       # a read-only broker user for the capture, this run only
+        with self.exceptions:
+            return self._run(progress, capture, observer)
+
+    def _run(self, progress: Callable[[float], None] | None, capture: Capture | None,
+             observer: Any) -> dict[str, Any]:
+        cfg, ch = self.cfg, self.chain
         ch.start(devices=False)
         try:
             if cfg.capture is not None and observer is not None:
@@ -198,7 +219,7 @@ class HallRun:
                 attach_to_chain(capture, ch, observer)
             for dev in ch.device_ids:
                 ch.start_firmware(dev)
-            t0 = time.monotonic()
+            t0 = self.t0 = time.monotonic()
             threads = [threading.Thread(target=self._guard, args=(self._window, dev, i),
                                         daemon=True) for i, dev in enumerate(ch.device_ids)]
             threads.append(threading.Thread(target=self._guard, args=(self._faults, t0), daemon=True))
@@ -242,7 +263,24 @@ class HallRun:
         r["invented"] -= len(unlogged)
         r["unlogged_after_power_cut"] = len(unlogged)
         c = ch.ledger
+        windows = fault_windows(self.faults_done)
+        undelivered = unexplained(self.undelivered, windows)
+        no_prompt = unexplained(self.no_prompt, windows)
+        w = ch.cfg.workdir
+        uncaught = uncaught_in_files([*w.rglob("gateway.log"), *w.rglob("console.log")], w)
+        if self.exceptions.errors:
+            uncaught["the simulator's process (province)"] = list(self.exceptions.errors)
+        found = problems(ratings_made=r["ratings_made"], undelivered=undelivered, uncaught_by_source=uncaught,
+                         losses={k: r[k] for k in ("lost", "duplicated", "invented", "altered")},
+                         settled=settled)
+        if no_prompt:
+            found.append(f"{len(no_prompt)} prompt(s) the counter system could not open with no fault to "
+                         f"explain them (first: {no_prompt[0].keypad} at {no_prompt[0].start_s:.1f} s)")
+        gw = ch.gateway
+        if isinstance(gw, GatewayProcess) and not gw.running:
+            found.append(f"the gateway was not running at the end (exit code {gw.exit_code})")
         return {
+            "ok": not found, "problems": found,
             "seed": self.cfg.seed, "devices": self.cfg.devices, "duration_s": self.cfg.duration_s,
             "accel": self.cfg.accel, "elapsed_s": round(elapsed, 1), "settled": settled,
             "hops": {"taps": c.taps, "transactions": c.transactions, "prompts": c.prompts,
@@ -255,6 +293,8 @@ class HallRun:
             "rejected": r["rejected"], "child_taps": c.child_taps, "breaks": c.breaks,
             "faults": self.faults_done, "total": figures["total"], "by_clerk": figures["groups"]["clerk"],
             "by_service": figures["groups"]["service"],
+            "undelivered_unexplained": len(undelivered), "no_prompt_unexplained": len(no_prompt),
+            "uncaught": uncaught,
         }
 
 
@@ -270,6 +310,7 @@ def summary(rep: dict[str, Any]) -> str:
         f"{losses(rep)}  (unlogged after a power cut {rep['unlogged_after_power_cut']})",
         f"rejected {rep['rejected'] or 'none'}",
         "faults: " + (", ".join(f"{f['kind']}@{f['at_s']}s" for f in rep["faults"]) or "none"),
+        "result: ok" if rep["ok"] else "result: FAILED: " + "; ".join(rep["problems"]),
     ]
 
     def pct(x: float | None) -> str:

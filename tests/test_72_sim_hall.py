@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from countersign.sim.gwprocess import libfaketime
 from countersign.sim.hall import FAULT_KINDS, HallConfig, HallRun
+from countersign.sim.oracle import Undelivered, fault_windows, problems, uncaught, unexplained
 
 ROOT = Path(__file__).resolve().parent.parent
 XCHECK = ROOT / ".venv-xcheck" / "bin" / "python"
@@ -33,6 +38,8 @@ def test_seeded_hall_run_with_every_fault_loses_nothing(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     rep = json.loads(report.read_text())
+    assert rep["ok"] and rep["problems"] == [] and "result: ok" in r.stdout, rep["problems"]
+    assert rep["uncaught"] == {}
     assert rep["settled"]
     assert (rep["lost"], rep["duplicated"], rep["invented"], rep["altered"]) == (0, 0, 0, 0)
     assert {f["kind"] for f in rep["faults"]} == set(FAULT_KINDS)
@@ -62,3 +69,102 @@ def test_same_seed_without_faults_makes_the_same_presses(tmp_path: Path) -> None
     hops_a, scores_a = presses("a")
     hops_b, scores_b = presses("b")
     assert hops_a["taps"] > 0 and hops_a == hops_b and scores_a == scores_b
+
+
+def sim_hall(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+             timeout: float = 300) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    report = tmp_path / "report.json"
+    r = subprocess.run([sys.executable, "-m", "countersign.cli", "sim", "hall", "--report-json", str(report),
+                        "--workdir", str(tmp_path / "hall"), *args], capture_output=True, text=True,
+                       timeout=timeout, check=False, env={**os.environ, **(env or {})})
+    assert report.exists(), r.stdout + r.stderr[-3000:]
+    return r, json.loads(report.read_text())
+
+
+def test_a_run_whose_gateway_dies_fails(tmp_path: Path) -> None:
+    # The ingest worker dies 2 s into every start of the gateway (the COUNTERSIGN_TEST_KILL hook): no
+    # losses to count, the injected traceback excused, and still the run must not pass.
+    r, rep = sim_hall(tmp_path, "--devices", "2", "--duration", "8", "--faults", "0", "--seed", "3",
+                      env={"COUNTERSIGN_TEST_KILL": "ingest-worker@2"})
+    assert r.returncode == 1, r.stdout + r.stderr[-3000:]
+    assert not rep["ok"] and "result: FAILED" in r.stdout
+    assert any("gateway was not running at the end" in p for p in rep["problems"]), rep["problems"]
+    assert any("could not open" in p for p in rep["problems"]), rep["problems"]
+    if rep["hops"]["ratings"] == 0:
+        assert "the keypads made no rating" in rep["problems"]
+    assert rep["uncaught"] == {}        # the injected fault's traceback is not an uncaught exception
+    assert "InjectedFault" in next((tmp_path / "hall").rglob("gateway.log")).read_text()
+
+
+def test_oracle_no_ratings_fails() -> None:
+    assert problems(ratings_made=0, undelivered=[], uncaught_by_source={}, losses={"lost": 0},
+                    settled=True) == ["the keypads made no rating"]
+    assert problems(ratings_made=5, undelivered=[], uncaught_by_source={}, losses={"lost": 0},
+                    settled=True) == []
+
+
+def test_oracle_undelivered_prompts_only_excused_by_a_fault_under_way() -> None:
+    faults = [{"kind": "hall-broker-down", "at_s": 10.0, "end_s": 13.0},
+              {"kind": "keypad-power-cut", "at_s": 50.0, "end_s": 50.5, "keypad": "k2"},
+              {"kind": "uplink-down", "at_s": 80.0, "end_s": 85.0}]
+    w = fault_windows(faults)
+    during_outage = Undelivered("k1", 12.0, 22.0)
+    after_recovery = Undelivered("k1", 40.0, 50.0)              # 13 + 20 s of reconnecting is over
+    other_keypad = Undelivered("k1", 51.0, 61.0)                 # k2 was cut, not k1
+    cut_keypad = Undelivered("k2", 51.0, 61.0)
+    uplink = Undelivered("k1", 81.0, 91.0)                      # the uplink does not carry prompts
+    left = unexplained([during_outage, after_recovery, other_keypad, cut_keypad, uplink], w)
+    assert left == [after_recovery, other_keypad, uplink]
+    found = problems(ratings_made=3, undelivered=left, uncaught_by_source={}, losses={}, settled=True)
+    assert found and "3 prompt(s) undelivered" in found[0]
+
+
+CPY_TRACEBACK = """2026-12-02 05:00:00,000 countersign.gateway.ingest CRITICAL ingest worker died
+Traceback (most recent call last):
+  File "/x/gateway/ingest.py", line 160, in _run
+    self._loop()
+KeyError: 'hf01-w09'
+"""
+MPY_TRACEBACK = """SIM LISTEN 40001
+Traceback (most recent call last):
+  File "cs/app.py", line 212, in run
+AttributeError: 'NoneType' object has no attribute 'seq'
+"""
+INJECTED = """Exception in thread ingest-worker:
+Traceback (most recent call last):
+  File "/x/gateway/watch.py", line 60, in run
+    raise InjectedFault(f"{KILL_ENV}={name}")
+countersign.gateway.watch.InjectedFault: COUNTERSIGN_TEST_KILL=ingest-worker
+"""
+
+
+def test_oracle_finds_uncaught_exceptions_in_logs_but_not_injected_faults() -> None:
+    assert uncaught(CPY_TRACEBACK) == ["KeyError: 'hf01-w09'"]
+    assert uncaught(MPY_TRACEBACK) == ["AttributeError: 'NoneType' object has no attribute 'seq'"]
+    assert uncaught(INJECTED) == []
+    assert uncaught("INFO all well\nWARNING lost the hall broker; paho reconnects\n") == []
+    found = problems(ratings_made=3, undelivered=[], losses={}, settled=True,
+                     uncaught_by_source={"gateway/gateway.log": uncaught(INJECTED + CPY_TRACEBACK)})
+    assert found == ["1 uncaught exception(s) in gateway/gateway.log (first: KeyError: 'hf01-w09')"]
+
+
+@pytest.mark.skipif(libfaketime() is None, reason="needs libfaketime (Debian package faketime)")
+def test_gateway_under_a_jumped_clock_still_hears_keypads(tmp_path: Path) -> None:
+    # The clock jumps first, then the hall broker goes down: paho's reconnect wait (a time.sleep) runs
+    # under libfaketime, which used to raise EINVAL and leave the gateway deaf for the rest of the run.
+    began_ms = int(time.time() * 1000)
+    r, rep = sim_hall(tmp_path, "--devices", "2", "--duration", "30", "--faults", "2", "--seed", "5",
+                      "--fault-kinds", "gateway-clock-jump,hall-broker-down")
+    assert r.returncode == 0 and rep["ok"], (rep["problems"], r.stdout, r.stderr[-3000:])
+    (jump,) = [f for f in rep["faults"] if f["kind"] == "gateway-clock-jump"]
+    (down,) = [f for f in rep["faults"] if f["kind"] == "hall-broker-down"]
+    assert jump["at_s"] < down["at_s"]
+    db = next((tmp_path / "hall").rglob("gateway.db"))
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        received = [ms for (ms,) in c.execute("SELECT received_ms FROM ratings WHERE kind = 'rating'")]
+    ended_ms = int(time.time() * 1000)
+    # Stored on the jumped clock: outside the real run's span by about the jump.
+    after_jump = [ms for ms in received if not began_ms - 60_000 <= ms <= ended_ms + 60_000]
+    assert after_jump, (jump, received)
+    assert all(abs((ms - began_ms) / 1000 - jump["jump_s"]) < 600 for ms in after_jump)
+    assert rep["lost"] == 0 and rep["hops"]["ratings"] > 0
