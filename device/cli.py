@@ -27,7 +27,9 @@ def _hall_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--broker-pid", help="mosquitto's pid: SIGHUP after the files change")
     g.add_argument("--broker-pid-file", type=Path)
     g.add_argument("--gateway-pid", help="the gateway's pid: SIGHUP (reloads its keystore)")
-    g.add_argument("--gateway-pid-file", type=Path)
+    g.add_argument("--gateway-pid-file", type=Path,
+                   help="where the running gateway writes its pid (gateway run --pid-file): "
+                        "/run/countersign-gateway/gateway.pid under the shipped unit")
 
 
 def _keypad_args(p: argparse.ArgumentParser, window: bool = True) -> None:
