@@ -277,6 +277,7 @@ class Gateway:
         return {"hall": self.cfg.hall, "devices": devices, "counts": self._stats.snapshot(),
                 "rejected": self._stats.rejected(), "quarantined": self.store.quarantine_counts(),
                 "alarms": self.store.open_alarms(), "backlog": self.backlog(),
+                "notifications_pending": self.notifier.pending(),
                 "forwarding": self.forwarder is not None}
 
     def metrics(self) -> str:
@@ -291,6 +292,10 @@ class Gateway:
         out.append(f'countersign_gateway_devices_online{{hall="{hall}"}} {online}')
         out.append(f'countersign_gateway_devices{{hall="{hall}"}} {len(st["devices"])}')
         out.append(f'countersign_gateway_open_alarms{{hall="{hall}"}} {len(st["alarms"])}')
+        unacked = sum(1 for a in st["alarms"] if a["acked_ms"] is None)
+        out.append(f'countersign_gateway_unacknowledged_alarms{{hall="{hall}"}} {unacked}')
+        pending = st["notifications_pending"]
+        out.append(f'countersign_gateway_notifications_pending{{hall="{hall}"}} {pending}')
         out.append(f'countersign_gateway_backlog{{hall="{hall}"}} {st["backlog"]}')
         out.append(f'countersign_gateway_ratings_in_store{{hall="{hall}"}} {self.store.count_ratings()}')
         return "\n".join(out) + "\n"

@@ -172,6 +172,9 @@ def test_offline_raised_once_pushed_through_a_late_receiver_cleared_and_pushed(
         (cleared,) = rows(gw, "SELECT cleared_ms FROM alarms WHERE kind='offline'")
         assert cleared[0] is not None
         assert len(receiver.got) == 2      # each event pushed once, not again once delivered
+        # the target that never answers still holds both events, retrying; the status says so
+        assert gw.status()["notifications_pending"] == 2
+        assert 'countersign_gateway_notifications_pending{hall="hf01"} 2' in gw.metrics()
         assert "s3cret-token" not in caplog.text      # a URL's secret is never logged
         assert "json://127.0.0.1" in caplog.text       # its scheme and host are
     finally:
@@ -210,7 +213,8 @@ def test_silent_keypad_alarmed_only_in_business_hours(hall: dict[str, Any], when
                                                       raised: bool) -> None:
     clock = Clock(when)
     hours = BusinessHours.parse("mon-sat", "08:30", "17:30", ["2026-10-01"])
-    gw: Gateway = hall["gateway"](clock, hours=hours, silent_minutes=1)
+    # heartbeat_s: the 25 s the clock jumps must not make the keypad offline meanwhile
+    gw: Gateway = hall["gateway"](clock, hours=hours, silent_minutes=1, heartbeat_s=600)
     dev: Device = hall["device"]()
     _silent_keypad(gw, dev, clock)
     gw.alarms.check()
@@ -225,7 +229,7 @@ def test_silent_keypad_alarmed_only_in_business_hours(hall: dict[str, Any], when
 
 
 def test_stuck_key_and_outbox_nearly_full_raised_once_and_cleared(hall: dict[str, Any]) -> None:
-    gw: Gateway = hall["gateway"](Clock())
+    gw: Gateway = hall["gateway"](Clock(), heartbeat_s=600)
     dev: Device = hall["device"]()
     dev.publish(health(A, KA, 1, stuck=0b100, outbox=95, outbox_free=5))
     assert eventually(lambda: len(open_alarms(gw, "stuck-key")) == 1
