@@ -28,6 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,7 +276,9 @@ class Forwarder:
         try:
             while not self._stopping.is_set():
                 try:
-                    timeout = self._round(conn, sent)
+                    # In the gateway, a round that never ends stops the watchdog pings.
+                    with self._watch.busy(THREAD) if self._watch is not None else nullcontext():
+                        timeout = self._round(conn, sent)
                 except sqlite3.OperationalError as exc:
                     # Locked/busy past the timeout, or a full disk: nothing was half-done (each step is
                     # one transaction); try again after retry_s, loudly.

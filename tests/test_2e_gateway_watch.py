@@ -250,3 +250,12 @@ def test_a_pid_file_that_cannot_be_written_stops_the_start(world: World, tmp_pat
     p = world.gateway({}, "--pid-file", str(tmp_path / "no-such-dir" / "gateway.pid"))
     assert p.proc.wait(20) == 2
     assert "no-such-dir" in p.stderr()
+
+
+def test_the_device_tools_read_the_pid_file_the_gateway_writes(tmp_path: Path) -> None:
+    from countersign.device.hall import read_pid
+    from countersign.gateway.daemon import write_pid_file
+
+    pid_file = tmp_path / "gateway.pid"
+    write_pid_file(pid_file)
+    assert read_pid(None, pid_file) == os.getpid()
