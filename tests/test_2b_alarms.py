@@ -288,3 +288,30 @@ def test_an_older_database_gets_the_alarm_columns(tmp_path: Path) -> None:
         assert store.open_alarms()[0]["acked_by"] == "li"
     finally:
         store.close()
+
+
+def test_hours_timezone_and_alarms_config_checked() -> None:
+    from countersign.gateway.config import GatewayConfig
+    from countersign.gateway.errors import ConfigError
+
+    base = {"hall": "hf01", "db": "gw.db", "keystore": "ks.json"}
+    cfg = GatewayConfig.from_dict({**base, "timezone": "Asia/Urumqi", "page": {"users": "u.json"},
+                                   "hours": {"days": "mon-fri,sun", "open": "09:00", "close": "17:00",
+                                             "closed_dates": ["2026-10-01"]},
+                                   "alarms": {"notify": ["json://127.0.0.1:9/h"], "heartbeat_s": 30,
+                                              "silent_minutes": 45, "outbox_free_percent": 20}},
+                                  base=Path("/etc/countersign"))
+    assert cfg.users_path == Path("/etc/countersign/u.json") and cfg.alarm_notify == ("json://127.0.0.1:9/h",)
+    assert cfg.hours.days == frozenset({0, 1, 2, 3, 4, 6})
+    assert (cfg.heartbeat_s, cfg.silent_minutes) == (30, 45)
+    assert cfg.hours.is_open(dt.datetime(2026, 12, 6, 9, 0))          # a Sunday
+    assert not cfg.hours.is_open(dt.datetime(2026, 12, 5, 9, 0))      # a Saturday
+    for bad, words in (({"timezone": "Mars/Olympus"}, "time zone"),
+                       ({"hours": {"days": "mon-xyz"}}, "hours.days"),
+                       ({"hours": {"open": "18:00"}}, "before"), ({"hours": {"open": "8h"}}, "hours.open"),
+                       ({"hours": {"closed_dates": ["1 Oct"]}}, "closed_dates"),
+                       ({"alarms": {"notify": "json://x"}}, "alarms.notify"),
+                       ({"alarms": {"notify": ["not a url"]}}, "apprise"),
+                       ({"alarms": {"pager": 1}}, "alarms.pager"), ({"page": {"user": "x"}}, "page.user")):
+        with pytest.raises(ConfigError, match=words):
+            GatewayConfig.from_dict({**base, **bad})
