@@ -19,6 +19,7 @@ from pathlib import Path
 
 from countersign.common.sdnotify import Notifier, watchdog_s
 
+from .errors import GatewayError
 from .gateway import Gateway
 from .watch import PartDied
 
@@ -88,7 +89,10 @@ class Daemon:
         """Until ``request_stop`` (a signal) or a part dies. 0 on a clean stop, 1 on a fatal part."""
         ready = announced = stuck_logged = False
         try:
-            gw.start(wait_s=0)
+            try:
+                gw.start(wait_s=0)
+            except (GatewayError, OSError) as exc:   # the HTTP port taken, the data disk unwritable
+                self.on_fatal(exc)
             started = time.monotonic()
             while not self._stop:
                 try:
