@@ -27,6 +27,7 @@ from .http import HttpLimits, HttpServer, TlsFiles
 from .identity import Caller
 from .ingest import Ingest
 from .notify import Notifier
+from .page import hall_page_routes
 from .roster import Roster
 from .stats import Stats
 from .store import Store
@@ -83,8 +84,11 @@ class Gateway:
         tls = None
         if config.http_cert is not None and config.http_key is not None:
             tls = TlsFiles(config.http_cert, config.http_key)
+        # One server for the counter API and the hall manager's page (its own log-in, under /).
+        page = hall_page_routes(config, self.store, self.keystore, self.backlog)
+        app = create_app(self, self.credentials, page)
         self.api = HttpServer(
-            create_app(self, self.credentials), config.http_bind, config.http_port,
+            app, config.http_bind, config.http_port,
             HttpLimits(max_connections=config.http_max_connections,
                        header_timeout_s=config.http_header_timeout_s, keep_alive_s=config.http_keep_alive_s),
             tls)
