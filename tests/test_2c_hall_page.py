@@ -29,7 +29,7 @@ from countersign.gateway.gateway import Gateway
 from countersign.gateway.hallview import HallView
 from countersign.gateway.hours import zone
 from countersign.gateway.http import HttpLimits, HttpServer
-from countersign.gateway.page import hall_page_routes, page_routes
+from countersign.gateway.page import page_routes
 from countersign.gateway.store import Store
 from countersign.gateway.users import Users
 from countersign.protocol.keystore import Keystore
@@ -57,16 +57,12 @@ def hall(tmp_path: Path, hall_broker: Callable[[Keystore], Mosquitto]) -> Iterat
     Users(users).add(USER, PASSWORD)
     cfg = write_config(tmp_path, ks, broker.port, users_path=users, alarm_check_s=0.2)
     gw = start_gateway(cfg)
-    # The page on the gateway's own HTTP server class, beside the API, as the gateway mounts it.
-    app = create_app(gw, gw.credentials, hall_page_routes(cfg, gw.store, gw.keystore, gw.backlog))
-    server = HttpServer(app, "127.0.0.1", 0, HttpLimits(), None)
-    server.start()
+    # The page as the gateway serves it: its own HTTP server, beside the counter API.
     dev = Device(broker.port, A, KA).start()
     try:
-        yield {"hall": Hall(gw, server, users), "device": dev, "tmp": tmp_path}
+        yield {"hall": Hall(gw, gw.api, users), "device": dev, "tmp": tmp_path}
     finally:
         dev.stop()
-        server.stop()
         gw.stop()
 
 
