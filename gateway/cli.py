@@ -34,6 +34,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     bc.add_argument("--bind", default="0.0.0.0")
     bc.add_argument("--gateway-password-file", required=True, type=Path)
     bc.add_argument("--run-as", default=None, help="user mosquitto drops to (e.g. mosquitto)")
+    bc.add_argument("--pid-file", type=Path, default=None,
+                    help="mosquitto's pid file, read by the device tools: /run/mosquitto/mosquitto.pid")
     bc.set_defaults(func=_broker_config)
 
     kg = sub.add_parser("keygen", help="write a new Ed25519 signing key, print its public key hex")
@@ -124,7 +126,12 @@ def _broker_config(args: argparse.Namespace) -> int:
     if not password:
         print("countersign gateway broker-config: the gateway password file is empty", file=sys.stderr)
         return 2
-    files = write_broker_files(args.out, ks, password, port=args.port, bind=args.bind, run_as=args.run_as)
+    try:
+        files = write_broker_files(args.out, ks, password, port=args.port, bind=args.bind,
+                                   run_as=args.run_as, pid_file=args.pid_file)
+    except (ProtocolError, OSError) as exc:     # e.g. an unknown --run-as user: nothing was written
+        print(f"countersign gateway broker-config: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {files.conf}, {files.passwd}, {files.acl}")
     return 0
 
