@@ -23,9 +23,12 @@ from countersign.gateway.config import GatewayConfig
 
 from .proc import end
 
-_LIBFAKETIME = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-                "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-                "/usr/lib/faketime/libfaketime.so.1")
+# The multithreaded build: with the plain one, a gateway thread reading the clock while another does now
+# and then gets the real time instead of the shifted one (a prompt opened a day before the keypad's clock,
+# which the keypad drops as expired), besides being twenty times slower under contention.
+_LIBFAKETIME = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+                "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+                "/usr/lib/faketime/libfaketimeMT.so.1")
 
 
 class GatewayProcessError(RuntimeError):
@@ -117,7 +120,11 @@ class GatewayProcess:
         """Step the gateway's wall clock by ``seconds`` (relative to real time), at once."""
         if self.offset_file is None:
             raise GatewayProcessError("this gateway was started without clock jumps")
-        self.offset_file.write_text(f"{seconds:+.0f}s\n")
+        # Replaced in one rename: libfaketime re-reads the file on every clock call, and a half-written
+        # (truncated) one would read as no offset at all.
+        tmp = self.offset_file.with_name(self.offset_file.name + ".new")
+        tmp.write_text(f"{seconds:+.0f}s\n")
+        tmp.replace(self.offset_file)
 
     def kill(self) -> None:
         """Power cut: SIGKILL."""

@@ -63,6 +63,7 @@ def test_same_seed_without_faults_makes_the_same_presses(tmp_path: Path) -> None
     def presses(name: str) -> tuple[dict[str, Any], list[tuple[str, int]]]:
         run = HallRun(HallConfig(workdir=tmp_path / name, devices=2, duration_s=8, seed=21, faults=0))
         rep = run.run()
+        assert rep["ok"], rep["problems"]           # no fault: nothing to excuse
         scores = sorted((dev, score) for (dev, _e, _s), score in run.chain.ledger.ratings.items())
         return rep["hops"], scores
 
