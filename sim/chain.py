@@ -80,7 +80,8 @@ def roster_rows(hall: str, number: int, windows: int) -> list[tuple[str, str, No
     province simulation's ``NNNww`` (hall number, window) with CLERK_NAMES[(number + w) % n]."""
     n = len(CLERK_NAMES)
     out: list[tuple[str, str, None]] = []
-    for i in range(max(windows, 2)):
+    # Room for windows a test provisions later (a new keypad at window 5 or 6 of a 2-window hall).
+    for i in range(max(windows, 8)):
         w = i + 1
         out += [(f"{10001 + i}", CLERK_NAMES[i % n], None), (f"{hall}-c{w}", CLERK_NAMES[i % n], None),
                 (f"{number:03d}{w:02d}", CLERK_NAMES[(number + w) % n], None)]

@@ -94,7 +94,7 @@ def test_flash_provision_and_a_rating_reaches_the_gateway(chain: Chain, capsys: 
     # The gateway re-reads its keystore on the SIGHUP the tool sent; that is asynchronous.
     gw = chain.gateway
     assert gw is not None and gw.wait_until(lambda: dev in gw.status()["devices"], 15)
-    chain.sign_in("5", "10005", "李娜")
+    chain.sign_in("5", "10005", "陈静")      # as the roster has them (sim.chain.roster_rows)
     assert fw.wait_line(r"CS:SESSION clerk=10005", 10, start=mark), fw.lines[mark:]
     seq = fw.invite_and_rate(3)
     assert fw.wait_line(rf"CS:STORED seq={seq}\b", 30, start=mark), fw.lines[mark:]
@@ -222,7 +222,7 @@ def test_interrupted_provisioning_leaves_it_unprovisioned_then_refusal_service_m
     mark = power_cycle(fw)
     assert fw.wait_line(r"CS:BOOT fw=\S+ boot=\d+ epoch=2", 20, start=mark), fw.lines[mark:]
     assert fw.wait_line(r"CS:LINK up", 20, start=mark), fw.lines[mark:]
-    chain.sign_in("6", "10006", "赵敏")
+    chain.sign_in("6", "10006", "杨磊")
     assert fw.wait_line(r"CS:SESSION clerk=10006", 10, start=mark), fw.lines[mark:]
     seq = fw.invite_and_rate(2)
     assert fw.wait_line(rf"CS:STORED seq={seq}\b", 30, start=mark), fw.lines[mark:]
