@@ -134,8 +134,16 @@ class HallRun:
             if served in (customer.Served.UNDELIVERED, customer.Served.NO_PROMPT):
                 missed = Undelivered(dev, start, time.monotonic() - self.t0)
                 (self.undelivered if served is customer.Served.UNDELIVERED else self.no_prompt).append(missed)
-            for key in c.child_taps:            # between customers: no prompt open, never a rating
+            since = kp.mark()
+            for key in c.child_taps:            # between customers: no prompt open, never a rating ...
                 self._tap(kp, key)
+            if c.child_taps and served is customer.Served.NO_PROMPT:
+                # ... unless the counter system got no answer while the gateway did open the prompt (it
+                # went down before replying): the child's key then rates it, a rating the keypad really
+                # made and the ledger must know, or the province's copy reads as invented.
+                rated = kp.wait_rated(1.0, since)
+                if rated is not None:
+                    ch.ledger.rated(kp.device_id, kp.epoch, rated.seq, rated.score)
                 ch.ledger.add(child_taps=1)
             if c.brk:
                 ch.ledger.add(breaks=1)
