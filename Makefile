@@ -50,9 +50,10 @@ FUZZ_TOTAL ?= 1000000
 fuzz: venv
 	$(PY) tools/fuzz.py --total $(FUZZ_TOTAL)
 
-# One hall for about a minute: real firmware keypads, the gateway, the province, one fault of each kind.
+# One hall for about a minute: real firmware keypads, the gateway, the province, one fault of each kind;
+# then the hall page with the run's data until Ctrl-C (DEMO_EXIT=1: end with the verdict, for scripts).
 demo: deps
-	$(VENV)/bin/countersign sim hall --devices 4 --duration 45 --faults 5 --seed 7
+	$(VENV)/bin/countersign sim hall --devices 4 --duration 45 --faults 5 --seed 7 $(if $(DEMO_EXIT),,--serve)
 
 bench: deps
 	@mkdir -p out

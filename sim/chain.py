@@ -25,6 +25,7 @@ from countersign.gateway.brokerconf import write_broker_files
 from countersign.gateway.config import GatewayConfig
 from countersign.gateway.gateway import Gateway
 from countersign.gateway.roster import write_roster
+from countersign.gateway.users import Users
 from countersign.protocol.keystore import (
     DeviceKey,
     Keystore,
@@ -47,6 +48,8 @@ from .keypad import Keypad
 from .ledger import Ledger
 from .plan import CLERK_NAMES, Txn, chain_txn
 
+PAGE_USER = "demo"      # the hall-page account a demo hall gets (ChainConfig.hall_page)
+
 # The chain's customers wait 10 s for a prompt or a rating, and for a walk-away's no-rating until the
 # prompt (10 s) has certainly expired.
 PATIENCE = customer.Patience(prompt_s=10, rating_s=10, walkaway_s=40)
@@ -67,6 +70,7 @@ class ChainConfig:
     gateway_process: bool = False   # run each gateway as `countersign gateway run` (real SIGKILL faults)
     clock_jumps: bool = False       # with gateway_process: libfaketime, so the gateway clock can jump
     console: str = "pipe"           # firmware keypads' console: "pipe", or "pty" (a virtual USB serial cable)
+    hall_page: bool = False         # a hall-manager account for the page (scrypt: not for every test hall)
 
     def hall_ids(self) -> list[str]:
         return [self.hall] if self.halls == 1 else [f"hf{n:02d}" for n in range(1, self.halls + 1)]
@@ -122,6 +126,15 @@ class Hall:
     @property
     def roster_path(self) -> Path:
         return self.dir / "gateway" / "roster.csv"
+
+    @property
+    def users_path(self) -> Path:
+        return self.dir / "gateway" / "hall-users.json"
+
+    @property
+    def page_password_path(self) -> Path:
+        """The demo hall manager's password (0600): shown by its path, never printed."""
+        return self.dir / "gateway" / "hall-page.password"
 
 
 class Chain:
@@ -190,6 +203,10 @@ class Chain:
         h.api_token = tokens.issue(h.tokens_path, f"{hall}-counter", None)
         write_atomic(h.token_path, h.api_token + "\n", mode=0o600)
         write_roster(h.roster_path, roster_rows(hall, number, self.cfg.devices))
+        if self.cfg.hall_page:
+            password = secrets.token_urlsafe(12)
+            Users(h.users_path).add(PAGE_USER, password)
+            write_atomic(h.page_password_path, password + "\n", mode=0o600)
         return h
 
     # The first hall's parts, for the common one-hall case.
@@ -231,6 +248,7 @@ class Chain:
                              province_public_key=self.province_public.hex(),
                              retry_s=self.cfg.retry_s, batch_size=self.cfg.batch_size,
                              prompt_timeout_min=10, tokens_path=h.tokens_path, roster_path=h.roster_path,
+                             users_path=h.users_path if self.cfg.hall_page else None,
                              # Simulated customers come faster than real ones (accelerated days, tests
                              # back to back): the per-window limit is for a runaway counter system, and
                              # test_2a tests it; here it must not refuse the simulation's own pace.

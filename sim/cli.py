@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
 from .capture import start_captured
 from .chain import Chain, ChainConfig
@@ -56,6 +59,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--capture", type=Path, help="write every MQTT message seen (JSON lines) here")
     h.add_argument("--report-json", type=Path)
     h.add_argument("--workdir", type=Path, help="keep configs, databases, consoles and logs here")
+    h.add_argument("--serve", action="store_true",
+                   help="after the verdict keep the hall up and serve its page until Ctrl-C (make demo)")
     h.set_defaults(func=_hall)
 
 
@@ -123,11 +128,28 @@ def _hall(args: argparse.Namespace) -> int:
         cfg = HallConfig(score_mix=mix, workdir=args.workdir or Path(tmp), devices=args.devices,
                          duration_s=args.duration, accel=args.accel, seed=args.seed, faults=args.faults,
                          fault_kinds=kinds or FAULT_KINDS, capture=args.capture)
-        rep = HallRun(cfg).run(progress=_bar if sys.stderr.isatty() else None)
-    print(hall_summary(rep))
+        run = HallRun(cfg)
+        rep = run.run(progress=_bar if sys.stderr.isatty() else None,
+                      hold=(lambda r: _serve(r, run.page())) if args.serve else None)
+    if not args.serve:
+        print(hall_summary(rep))
     if args.report_json:
         write_report(rep, args.report_json)
     return 0 if rep["ok"] else 1     # the oracle's verdict (sim/oracle.py), losses and settling included
+
+
+def _serve(rep: dict[str, Any], page: dict[str, str]) -> None:
+    """The demo's end: the verdict, then the hall page with this run's data until Ctrl-C."""
+    print(hall_summary(rep), flush=True)
+    print(f"\nhall page: {page['url']}  log-in: {page['user']}, password in {page['password_file']}\n"
+          f"counter API token: {page['api_token_file']}\n"
+          "serving until Ctrl-C (make demo DEMO_EXIT=1 ends at once)", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        # A second Ctrl-C (or the terminal's to the whole group) must not cut the teardown short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("stopping the hall", flush=True)
 
 
 def _province(args: argparse.Namespace) -> int:

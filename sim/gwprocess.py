@@ -50,6 +50,8 @@ def write_config(cfg: GatewayConfig, path: Path, http_port: int) -> None:
     lines.append("")
     if cfg.roster_path is not None:
         lines += ["[roster]", f'file = "{cfg.roster_path}"', ""]
+    if cfg.users_path is not None:
+        lines += ["[page]", f'users = "{cfg.users_path}"', ""]
     if cfg.uplink_host is not None:
         up = path.parent / "uplink-password"
         up.write_text(cfg.uplink_password)

@@ -27,7 +27,7 @@ from countersign.province.report import build_report
 
 from . import customer
 from .capture import Capture, attach_to_chain, enable_observer, header_for
-from .chain import Chain, ChainConfig
+from .chain import PAGE_USER, Chain, ChainConfig
 from .gwprocess import GatewayProcess
 from .keypad import Keypad
 from .ledger import losses
@@ -87,7 +87,7 @@ class HallRun:
     def __init__(self, cfg: HallConfig) -> None:
         self.cfg = cfg
         self.chain = Chain(ChainConfig(workdir=cfg.workdir, devices=cfg.devices, firmware=cfg.devices,
-                                       retry_s=1.0, gateway_process=True, console="pty",
+                                       retry_s=1.0, gateway_process=True, console="pty", hall_page=True,
                                        clock_jumps="gateway-clock-jump" in cfg.fault_kinds))
         rng = random.Random(cfg.seed)
         # A window serves about one customer per (service + human delay) business seconds.
@@ -208,17 +208,25 @@ class HallRun:
             self.faults_done.append(rec)
 
     # -- the run -------------------------------------------------------------------------------------
-    def run(self, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
+    def run(self, progress: Callable[[float], None] | None = None,
+            hold: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """``hold(report)`` runs after the verdict with the hall still up (the demo serves its page)."""
         cfg, ch = self.cfg, self.chain
         capture = None
         observer = None
         if cfg.capture is not None:
             observer = enable_observer(ch)       # a read-only broker user for the capture, this run only
         with self.exceptions:
-            return self._run(progress, capture, observer)
+            return self._run(progress, capture, observer, hold)
+
+    def page(self) -> dict[str, str]:
+        """Where the hall page is and how to log in (the password by its file: never printed)."""
+        h = self.chain.first
+        return {"url": f"http://127.0.0.1:{h.http_port}/", "user": PAGE_USER,
+                "password_file": str(h.page_password_path), "api_token_file": str(h.token_path)}
 
     def _run(self, progress: Callable[[float], None] | None, capture: Capture | None,
-             observer: Any) -> dict[str, Any]:
+             observer: Any, hold: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
         cfg, ch = self.cfg, self.chain
         ch.start(devices=False)
         try:
@@ -242,6 +250,8 @@ class HallRun:
                 raise RuntimeError(f"simulation failed: {self.errors[0]!r}") from self.errors[0]
             settled = ch.wait_settled(120)
             report = self._report(settled, time.monotonic() - t0)
+            if hold is not None:
+                hold(report)
         finally:
             self.stop.set()
             if capture is not None:

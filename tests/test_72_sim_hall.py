@@ -169,3 +169,54 @@ def test_gateway_under_a_jumped_clock_still_hears_keypads(tmp_path: Path) -> Non
     assert after_jump, (jump, received)
     assert all(abs((ms - began_ms) / 1000 - jump["jump_s"]) < 600 for ms in after_jump)
     assert rep["lost"] == 0 and rep["hops"]["ratings"] > 0
+
+
+def test_demo_serves_the_hall_page_with_the_runs_data_until_ctrl_c(tmp_path: Path) -> None:
+    """`make demo`'s end: the verdict, the page's URL and log-in, the page with this run's ratings."""
+    import http.cookiejar
+    import re
+    import signal
+    import urllib.parse
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "countersign.cli", "sim", "hall", "--devices", "2",
+                             "--duration", "10", "--faults", "0", "--seed", "3", "--serve",
+                             "--workdir", str(tmp_path / "hall")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        for line in proc.stdout:                 # blocks until the run's own lines arrive
+            lines.append(line)
+            if line.startswith("serving until Ctrl-C"):
+                break
+        text = "".join(lines)
+        assert "result: ok" in text, text[-3000:]
+        m = re.search(r"hall page: (http://\S+)\s+log-in: (\S+), password in (\S+)", text)
+        assert m is not None, text[-2000:]
+        url, user, pw_file = m.group(1), m.group(2), Path(m.group(3))
+        password = pw_file.read_text().strip()
+        assert password not in text and (pw_file.stat().st_mode & 0o777) == 0o600
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar),
+                                             urllib.request.ProxyHandler({}))
+        with opener.open(url + "login", timeout=10) as r:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', r.read().decode())
+        assert csrf is not None
+        form = urllib.parse.urlencode({"csrf": csrf.group(1), "name": user, "password": password}).encode()
+        with opener.open(urllib.request.Request(url + "login", data=form, method="POST"), timeout=10) as r:
+            assert r.status == 200
+        with opener.open(url + "hall/board", timeout=10) as r:
+            board = r.read().decode()
+        stored = sqlite3.connect(tmp_path / "hall" / "gateway" / "gateway.db").execute(
+            "SELECT COUNT(*) FROM ratings WHERE kind = 'rating'").fetchone()[0]
+        # The run's own figures (its ratings are today's: the hall's day is the machine's today).
+        assert stored > 0 and f'id="total-ratings">{stored}<' in board, board[:1500]
+        assert "10001" in board and "10002" in board
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "stopping the hall" in rest and "Traceback" not in rest, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
