@@ -1,7 +1,8 @@
 """What the hall page shows, read with SQL from the gateway's store (so a restart changes nothing).
 
 Today is the hall's local day (config ``timezone``). 满意率 (satisfaction) is the share of today's
-ratings in the top two scores of the keypad's scale (满意, 非常满意); 参评率 (participation) is the share of
+ratings that are 基本满意 or better, the one definition the province reports with too
+(``messages.is_satisfied``); 参评率 (participation) is the share of
 today's prompts that ended (rated, no-rating, or past their timeout) with a rating. Ratings from the
 invite key (no prompt) count in the ratings and satisfaction, not in participation.
 """
@@ -15,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from countersign.protocol.keystore import Keystore
+from countersign.protocol.messages import is_satisfied
 
 from .hours import local_day_start_ms
 from .notify import KIND_ZH
@@ -39,10 +41,6 @@ class Tally:
     @property
     def participation(self) -> float | None:
         return self.rated / self.ended if self.ended else None
-
-
-def is_top_two(score: int, scale: int) -> bool:
-    return score >= scale - 1
 
 
 class HallView:
@@ -101,7 +99,7 @@ class HallView:
                 names.setdefault(clerk, name)
             for t in each(window, clerk):
                 t.ratings += 1
-                t.satisfied += is_top_two(score, scale)
+                t.satisfied += is_satisfied(score, scale)
                 t.scores[score] = t.scores.get(score, 0) + 1
         for window, clerk, name, rated in prompts:
             names.setdefault(clerk, name)

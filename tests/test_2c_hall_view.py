@@ -1,5 +1,6 @@
-"""What the hall page counts, from the store's rows: today in the hall's time zone, 满意率 (top two scores),
-参评率 (rated / ended prompts), per window and clerk; and the hall-manager accounts' CLI."""
+"""What the hall page counts, from the store's rows: today in the hall's time zone, 满意率 (基本满意 and
+better, as the province counts it), 参评率 (rated / ended prompts), per window and clerk; and the
+hall-manager accounts' CLI."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_today_is_the_halls_local_day_with_satisfaction_and_participation(tmp_pa
             outcome(c, ms(2026, 12, 1, 23, 50), "10001", 1)        # yesterday, local: not counted
             outcome(c, ms(2026, 12, 2, 0, 10), "10001", 4)         # 非常满意
             outcome(c, ms(2026, 12, 2, 0, 11), "10001", 3)         # 满意
-            outcome(c, ms(2026, 12, 2, 0, 12), "10002", 2)         # 基本满意: not in the top two
+            outcome(c, ms(2026, 12, 2, 0, 12), "10002", 1)         # 不满意 (基本满意 would count)
             p = [store.insert_prompt(c, A, Context("1", k, 1, f"t{i}", ms(2026, 12, 2, 0, 20 + i), None), 20)
                  for i, k in enumerate(("10001", "10001", "10002"))]
             outcome(c, ms(2026, 12, 2, 0, 20, 10), "10001", 4, prompt=p[0])    # rated
