@@ -414,6 +414,8 @@ class Chain:
 
     def wait_settled(self, timeout: float = 120.0) -> bool:
         """Every keypad's outbox empty and every gateway's backlog to the province drained."""
+        if any(isinstance(h.gateway, GatewayProcess) and not h.gateway.running for h in self.halls.values()):
+            return False        # a gateway process that died cannot drain anything: no use waiting
         for kp in self.keypads():
             if not kp.wait_settled(timeout):
                 return False

@@ -83,10 +83,11 @@ def sim_hall(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
 
 
 def test_a_run_whose_gateway_dies_fails(tmp_path: Path) -> None:
-    # The ingest worker dies 2 s into every start of the gateway (the COUNTERSIGN_TEST_KILL hook): no
-    # losses to count, the injected traceback excused, and still the run must not pass.
-    r, rep = sim_hall(tmp_path, "--devices", "2", "--duration", "8", "--faults", "0", "--seed", "3",
-                      env={"COUNTERSIGN_TEST_KILL": "ingest-worker@2"})
+    # The ingest worker dies 6 s into every start of the gateway (the COUNTERSIGN_TEST_KILL hook): no
+    # losses to count, the injected traceback excused, and still the run must not pass. 6 s, not less:
+    # on a loaded 2-core machine the gateway takes seconds to come up, and must be up when the run starts.
+    r, rep = sim_hall(tmp_path, "--devices", "2", "--duration", "12", "--faults", "0", "--seed", "3",
+                      env={"COUNTERSIGN_TEST_KILL": "ingest-worker@6"})
     assert r.returncode == 1, r.stdout + r.stderr[-3000:]
     assert not rep["ok"] and "result: FAILED" in r.stdout
     assert any("gateway was not running at the end" in p for p in rep["problems"]), rep["problems"]
