@@ -134,6 +134,9 @@ def test_config_load_and_clear_errors(tmp_path: Path) -> None:
     cfg = GatewayConfig.load(tmp_path / "gw.toml")
     assert cfg.hall == "hf01" and cfg.forwarding and cfg.uplink_password == "secret"
     assert cfg.group_max == 256 and cfg.prompt_timeout_default == 20
+    # Every table the example documents is read (a key misspelt in it would be refused above).
+    assert cfg.tokens_path is not None and cfg.roster_path is not None and cfg.users_path is not None
+    assert cfg.timezone == "Asia/Shanghai" and cfg.alarm_notify and cfg.hours is not None
     bad = {
         'db = "x.db"\nkeystore = "k.json"\n': "hall is required",
         'hall = "HF 01"\ndb = "x.db"\nkeystore = "k.json"\n': "hall id",
