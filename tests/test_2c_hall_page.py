@@ -17,6 +17,7 @@ import pytest
 from conftest import device_key, make_keystore
 from gw_helpers import Device, rating, rows, start_gateway, write_config
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -90,7 +91,18 @@ def wait_text(driver: WebDriver, css: str, predicate: Callable[[str], bool], tim
         text = els[0].text if els else None
         return text if text is not None and predicate(text) else None
 
-    got: str = WebDriverWait(driver, timeout).until(check, f"no {css} as expected")
+    # The page swaps its fragments every few seconds (htmx): an element found can be replaced before its
+    # text is read, so a stale element is one more try, not a failure.
+    wait = WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,))
+    got: str = wait.until(check, f"no {css} as expected")
+    return got
+
+
+def texts(driver: WebDriver, *css: str) -> list[str | None]:
+    """Several elements' texts read in one script: one snapshot of the page, never stale between them."""
+    got: list[str | None] = driver.execute_script(
+        "return arguments[0].map(c => { const e = document.querySelector(c);"
+        " return e ? e.innerText : null; });", list(css))
     return got
 
 
@@ -113,9 +125,9 @@ def test_log_in_refused_with_a_wrong_password_accepted_with_the_right_one(hall: 
     assert browser.find_elements(By.CSS_SELECTOR, ".win") == []
     log_in(browser, h)
     assert "窗口 1" in wait_text(browser, "#win-1 h2", bool)
-    assert "窗口 2" in browser.find_element(By.ID, "win-2").text
-    assert "离线" in browser.find_element(By.ID, "win-2").text      # never seen: offline
-    assert browser.find_element(By.CSS_SELECTOR, "#win-1 .ratings").text == "0"
+    win2, ratings1 = texts(browser, "#win-2", "#win-1 .ratings")
+    assert win2 is not None and "窗口 2" in win2 and "离线" in win2      # never seen: offline
+    assert ratings1 == "0"
 
 
 def test_a_keypad_rating_appears_without_a_reload(hall: dict[str, Any], browser: WebDriver) -> None:
@@ -130,11 +142,10 @@ def test_a_keypad_rating_appears_without_a_reload(hall: dict[str, Any], browser:
     dev.publish(rating(KA, A, 1, score=4, scale=4))       # 非常满意 from the invite key
     assert dev.wait_acked({1})
     assert wait_text(browser, "#win-1 .ratings", lambda t: t == "1") == "1"
-    assert browser.find_element(By.CSS_SELECTOR, "#win-1 .satisfaction").text == "100.0%"
-    assert "10001 张三" in browser.find_element(By.CSS_SELECTOR, "#win-1 .clerk").text
-    assert "在线" in browser.find_element(By.CSS_SELECTOR, "#win-1 .state").text
-    assert browser.find_element(By.CSS_SELECTOR, "#win-1 .fw").text == "1.2.0"
-    assert browser.find_element(By.CSS_SELECTOR, "#clerk-10001 .ratings").text == "1"
+    sat, clerk, state, fw, clerk_ratings = texts(browser, "#win-1 .satisfaction", "#win-1 .clerk",
+                                                 "#win-1 .state", "#win-1 .fw", "#clerk-10001 .ratings")
+    assert sat == "100.0%" and clerk is not None and "10001 张三" in clerk
+    assert state is not None and "在线" in state and fw == "1.2.0" and clerk_ratings == "1"
     assert browser.execute_script("return window.notReloaded === true;")
 
 
