@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -224,3 +226,33 @@ def http(target: Gateway | int, method: str, path: str, body: Any = None, *,
 def rows(gw: Gateway, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with gw.store.read() as c:
         return list(c.execute(sql, args).fetchall())
+
+
+class GatewayRun:
+    """`countersign gateway run` as a process of its own, its stderr lines collected as they come."""
+
+    def __init__(self, config: Path, env: dict[str, str], *extra: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "countersign.cli", "gateway", "run", "--config",
+                                      str(config), *extra], stderr=subprocess.PIPE, text=True, env=env)
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.lines.append("<exit>")
+            self.cond.notify_all()
+
+    def wait_line(self, needle: str, timeout: float = 20.0) -> str:
+        """The first stderr line containing ``needle``; fails at once if the gateway exits first."""
+        def found() -> bool:
+            return any(needle in ln or ln == "<exit>" for ln in self.lines)
+        assert wait_for(self.cond, found, timeout), f"no {needle!r} in {self.lines}"
+        line = next(ln for ln in self.lines if needle in ln or ln == "<exit>")
+        assert line != "<exit>", f"gateway exited: {self.lines}"
+        return line

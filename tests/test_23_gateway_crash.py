@@ -7,15 +7,12 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import GATEWAY_PASSWORD, device_key, make_keystore
-from gw_helpers import Device, rating, wait_for
+from gw_helpers import Device, GatewayRun, rating
 
 from countersign.protocol.keystore import Keystore
 from countersign.sim.broker import Mosquitto
@@ -24,34 +21,12 @@ A = "hf01-w01"
 KA = device_key(1)
 
 
-class GatewayProcess:
+class GatewayProcess(GatewayRun):
     def __init__(self, config: Path, pause_at: str | None) -> None:
         env = {k: v for k, v in os.environ.items() if k != "COUNTERSIGN_TEST_PAUSE_AT"}
         if pause_at:
             env["COUNTERSIGN_TEST_PAUSE_AT"] = pause_at
-        self.proc = subprocess.Popen([sys.executable, "-m", "countersign.cli", "gateway", "run",
-                                      "--config", str(config)], stderr=subprocess.PIPE, env=env, text=True)
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
-        with self.cond:
-            self.lines.append("<exit>")
-            self.cond.notify_all()
-
-    def wait_line(self, prefix: str, timeout: float = 20.0) -> str:
-        def found() -> bool:
-            return any(ln.startswith(prefix) or ln == "<exit>" for ln in self.lines)
-        assert wait_for(self.cond, found, timeout), f"no {prefix!r} in {self.lines}"
-        line = next(ln for ln in self.lines if ln.startswith(prefix) or ln == "<exit>")
-        assert line != "<exit>", f"gateway exited: {self.lines}"
-        return line
+        super().__init__(config, env)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

@@ -14,8 +14,6 @@ import socket
 import sqlite3
 import stat
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import GATEWAY_PASSWORD, device_key, make_keystore
-from gw_helpers import Device, rating, wait_for
+from gw_helpers import Device, GatewayRun, rating
 
 from countersign.common.brokerconf import password_hash
 from countersign.protocol import topics
@@ -55,34 +53,13 @@ def province_broker(folder: Path) -> Mosquitto:
     return Mosquitto(folder / "mosquitto.conf", port).start()
 
 
-class Proc:
+class Proc(GatewayRun):
     """`countersign gateway run` with test hooks; its stderr lines collected as they come."""
 
     def __init__(self, config: Path, env: dict[str, str], *extra: str) -> None:
         clean = {k: v for k, v in os.environ.items() if k not in HOOKS}
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "countersign.cli", "gateway", "run", "--config",
-                                      str(config), *extra], stderr=subprocess.PIPE, text=True,
-                                     env={**clean, **env})
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
-        with self.cond:
-            self.lines.append("<exit>")
-            self.cond.notify_all()
-
-    def wait_line(self, needle: str, timeout: float = 20.0) -> None:
-        def found() -> bool:
-            return any(needle in ln or ln == "<exit>" for ln in self.lines)
-        assert wait_for(self.cond, found, timeout), f"no {needle!r} in {self.lines}"
-        assert any(needle in ln for ln in self.lines), f"gateway exited: {self.lines}"
+        super().__init__(config, {**clean, **env}, *extra)
 
     def stderr(self) -> str:
         with self.cond:
