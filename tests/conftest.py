@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +11,9 @@ import pytest
 
 from countersign.gateway.brokerconf import write_broker_files
 from countersign.protocol.keystore import DeviceKey, Keystore
+from countersign.province.db import Database
 from countersign.sim.broker import Mosquitto, free_port, run_as_clause
+from countersign.sim.postgres import PgServer
 
 GATEWAY_PASSWORD = "test-gateway-password"
 
@@ -51,3 +54,21 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
         monkeypatch.delenv(var, raising=False)
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    """One real PostgreSQL server for the whole run (Debian's binaries, a cluster of its own)."""
+    server = PgServer(tmp_path_factory.mktemp("postgres")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def province_db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """The province's database on each backend: an SQLite file, or a new database on the real server."""
+    if request.param == "sqlite":
+        return Database(str(tmp_path / "province.db"))
+    server: PgServer = request.getfixturevalue("pg_server")
+    name = "t_" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    return Database(server.create_db(name))

@@ -1,0 +1,241 @@
+"""The province's schema, as numbered migrations applied in order, each in its own transaction.
+
+Why not Alembic: it works through SQLAlchemy, which nothing else here uses (the store speaks SQL to
+sqlite3 and psycopg directly), and the province's few schema steps are SQL text and, now and then, a
+backfill in Python. A table ``schema_migrations`` records what is applied; ``upgrade`` applies the rest,
+and a database newer than this code is refused rather than written to.
+
+A database made before migrations existed (the tables of step 1, no ``schema_migrations``) is at step 1:
+step 1 creates only what is missing, so it is applied to it as to an empty one, then the rest; nothing is
+copied or dropped, so no row is lost (test_43).
+
+Concurrent upgrades (two receivers starting on one PostgreSQL) are serialised by an advisory lock held
+for the upgrade; on SQLite BEGIN IMMEDIATE does the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from countersign.common.clock import wall_ms
+
+from .db import Conn, Database
+from .errors import ProvinceError
+from .period import DEFAULT_TZ, rating_day
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MIGRATIONS", "SchemaError", "current_version", "upgrade"]
+
+_LOCK_KEY = 0x636F756E74657273   # "counters": the advisory lock of an upgrade on PostgreSQL
+
+
+class SchemaError(ProvinceError, RuntimeError):
+    reason = "bad-schema"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str = ""                                          # statements separated by ';'
+    python: Callable[[Conn, ZoneInfo], None] | None = None  # run after the SQL, in the same transaction
+
+
+BASE = """
+CREATE TABLE IF NOT EXISTS ratings (
+    id {id},
+    device TEXT NOT NULL, epoch BIGINT NOT NULL, seq BIGINT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('rating', 'no-rating')),
+    score BIGINT, scale BIGINT,              -- NULL for a no-rating
+    prompt BIGINT NOT NULL,                  -- prompt id; 0 = opened by the invite key
+    press_s BIGINT,                          -- unix seconds of the press/expiry; NULL = device clock unknown
+    delay_ms BIGINT, boot BIGINT,
+    hall TEXT NOT NULL, "window" TEXT NOT NULL, clerk TEXT, service BIGINT NOT NULL, txn TEXT,
+    prompt_ms BIGINT,                        -- gateway clock
+    received_ms BIGINT NOT NULL,             -- when the gateway received (and stored) it
+    stored_ms BIGINT NOT NULL,               -- when the province stored it
+    batch_hall TEXT NOT NULL, batch_id BIGINT NOT NULL,
+    cose {blob} NOT NULL,                    -- the device's COSE_Mac0, unchanged: re-verifiable at any time
+    digest {blob} NOT NULL,
+    UNIQUE (device, epoch, seq)
+);
+CREATE INDEX IF NOT EXISTS ratings_hall ON ratings (hall, clerk);
+CREATE TABLE IF NOT EXISTS prompts (
+    id {id},
+    hall TEXT NOT NULL, prompt BIGINT NOT NULL, device TEXT NOT NULL, "window" TEXT NOT NULL,
+    clerk TEXT, service BIGINT NOT NULL, txn TEXT, opened_ms BIGINT NOT NULL, timeout BIGINT NOT NULL,
+    batch_id BIGINT NOT NULL,
+    UNIQUE (hall, prompt)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    id {id},
+    hall TEXT NOT NULL, batch BIGINT NOT NULL, created_ms BIGINT NOT NULL, received_ms BIGINT NOT NULL,
+    entries BIGINT NOT NULL, stored BIGINT NOT NULL, duplicates BIGINT NOT NULL,
+    rejected TEXT NOT NULL,                  -- JSON [[index, reason], ...]
+    ack {blob} NOT NULL,                     -- the signed ack, re-published as is when the batch comes again
+    UNIQUE (hall, batch)
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id {id},
+    received_ms BIGINT NOT NULL, topic TEXT NOT NULL, hall TEXT, reason TEXT NOT NULL, detail TEXT NOT NULL,
+    payload {blob} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alarms (
+    id {id},
+    ms BIGINT NOT NULL, kind TEXT NOT NULL, hall TEXT, device TEXT, detail TEXT NOT NULL
+)
+"""
+
+# The provincial platform (issue 12): days, held ratings, the registry and enrollments in the database,
+# the hall hierarchy, the keypad fleet and per-hop day counts forwarded by gateways, people and the audit
+# log. Designed for the supervision loop too: a case or an appeal refers to ratings.id and to users.
+PLATFORM = """
+ALTER TABLE ratings ADD COLUMN day TEXT;
+CREATE INDEX ratings_day ON ratings (day, hall);
+ALTER TABLE prompts ADD COLUMN day TEXT;
+CREATE INDEX prompts_day ON prompts (day, hall);
+CREATE INDEX prompts_device ON prompts (device);
+ALTER TABLE alarms ADD COLUMN acked_ms BIGINT;
+ALTER TABLE alarms ADD COLUMN acked_by TEXT;
+ALTER TABLE alarms ADD COLUMN batch_id BIGINT;
+CREATE TABLE held (
+    id {id},
+    hall TEXT NOT NULL, device TEXT NOT NULL,
+    epoch BIGINT, seq BIGINT,                -- read from the payload before any MAC check; NULL if unreadable
+    kind TEXT, score BIGINT, scale BIGINT, prompt BIGINT, press_s BIGINT, delay_ms BIGINT, boot BIGINT,
+    "window" TEXT NOT NULL, clerk TEXT, service BIGINT NOT NULL, txn TEXT, prompt_ms BIGINT,
+    received_ms BIGINT NOT NULL, stored_ms BIGINT NOT NULL, batch_hall TEXT NOT NULL, batch_id BIGINT NOT NULL,
+    cose {blob} NOT NULL, digest {blob} NOT NULL,
+    reason TEXT NOT NULL,                    -- unknown-device, prompt-mismatch, prompt-reused, ...
+    detail TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'held' CHECK (state IN ('held', 'released', 'refused')),
+    decided_ms BIGINT, decided_by TEXT, decision TEXT,
+    rating_id BIGINT,                        -- released: the ratings row it became
+    UNIQUE (digest)
+);
+CREATE INDEX held_device ON held (device, epoch, seq);
+CREATE INDEX held_state ON held (state, hall);
+CREATE TABLE devices (
+    device TEXT PRIMARY KEY,
+    hall TEXT NOT NULL, key {blob} NOT NULL, epoch BIGINT NOT NULL, "window" TEXT NOT NULL,
+    scale BIGINT NOT NULL, revoked BIGINT NOT NULL DEFAULT 0,
+    source TEXT NOT NULL CHECK (source IN ('registry', 'enrollment')),
+    changed_ms BIGINT NOT NULL, changed_by TEXT
+);
+CREATE TABLE enrollments (
+    id {id},
+    device TEXT NOT NULL, hall TEXT NOT NULL, "window" TEXT NOT NULL, epoch BIGINT NOT NULL, scale BIGINT,
+    kcv TEXT,                                -- key check value the gateway's notice carries (never the key)
+    key {blob},                              -- from the technician's enrollment record only
+    gateway_ms BIGINT,                       -- when the hall gateway's notice arrived
+    technician_ms BIGINT, technician TEXT,   -- when the technician's record was uploaded, and by whom
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'approved', 'refused')),
+    decided_ms BIGINT, decided_by TEXT, reason TEXT,
+    UNIQUE (device, epoch)
+);
+CREATE TABLE halls (
+    hall TEXT PRIMARY KEY,
+    name TEXT NOT NULL, city TEXT NOT NULL, county TEXT
+);
+CREATE TABLE keypad_status (
+    device TEXT PRIMARY KEY,
+    hall TEXT NOT NULL, seen_ms BIGINT NOT NULL, online BIGINT NOT NULL,
+    fw TEXT, reset_cause TEXT, free_heap BIGINT, outbox BIGINT, rssi BIGINT, stuck_keys TEXT,
+    reported_ms BIGINT NOT NULL
+);
+CREATE TABLE gateway_status (
+    hall TEXT PRIMARY KEY,
+    backlog BIGINT NOT NULL, oldest_ms BIGINT, reported_ms BIGINT NOT NULL
+);
+CREATE TABLE day_counts (
+    hall TEXT NOT NULL, device TEXT NOT NULL, epoch BIGINT NOT NULL, day TEXT NOT NULL,
+    ratings BIGINT NOT NULL, no_ratings BIGINT NOT NULL,   -- as stored at the gateway
+    first_seq BIGINT, last_seq BIGINT, reported_ms BIGINT NOT NULL,
+    PRIMARY KEY (device, epoch, day)
+);
+CREATE TABLE users (
+    id {id},
+    username TEXT NOT NULL UNIQUE, name TEXT NOT NULL, pw_hash TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('province', 'city', 'hall')),
+    scope TEXT,                              -- city: the city's name; hall: the hall id; province: NULL
+    disabled BIGINT NOT NULL DEFAULT 0,
+    session_gen BIGINT NOT NULL DEFAULT 0,   -- bumped to end every session of the user
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE audit_log (
+    id {id},
+    ms BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT, detail TEXT NOT NULL
+);
+CREATE TABLE api_clients (
+    id {id},
+    name TEXT NOT NULL UNIQUE, token_hash {blob} NOT NULL UNIQUE,
+    created_ms BIGINT NOT NULL, created_by TEXT NOT NULL, revoked_ms BIGINT
+)
+"""
+
+
+def _backfill_days(conn: Conn, tz: ZoneInfo) -> None:
+    """Rows stored before the day columns existed get their day (in the province's zone)."""
+    rows = conn.all("SELECT id, press_s, received_ms FROM ratings WHERE day IS NULL")
+    conn.executemany("UPDATE ratings SET day = ? WHERE id = ?",
+                     [(rating_day(p, r, tz), i) for i, p, r in rows])
+    rows = conn.all("SELECT id, opened_ms FROM prompts WHERE day IS NULL")
+    conn.executemany("UPDATE prompts SET day = ? WHERE id = ?",
+                     [(rating_day(None, o, tz), i) for i, o in rows])
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "ratings, prompts, batches, quarantine, alarms", BASE),
+    Migration(2, "the provincial platform", PLATFORM, _backfill_days),
+)
+
+
+def _statements(sql: str) -> list[str]:
+    # Comments first: a ';' inside one would split a statement.
+    lines = [ln.split("--", 1)[0] for ln in sql.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def current_version(conn: Conn) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL,"
+                 " applied_ms BIGINT NOT NULL)")
+    v = conn.scalar("SELECT MAX(version) FROM schema_migrations")
+    return int(v or 0)
+
+
+def upgrade(db: Database, tz: ZoneInfo | None = None,
+            migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
+    """Apply every migration not applied yet; return the versions applied now."""
+    tz = tz or ZoneInfo(DEFAULT_TZ)
+    latest = migrations[-1].version
+    done: list[int] = []
+    with db.connect() as conn:
+        conn.begin()
+        try:
+            if conn.dialect == "postgres":
+                conn.execute("SELECT pg_advisory_xact_lock(?)", (_LOCK_KEY,))
+            have = current_version(conn)
+            if have > latest:
+                raise SchemaError(f"{db.display()} is at schema {have}, newer than this program's {latest}:"
+                                  " upgrade the program, not the database")
+            for m in migrations:
+                if m.version <= have:
+                    continue
+                for stmt in _statements(db.ddl(m.sql)):
+                    conn.execute(stmt)
+                if m.python is not None:
+                    m.python(conn, tz)
+                conn.execute("INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)",
+                             (m.version, m.name, wall_ms()))
+                done.append(m.version)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+    if done:
+        log.info("%s: schema upgraded to %d (%s)", db.display(), latest, ", ".join(map(str, done)))
+    return done
