@@ -108,7 +108,8 @@ CREATE TABLE held (
     epoch BIGINT, seq BIGINT,                -- read from the payload before any MAC check; NULL if unreadable
     kind TEXT, score BIGINT, scale BIGINT, prompt BIGINT, press_s BIGINT, delay_ms BIGINT, boot BIGINT,
     "window" TEXT NOT NULL, clerk TEXT, service BIGINT NOT NULL, txn TEXT, prompt_ms BIGINT,
-    received_ms BIGINT NOT NULL, stored_ms BIGINT NOT NULL, batch_hall TEXT NOT NULL, batch_id BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL, stored_ms BIGINT NOT NULL,
+    batch_hall TEXT NOT NULL, batch_id BIGINT NOT NULL,
     cose {blob} NOT NULL, digest {blob} NOT NULL,
     reason TEXT NOT NULL,                    -- unknown-device, prompt-mismatch, prompt-reused, ...
     detail TEXT NOT NULL,
@@ -201,8 +202,8 @@ def _statements(sql: str) -> list[str]:
 
 
 def current_version(conn: Conn) -> int:
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL,"
-                 " applied_ms BIGINT NOT NULL)")
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY,"
+                 " name TEXT NOT NULL, applied_ms BIGINT NOT NULL)")
     v = conn.scalar("SELECT MAX(version) FROM schema_migrations")
     return int(v or 0)
 

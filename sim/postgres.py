@@ -31,7 +31,7 @@ class PgError(RuntimeError):
 def pg_bindir() -> Path:
     """The newest installed server's bin folder (Debian: /usr/lib/postgresql/<major>/bin)."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"),
-                   key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)
+                   key=lambda p: int(n) if (n := Path(p).parent.parent.name).isdigit() else 0)
     if not found:
         raise PgError("PostgreSQL's server is not installed (make test installs Debian's postgresql)")
     return Path(found[-1]).parent
@@ -73,7 +73,8 @@ class PgServer:
                       "--locale=C.UTF-8", "--no-sync")
         # fsync stays on (the default): the tests check what a commit promises.
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.folder / "server.log"), "-w", "-t", "60",
-                  "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=200",
+                  "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+                  " -c max_connections=200",
                   "start")
         return self
 
