@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # `countersign device provision|replace` rewrites the registry; SIGHUP makes it take effect.
         try:
             province.reload_registry()
-        except KeystoreError as exc:
+        except (KeystoreError, ProvinceError) as exc:
             print(f"province: registry reload failed, keeping the old one: {exc}", file=sys.stderr)
 
     signal.signal(signal.SIGHUP, _on_hup)

@@ -2,7 +2,9 @@
 
 Example::
 
-    db = "province.db"                 # SQLite file (WAL, synchronous=FULL)
+    database = "province.db"           # an SQLite file (WAL, synchronous=FULL) or postgresql://user@host/db
+                                       # (the older key ``db = "file.db"`` is still read)
+    timezone = "Asia/Shanghai"         # the province's zone: the day a rating counts on
     registry = "registry.json"         # Keystore JSON: halls (gateway Ed25519 keys) and devices
     signing_key = "province.key"       # the province's Ed25519 seed (hex); acks are signed, kid "province"
     workers = 2                        # MQTT workers sharing $share/province/cs/1/h/+/batch
@@ -23,10 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from countersign.common.clock import wall_ms
 
+from .db import Database
 from .errors import ConfigError
+from .period import DEFAULT_TZ
 
 __all__ = ["ConfigError", "ProvinceConfig", "worker_username"]
 
@@ -38,7 +43,7 @@ def worker_username(base: str, n: int) -> str:
 
 @dataclass
 class ProvinceConfig:
-    db_path: Path
+    database: Database
     registry_path: Path
     signing_key_path: Path
     broker_host: str = "127.0.0.1"
@@ -48,13 +53,25 @@ class ProvinceConfig:
     workers: int = 2
     # Batches taken into one SQLite transaction at most: one fsync for many batches (group commit).
     max_group: int = 32
+    timezone: str = DEFAULT_TZ
     now_ms: Callable[[], int] = field(default=wall_ms)
+    tz: ZoneInfo = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.database = Database.of(self.database)
+        try:
+            self.tz = ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"unknown timezone {self.timezone!r}") from exc
         if not 1 <= self.workers <= 64:
             raise ConfigError(f"workers must be 1..64, got {self.workers}")
         if not 1 <= self.max_group <= 1000:
             raise ConfigError(f"max_group must be 1..1000, got {self.max_group}")
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite file (an error on PostgreSQL): what tools that read the file directly need."""
+        return self.database.path
 
     def worker_usernames(self) -> list[str]:
         return [worker_username(self.username, n) for n in range(1, self.workers + 1)]
@@ -76,6 +93,19 @@ class ProvinceConfig:
                 raise ConfigError(f"config needs '{key}' (a path)")
             return base / v
 
+        # A URL is kept as it is; a path is taken from the config file's folder like the other paths.
+        if "database" in data and "db" in data:
+            raise ConfigError("config has both 'database' and 'db'; keep 'database'")
+        url = data.get("database", data.get("db"))
+        if not isinstance(url, str) or not url:
+            raise ConfigError("config needs 'database' (an SQLite path or a postgresql:// URL)")
+        database = Database(url)
+        if database.dialect == "sqlite" and not url.startswith("sqlite://"):
+            database = Database(str(base / url))
+        tz = data.get("timezone", DEFAULT_TZ)
+        if not isinstance(tz, str):
+            raise ConfigError("timezone must be text, e.g. \"Asia/Shanghai\"")
+
         broker = data.get("broker", {})
         if not isinstance(broker, dict):
             raise ConfigError("[broker] must be a table")
@@ -88,12 +118,13 @@ class ProvinceConfig:
         if not isinstance(password, str):
             raise ConfigError("broker password must be text")
         try:
-            return cls(db_path=req_path("db"), registry_path=req_path("registry"),
+            return cls(database=database, registry_path=req_path("registry"),
                        signing_key_path=req_path("signing_key"),
                        broker_host=str(broker.get("host", "127.0.0.1")),
                        broker_port=int(broker.get("port", 1883)),
                        username=str(broker.get("username", "province")), password=password,
-                       workers=int(data.get("workers", 2)), max_group=int(data.get("max_group", 32)))
+                       workers=int(data.get("workers", 2)), max_group=int(data.get("max_group", 32)),
+                       timezone=tz)
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):
                 raise

@@ -116,9 +116,12 @@ CREATE TABLE held (
     state TEXT NOT NULL DEFAULT 'held' CHECK (state IN ('held', 'released', 'refused')),
     decided_ms BIGINT, decided_by TEXT, decision TEXT,
     rating_id BIGINT,                        -- released: the ratings row it became
+    day TEXT NOT NULL,                       -- as a rating's: press time, else the gateway's receipt
     UNIQUE (digest)
 );
 CREATE INDEX held_device ON held (device, epoch, seq);
+CREATE INDEX held_prompt ON held (hall, prompt);
+CREATE INDEX ratings_prompt ON ratings (hall, prompt);
 CREATE INDEX held_state ON held (state, hall);
 CREATE TABLE devices (
     device TEXT PRIMARY KEY,

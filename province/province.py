@@ -13,9 +13,12 @@ from typing import Any
 
 from countersign.protocol.keystore import Keystore, load_signing_key
 
+from . import migrations
 from .config import ProvinceConfig
+from .db import DatabaseError
 from .errors import StartError
-from .receiver import ReceiverStats, Worker, open_store
+from .receiver import ReceiverStats, Worker
+from .registry import import_registry
 
 
 class Province:
@@ -32,14 +35,29 @@ class Province:
             return self._registry
 
     def reload_registry(self) -> None:
-        """Re-read the registry file (new halls or devices, revocations); batches after this use it."""
+        """Re-read the registry file (new halls, devices, revocations) and bring its devices into the
+        database; batches after this use it."""
         fresh = Keystore.load(self.config.registry_path)
+        self._import(fresh)
         with self._registry_lock:
             self._registry = fresh
 
+    def _import(self, registry: Keystore) -> None:
+        try:
+            with self.config.database.connect() as conn:
+                import_registry(conn, registry, self.config.now_ms())
+        except DatabaseError as exc:
+            raise StartError(f"cannot import the registry into {self.config.database.display()}: {exc}"
+                             ) from exc
+
     def start(self, timeout: float = 10.0) -> Province:
-        """Start the workers; return once every one of them is subscribed."""
-        open_store(self.config.db_path)
+        """Upgrade the schema, import the registry file's devices, start the workers; return once every
+        one of them is subscribed."""
+        try:
+            migrations.upgrade(self.config.database, self.config.tz)
+        except DatabaseError as exc:
+            raise StartError(f"cannot open {self.config.database.display()}: {exc}") from exc
+        self._import(self._registry)
         self.workers = [Worker(n, self.config, self.registry, self._key, self._stats)
                         for n in range(1, self.config.workers + 1)]
         for w in self.workers:

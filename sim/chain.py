@@ -36,6 +36,7 @@ from countersign.protocol.keystore import (
 )
 from countersign.province.brokerconf import write_province_broker_files
 from countersign.province.config import ProvinceConfig
+from countersign.province.db import Database
 from countersign.province.province import Province
 from countersign.sim.broker import Mosquitto, free_port, run_as_clause
 from countersign.sim.devclock import Scheduler
@@ -286,7 +287,7 @@ class Chain:
     def start_province(self) -> Province:
         w = self.cfg.workdir
         self.province = Province(ProvinceConfig(
-            db_path=w / "province" / "province.db", registry_path=self.registry_path,
+            database=Database(str(w / "province" / "province.db")), registry_path=self.registry_path,
             signing_key_path=self.prov_key_path, broker_port=self.prov_port,
             password=self.province_password, workers=self.cfg.province_workers)).start()
         return self.province

@@ -17,6 +17,7 @@ from countersign.protocol.context import Context
 from countersign.protocol.keystore import DeviceKey, Keystore, new_signing_key, public_bytes, save_signing_key
 from countersign.province.brokerconf import write_province_broker_files
 from countersign.province.config import ProvinceConfig
+from countersign.province.db import Database
 from countersign.province.province import Province
 from countersign.sim.broker import Mosquitto, free_port, run_as_clause
 
@@ -48,12 +49,13 @@ class World:
     provinces: list[Province] = field(default_factory=list)
     clients: list[HallClient] = field(default_factory=list)
 
-    def config(self, db: str = "province.db", workers: int = 1) -> ProvinceConfig:
-        return ProvinceConfig(db_path=self.root / db, registry_path=self.registry_path,
+    def config(self, db: str | Database = "province.db", workers: int = 1) -> ProvinceConfig:
+        database = db if isinstance(db, Database) else Database(str(self.root / db))
+        return ProvinceConfig(database=database, registry_path=self.registry_path,
                               signing_key_path=self.key_path, broker_host="127.0.0.1", broker_port=self.port,
                               username="province", password=PROVINCE_PASSWORD, workers=workers)
 
-    def province(self, db: str = "province.db", workers: int = 1) -> Province:
+    def province(self, db: str | Database = "province.db", workers: int = 1) -> Province:
         p = Province(self.config(db, workers)).start()
         self.provinces.append(p)
         return p
