@@ -38,9 +38,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from countersign.common.clock import wall_ms
 from countersign.common.db import open_db
 from countersign.common.mqtt import Handlers, Options, make_client
-from countersign.protocol import batch, cbor, cose, keystore, limits, topics
+from countersign.protocol import batch, cose, keystore, limits, topics
 from countersign.protocol.errors import ProtocolError
 
+from .reports import ReportConfig, Reporter, init_report_schema
 from .store import HELD_BATCH_ID, init_uplink_schema, uplink_backlog
 from .watch import Watch
 
@@ -87,6 +88,9 @@ class ForwarderConfig:
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     keepalive_s: int = 30
+    # The gateway's own reports (reports.py: keypad status, backlog, day counts, enrollment notices),
+    # made on this thread; None sends none. Needs the gateway store's tables in the same database.
+    reports: ReportConfig | None = None
 
     def check(self) -> None:
         topics.check_id(self.hall, "hall id")
@@ -138,6 +142,7 @@ class Forwarder:
         self._changed = threading.Condition()  # notified after every round (for wait_until)
         self._stats = _Stats(counts={n: 0 for n in _STAT_NAMES})
         self._backlog_alarmed = False
+        self._reporter = None if cfg.reports is None else Reporter(cfg.reports, cfg.now_ms)
         self._thread: threading.Thread | None = None
         self._watch: Watch | None = None
         self._reader: sqlite3.Connection | None = None
@@ -155,6 +160,8 @@ class Forwarder:
         try:
             conn.execute("BEGIN IMMEDIATE")
             init_uplink_schema(conn)
+            if self._reporter is not None:
+                init_report_schema(conn)
             conn.execute("COMMIT")
         finally:
             conn.close()
@@ -314,10 +321,12 @@ class Forwarder:
             if self._new_connection:
                 self._new_connection = False
                 sent.clear()   # a new connection: every unacked batch is resent
-        timeout: float | None = None
+        # Reports first, so what they queue goes out in this round's batches.
+        timeout = None if self._reporter is None else self._reporter.run(conn)
         if connected:
             self._form_batches(conn)
-            timeout = self._publish_due(conn, sent)
+            due = self._publish_due(conn, sent)
+            timeout = due if timeout is None else timeout if due is None else min(timeout, due)
         self._check_backlog(conn)
         return timeout
 
@@ -487,9 +496,7 @@ class Forwarder:
             if index < len(rows):
                 try:
                     e = _decode_entry(rows[index][0])
-                    kid = cose.peek_kid(e.msg) if isinstance(e, batch.DeviceEntry) else None
-                    what = (kid.decode("ascii", "replace") if kid is not None
-                            else f"prompt {e.prompt}" if isinstance(e, batch.PromptEntry) else "?")
+                    what = _entry_name(e)
                 except ProtocolError:
                     pass
             parts.append(f"#{index} ({what}): {reason}")
@@ -507,7 +514,22 @@ class Forwarder:
             self.cfg.on_alarm("backlog-cleared", f"backlog down to {n} entries (threshold {t})")
 
 
+def _entry_name(e: batch.Entry) -> str:
+    """What an entry is about, for the hall manager: a device, a prompt, or one of the gateway's reports."""
+    if isinstance(e, batch.DeviceEntry):
+        kid = cose.peek_kid(e.msg)
+        return "?" if kid is None else kid.decode("ascii", "replace")
+    if isinstance(e, batch.PromptEntry):
+        return f"prompt {e.prompt}"
+    if isinstance(e, batch.KeypadStatusEntry):
+        return f"status of {e.device}"
+    if isinstance(e, batch.GatewayStatusEntry):
+        return "gateway status"
+    if isinstance(e, batch.DayCountEntry):
+        return f"day count {e.device} {e.day}"
+    return f"enrollment of {e.device}"
+
+
 def _decode_entry(blob: bytes) -> batch.Entry:
-    m = cbor.loads(blob, max_size=4096, max_depth=2, max_items=16, max_text=limits.MAX_TEXT)
-    # batch._entry is the protocol's own entry validator (same rules the province applies).
-    return batch._entry(m)
+    # The protocol's own entry validator (same rules the province applies).
+    return batch.decode_entry(blob)

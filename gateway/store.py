@@ -30,7 +30,7 @@ from countersign.protocol.outcome import Outcome
 from . import readback
 
 __all__ = ["HELD_BATCH_ID", "Context", "Outcome", "PromptRow", "RatingRecord", "Store", "digest", "enqueue",
-           "init_uplink_schema", "uplink_backlog"]
+           "init_uplink_schema", "report_key", "uplink_backlog"]
 
 # Entries that cannot be decoded back from the database (disk corruption, a schema bug) are marked with
 # this batch id rather than put in a batch the province would refuse; they stay in the backlog, alarmed.
@@ -51,35 +51,72 @@ UPLINK_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS batches_unacked ON batches (id) WHERE acked_ms IS NULL",
     """CREATE TABLE IF NOT EXISTS uplink_entries (
         id INTEGER PRIMARY KEY,
-        entry BLOB NOT NULL,             -- deterministic CBOR map of a batch.DeviceEntry / PromptEntry
+        entry BLOB NOT NULL,             -- deterministic CBOR map of a batch entry (batch.Entry)
         kind INTEGER NOT NULL,           -- batch.EntryKind
         created_ms INTEGER NOT NULL,
-        batch_id INTEGER                 -- NULL until put in a batch, 0 = held (undecodable, alarmed)
+        batch_id INTEGER,                -- NULL until put in a batch, 0 = held (undecodable, alarmed)
+        report_key TEXT                  -- a report's subject (report_key()); NULL for ratings and prompts
     )""",
     "CREATE INDEX IF NOT EXISTS uplink_entries_unbatched ON uplink_entries (id) WHERE batch_id IS NULL",
     "CREATE INDEX IF NOT EXISTS uplink_entries_batch ON uplink_entries (batch_id)",
 )
 
+UPLINK_REPORT_INDEX = ("CREATE INDEX IF NOT EXISTS uplink_entries_report ON uplink_entries (report_key)"
+                       " WHERE batch_id IS NULL AND report_key IS NOT NULL")
+
 
 def init_uplink_schema(conn: sqlite3.Connection) -> None:
-    """Create the uplink tables if they do not exist (idempotent; no commit of the caller's work)."""
+    """Create the uplink tables if they do not exist, and give an older queue the report_key column
+    (idempotent; inside the caller's transaction, no commit of its work)."""
     for stmt in UPLINK_SCHEMA:
         conn.execute(stmt)
+    if "report_key" not in {r[1] for r in conn.execute("PRAGMA table_info(uplink_entries)").fetchall()}:
+        conn.execute("ALTER TABLE uplink_entries ADD COLUMN report_key TEXT")
+    conn.execute(UPLINK_REPORT_INDEX)
+
+
+def report_key(entry: batch.Entry) -> str | None:
+    """What a report is about: a newer report of the same subject replaces one still queued. None for a
+    device message or a prompt record, which are never replaced."""
+    if isinstance(entry, batch.KeypadStatusEntry):
+        return f"keypad:{entry.device}"
+    if isinstance(entry, batch.GatewayStatusEntry):
+        return "gateway"
+    if isinstance(entry, batch.DayCountEntry):
+        return f"day:{entry.device}:{entry.epoch}:{entry.day}"
+    if isinstance(entry, batch.EnrollEntry):
+        return f"enroll:{entry.device}:{entry.epoch}"
+    return None
+
+
+_KINDS: dict[type, batch.EntryKind] = {
+    batch.KeypadStatusEntry: batch.EntryKind.KEYPAD_STATUS,
+    batch.GatewayStatusEntry: batch.EntryKind.GATEWAY_STATUS,
+    batch.DayCountEntry: batch.EntryKind.DAY_COUNT,
+    batch.EnrollEntry: batch.EntryKind.ENROLL,
+}
 
 
 def enqueue(conn: sqlite3.Connection, entry: batch.Entry, created_ms: int | None = None) -> None:
     """Queue one entry for the province, inside the caller's open transaction (no commit here).
 
-    ``created_ms`` defaults to the entry's own gateway timestamp (received or prompt-opened ms).
+    ``created_ms`` defaults to the entry's own gateway timestamp (received or prompt-opened ms, or when
+    a report was taken). A report replaces a report of the same subject that is not in a batch yet (a
+    batched one is a fixed byte string until acked and stays).
     """
     if isinstance(entry, batch.DeviceEntry):
         kind, ms = batch.EntryKind.DEVICE_MESSAGE, entry.received_ms
     elif isinstance(entry, batch.PromptEntry):
         kind, ms = batch.EntryKind.PROMPT, entry.opened_ms
+    elif type(entry) in _KINDS:
+        kind, ms = _KINDS[type(entry)], entry.at_ms
     else:
         raise TypeError(f"cannot forward {type(entry).__name__}")
-    conn.execute("INSERT INTO uplink_entries (entry, kind, created_ms) VALUES (?, ?, ?)",
-                 (cbor.dumps(entry.to_map()), int(kind), ms if created_ms is None else created_ms))
+    key = report_key(entry)
+    if key is not None:
+        conn.execute("DELETE FROM uplink_entries WHERE report_key = ? AND batch_id IS NULL", (key,))
+    conn.execute("INSERT INTO uplink_entries (entry, kind, created_ms, report_key) VALUES (?, ?, ?, ?)",
+                 (cbor.dumps(entry.to_map()), int(kind), ms if created_ms is None else created_ms, key))
 
 
 def uplink_backlog(conn: sqlite3.Connection) -> int:

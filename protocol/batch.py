@@ -3,10 +3,17 @@
 A batch carries each device's COSE_Mac0 unchanged, so the province re-verifies every device MAC and a
 gateway cannot invent or alter a rating; the context the gateway adds (window, clerk, service item,
 transaction, prompt time) is covered by the gateway's Ed25519 signature over the whole batch.
+
+Besides device messages and prompt records, a batch carries the gateway's own reports (kinds 3..6):
+a keypad's latest health figures, the gateway's backlog, per keypad and day what the gateway stored,
+and a notice that its keystore gained a device. These are the gateway's word only (PROTOCOL.md 9.3 says
+who vouches for what): they feed the fleet page and the reconciliation, never a rating's count.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -43,6 +50,26 @@ class EntryKey(IntEnum):
     DEVICE = 8          # prompt record: the keypad the prompt went to
     PROMPT = 9          # prompt record: prompt id
     TIMEOUT = 10        # prompt record: seconds
+    # The gateway's reports (kinds 3..6); one number means one thing in every entry kind.
+    AT_MS = 11          # when the gateway took the report (its clock): the province keeps the latest
+    SEEN_MS = 12        # keypad status: the gateway's last authenticated message from the keypad
+    ONLINE = 13         # keypad status: true / false
+    FW = 14             # keypad status: firmware version, null before the first hello / heartbeat
+    RESET = 15          # keypad status: reset cause code
+    HEAP = 16           # keypad status: free heap bytes
+    OUTBOX = 17         # keypad status: unacked records in the keypad's outbox
+    RSSI = 18           # keypad status: Wi-Fi dBm
+    STUCK = 19          # keypad status: bit mask of keys held down (bit 0 = key 1)
+    BACKLOG = 20        # gateway status: entries not yet acked by the province
+    OLDEST_MS = 21      # gateway status: when the oldest of them was queued; null with no backlog
+    EPOCH = 22          # day count, enroll notice: key epoch
+    DAY = 23            # day count: 'YYYY-MM-DD' in the hall's zone
+    RATINGS = 24        # day count: ratings stored at the gateway
+    NO_RATINGS = 25     # day count: no-ratings stored at the gateway
+    FIRST_SEQ = 26      # day count: lowest seq among them
+    LAST_SEQ = 27       # day count: highest seq among them
+    SCALE = 28          # enroll notice: 4 or 5 keys
+    KCV = 29            # enroll notice: key check value (kcv.py), never the key
 
 
 class AckKey(IntEnum):
@@ -59,6 +86,10 @@ class AckKey(IntEnum):
 class EntryKind(IntEnum):
     DEVICE_MESSAGE = 1
     PROMPT = 2
+    KEYPAD_STATUS = 3
+    GATEWAY_STATUS = 4
+    DAY_COUNT = 5
+    ENROLL = 6
 
 
 def _ctx_map(ctx: Context) -> dict[int, Any]:
@@ -100,7 +131,122 @@ class PromptEntry:
                 EntryKey.DEVICE: self.device, **_ctx_map(self.ctx), EntryKey.TIMEOUT: self.timeout}
 
 
-Entry = DeviceEntry | PromptEntry
+def _stuck_ok(v: int | None) -> int | None:
+    return None if v is None else _check("u16", v, "stuck")
+
+
+@dataclass(frozen=True)
+class KeypadStatusEntry:
+    """A keypad's latest figures as the gateway has them (null: no hello / heartbeat heard yet)."""
+
+    device: str
+    at_ms: int
+    seen_ms: int
+    online: bool
+    fw: str | None = None
+    reset: int | None = None
+    heap: int | None = None
+    outbox: int | None = None
+    rssi: int | None = None
+    stuck: int | None = None
+
+    @property
+    def stuck_keys(self) -> list[int]:
+        """The keys held down, numbered from 1."""
+        return [i + 1 for i in range(16) if (self.stuck or 0) >> i & 1]
+
+    def to_map(self) -> dict[int, Any]:
+        return {EntryKey.KIND: int(EntryKind.KEYPAD_STATUS), EntryKey.DEVICE: self.device,
+                EntryKey.AT_MS: self.at_ms, EntryKey.SEEN_MS: self.seen_ms, EntryKey.ONLINE: self.online,
+                EntryKey.FW: self.fw, EntryKey.RESET: self.reset, EntryKey.HEAP: self.heap,
+                EntryKey.OUTBOX: self.outbox, EntryKey.RSSI: self.rssi, EntryKey.STUCK: self.stuck}
+
+
+@dataclass(frozen=True)
+class GatewayStatusEntry:
+    """The gateway's uplink backlog when it took the report."""
+
+    at_ms: int
+    backlog: int
+    oldest_ms: int | None
+
+    def __post_init__(self) -> None:
+        if (self.backlog == 0) != (self.oldest_ms is None):
+            raise SchemaError("oldest_ms is null exactly when the backlog is 0", "bad-field")
+
+    def to_map(self) -> dict[int, Any]:
+        return {EntryKey.KIND: int(EntryKind.GATEWAY_STATUS), EntryKey.AT_MS: self.at_ms,
+                EntryKey.BACKLOG: self.backlog, EntryKey.OLDEST_MS: self.oldest_ms}
+
+
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def check_day(v: Any, name: str = "day") -> str:
+    """'YYYY-MM-DD', a real calendar day."""
+    if not isinstance(v, str) or not _DAY.fullmatch(v):
+        raise SchemaError(f"{name} must be a day 'YYYY-MM-DD', got {v!r}", "bad-field")
+    try:
+        dt.date.fromisoformat(v)
+    except ValueError as exc:
+        raise SchemaError(f"{name} {v!r} is not a calendar day", "bad-field") from exc
+    return v
+
+
+@dataclass(frozen=True)
+class DayCountEntry:
+    """What the gateway stored of one keypad's key epoch on one day (the hall's zone): the day of a
+    rating is its press time's, or, with the keypad's clock unknown, the day the gateway received it."""
+
+    device: str
+    epoch: int
+    day: str
+    ratings: int
+    no_ratings: int
+    first_seq: int
+    last_seq: int
+    at_ms: int
+
+    def __post_init__(self) -> None:
+        check_day(self.day)
+        n = self.ratings + self.no_ratings
+        if n < 1 or self.first_seq > self.last_seq or n > self.last_seq - self.first_seq + 1:
+            raise SchemaError(f"day count of {n} outcomes cannot have seqs {self.first_seq}..{self.last_seq}",
+                              "bad-field")
+
+    def to_map(self) -> dict[int, Any]:
+        return {EntryKey.KIND: int(EntryKind.DAY_COUNT), EntryKey.DEVICE: self.device,
+                EntryKey.AT_MS: self.at_ms, EntryKey.EPOCH: self.epoch, EntryKey.DAY: self.day,
+                EntryKey.RATINGS: self.ratings, EntryKey.NO_RATINGS: self.no_ratings,
+                EntryKey.FIRST_SEQ: self.first_seq, EntryKey.LAST_SEQ: self.last_seq}
+
+
+_KCV = re.compile(r"[0-9a-f]{16}")
+
+
+@dataclass(frozen=True)
+class EnrollEntry:
+    """The gateway's keystore holds this device's key (epoch): the gateway's half of an enrollment."""
+
+    device: str
+    window: str
+    epoch: int
+    scale: int
+    kcv: str
+    at_ms: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kcv, str) or not _KCV.fullmatch(self.kcv):
+            raise SchemaError("kcv must be 16 lowercase hex digits", "bad-field")
+
+    def to_map(self) -> dict[int, Any]:
+        return {EntryKey.KIND: int(EntryKind.ENROLL), EntryKey.WINDOW: self.window,
+                EntryKey.DEVICE: self.device, EntryKey.AT_MS: self.at_ms, EntryKey.EPOCH: self.epoch,
+                EntryKey.SCALE: self.scale, EntryKey.KCV: self.kcv}
+
+
+ReportEntry = KeypadStatusEntry | GatewayStatusEntry | DayCountEntry | EnrollEntry
+Entry = DeviceEntry | PromptEntry | ReportEntry
 
 
 @dataclass
@@ -151,6 +297,48 @@ def _ctx(m: Mapping[Any, Any], *, optional_time: bool) -> Context:
     return Context(window, clerk, service, txn, prompt_ms)
 
 
+def _bool(v: Any, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise SchemaError(f"{name} must be true or false, got {v!r}", "bad-field")
+    return v
+
+
+def _opt(kind: str, v: Any, name: str) -> Any:
+    return None if v is None else _check(kind, v, name)
+
+
+def _report(kind: int, m: Mapping[Any, Any]) -> ReportEntry | None:
+    """A report entry's fields, checked in key order; None for a kind that is not a report."""
+    if kind == EntryKind.KEYPAD_STATUS:
+        _keys(m, {0, 8, 11, 12, 13, 14, 15, 16, 17, 18, 19}, "keypad status entry")
+        return KeypadStatusEntry(
+            check_id(m[EntryKey.DEVICE]), _check("u64", m[EntryKey.AT_MS], "at_ms"),
+            _check("u64", m[EntryKey.SEEN_MS], "seen_ms"), _bool(m[EntryKey.ONLINE], "online"),
+            _opt_text(m[EntryKey.FW], "fw"), _opt("u16", m[EntryKey.RESET], "reset"),
+            _opt("u32", m[EntryKey.HEAP], "heap"), _opt("u32", m[EntryKey.OUTBOX], "outbox"),
+            _check("int", m[EntryKey.RSSI], "rssi"), _stuck_ok(m[EntryKey.STUCK]))
+    if kind == EntryKind.GATEWAY_STATUS:
+        _keys(m, {0, 11, 20, 21}, "gateway status entry")
+        return GatewayStatusEntry(_check("u64", m[EntryKey.AT_MS], "at_ms"),
+                                  _check("u32", m[EntryKey.BACKLOG], "backlog"),
+                                  _opt("u64", m[EntryKey.OLDEST_MS], "oldest_ms"))
+    if kind == EntryKind.DAY_COUNT:
+        _keys(m, {0, 8, 11, 22, 23, 24, 25, 26, 27}, "day count entry")
+        return DayCountEntry(
+            check_id(m[EntryKey.DEVICE]), _check("u16", m[EntryKey.EPOCH], "epoch"),
+            check_day(m[EntryKey.DAY]), _check("u32", m[EntryKey.RATINGS], "ratings"),
+            _check("u32", m[EntryKey.NO_RATINGS], "no_ratings"),
+            _check("seq", m[EntryKey.FIRST_SEQ], "first_seq"),
+            _check("seq", m[EntryKey.LAST_SEQ], "last_seq"), _check("u64", m[EntryKey.AT_MS], "at_ms"))
+    if kind == EntryKind.ENROLL:
+        _keys(m, {0, 3, 8, 11, 22, 28, 29}, "enroll entry")
+        return EnrollEntry(
+            check_id(m[EntryKey.DEVICE]), _check("text", m[EntryKey.WINDOW], "window"),
+            _check("u16", m[EntryKey.EPOCH], "epoch"), _check("scale", m[EntryKey.SCALE], "scale"),
+            _check("text", m[EntryKey.KCV], "kcv"), _check("u64", m[EntryKey.AT_MS], "at_ms"))
+    return None
+
+
 def _entry(m: Any) -> Entry:
     if not isinstance(m, Mapping):
         raise SchemaError("batch entry must be a map", "bad-batch")
@@ -172,11 +360,20 @@ def _entry(m: Any) -> Entry:
             return PromptEntry(_check("u32", m[EntryKey.PROMPT], "prompt"), check_id(m[EntryKey.DEVICE]),
                                _ctx(m, optional_time=False),
                                _check("u16", m[EntryKey.TIMEOUT], "timeout"))
+        if isinstance(kind, int):
+            report = _report(kind, m)
+            if report is not None:
+                return report
     except KeyError as exc:
         raise SchemaError(f"batch entry is missing field {exc.args[0]}", "missing-field") from exc
     except ValueError as exc:  # check_id's TopicError
         raise SchemaError(str(exc), "bad-field") from exc
     raise SchemaError(f"unknown batch entry kind {kind!r}", "bad-batch")
+
+
+def decode_entry(data: bytes) -> Entry:
+    """One entry map on its own (as the gateway keeps it queued), checked as in a batch."""
+    return _entry(cbor.loads(data, max_size=4096, max_depth=2, max_items=16, max_text=limits.MAX_TEXT))
 
 
 def decode_batch(payload: bytes) -> Batch:
