@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sqlite3
 import sys
 import threading
-from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +28,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="satisfaction and participation report from the province store")
-    p.add_argument("--db", required=True, type=Path)
+    p.add_argument("--db", required=True, help="the SQLite file or a postgresql:// URL")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--by", choices=("hall", "clerk", "service", "device"), action="append",
                    help="grouping (repeatable; default: all four)")
-    p.add_argument("--from", dest="date_from", help="start date/time, inclusive (YYYY-MM-DD or ISO 8601;"
-                   " local time unless an offset is given)")
-    p.add_argument("--to", dest="date_to", help="end date/time; a bare date includes that whole day")
+    p.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD",
+                   help="first day, inclusive (days in the province's zone, as stored with each rating)")
+    p.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="last day, inclusive")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("keygen", help="create the province's Ed25519 signing key (acks)")
@@ -93,43 +91,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_when(text: str, *, end: bool) -> int:
-    """A date or ISO datetime -> unix ms. A bare date as ``end`` means the end of that day (exclusive)."""
-    try:
-        if len(text) == 10:
-            d = date.fromisoformat(text)
-            dt = datetime(d.year, d.month, d.day)
-            if end:
-                dt += timedelta(days=1)
-        else:
-            dt = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"bad date {text!r}: {exc}") from exc
-    if dt.tzinfo is None:
-        dt = dt.astimezone()    # naive: the machine's local time zone
-    return int(dt.timestamp() * 1000)
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import GROUPINGS, Range, ReportError, build_report, render_text
+    from .db import Database, DatabaseError
+    from .errors import ProvinceError
+    from .report import GROUPINGS, Range, build_report, render_text
 
-    if not args.db.exists():
-        print(f"province report: no database at {args.db}", file=sys.stderr)
+    db = Database(args.db)
+    if db.dialect == "sqlite" and not db.path.exists():
+        print(f"province report: no database at {db.path}", file=sys.stderr)
         return 2
     try:
-        rng = Range(parse_when(args.date_from, end=False) if args.date_from else None,
-                    parse_when(args.date_to, end=True) if args.date_to else None)
-    except argparse.ArgumentTypeError as exc:
-        print(f"province report: {exc}", file=sys.stderr)
+        rng = Range(args.date_from, args.date_to)
+    except ProvinceError as exc:
+        print(f"province report: {exc} (whole days in the province's zone)", file=sys.stderr)
         return 2
-    conn = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True)
     try:
-        report = build_report(conn, tuple(args.by) if args.by else GROUPINGS, rng)
-    except (ReportError, sqlite3.Error) as exc:
+        with db.connect() as conn:
+            report = build_report(conn, tuple(args.by) if args.by else GROUPINGS, rng)
+    except (ProvinceError, *DatabaseError) as exc:
         print(f"province report: {exc}", file=sys.stderr)
         return 1
-    finally:
-        conn.close()
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=1))
     else:

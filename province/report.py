@@ -1,13 +1,14 @@
 """Analyst reports from the province's store: per hall, clerk (hall + 工号), service item and device.
 
 For each group: counts per score (named with SCORE_NAMES_ZH, per scale: 4 and 5 keys), ratings,
-no-ratings (未评价), prompts, dissatisfied count, satisfaction rate (满意率 = satisfied / ratings, where
-satisfied is 基本满意 and better, ``messages.is_satisfied``) and participation rate (参评率 = ratings /
-prompts). A rate whose denominator is 0 is None ("-" in the table), never 0 or 100 %.
+no-ratings (未评价), opened prompts, dissatisfied count, satisfaction rate (满意率) and participation rate
+(参评率), all by the platform's one definition (figures.py): the opened prompts include every outcome of
+an invite-key prompt, so participation is never above 100 %; held ratings count nowhere. A rate whose
+denominator is 0 is None ("-" in the table), never 0 or 100 %.
 
-Date range: a rating counts on its press time; a rating made while the device clock was unknown (press
-time NULL) counts on the time the gateway received it. Prompts count on their opening time. The range
-is [start, end) in unix milliseconds.
+Date range: whole days in the province's zone, inclusive at both ends. A rating counts on its press
+time's day; a rating made while the device clock was unknown on the day the gateway received it; a
+prompt on the day it was opened (the ``day`` columns, period.py).
 
 Reconciliation (per device and key epoch, over everything received, not date-filtered, since a gap is a
 property of the whole sequence): count, min/max seq and the gaps in between. Ratings and no-ratings share
@@ -22,12 +23,17 @@ import sqlite3
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
-from countersign.protocol.messages import SCORE_NAMES_ZH, SERVICE_NAMES_ZH, Service, is_satisfied
+from countersign.protocol.messages import SERVICE_NAMES_ZH, Service
+
+from .db import Conn
+from .errors import ProvinceError
+from .figures import Figures, Filter, figures_by
 
 GROUPINGS = ("hall", "clerk", "service", "device")
-# Columns of each grouping, in the ratings table and in the prompts table (same names in both).
+# Columns of each grouping (the same names in the ratings and the prompts table).
 _GROUP_COLS: dict[str, tuple[str, ...]] = {
     "total": (), "hall": ("hall",), "clerk": ("hall", "clerk"), "service": ("service",),
     "device": ("hall", "device"),
@@ -35,17 +41,29 @@ _GROUP_COLS: dict[str, tuple[str, ...]] = {
 SCORE_ORDER = ("非常满意", "满意", "基本满意", "不满意", "非常不满意")
 
 
-class ReportError(ValueError):
-    pass
+class ReportError(ProvinceError, ValueError):
+    reason = "bad-report"
 
 
 @dataclass(frozen=True)
 class Range:
-    start_ms: int | None = None
-    end_ms: int | None = None
+    """Days 'YYYY-MM-DD' in the province's zone, both inclusive; None: open."""
 
-    def as_json(self) -> dict[str, int | None]:
-        return {"from_ms": self.start_ms, "to_ms": self.end_ms}
+    day_from: str | None = None
+    day_to: str | None = None
+
+    def __post_init__(self) -> None:
+        for d in (self.day_from, self.day_to):
+            if d is not None:
+                try:
+                    date.fromisoformat(d)
+                except ValueError as exc:
+                    raise ReportError(f"bad day {d!r}: YYYY-MM-DD") from exc
+                if len(d) != 10:
+                    raise ReportError(f"bad day {d!r}: YYYY-MM-DD")
+
+    def as_json(self) -> dict[str, str | None]:
+        return {"from": self.day_from, "to": self.day_to}
 
 
 def service_name(service: int) -> str:
@@ -55,20 +73,9 @@ def service_name(service: int) -> str:
         return f"#{service}"
 
 
-def _where(expr: str, rng: Range) -> tuple[str, list[int]]:
-    conds, args = [], []
-    if rng.start_ms is not None:
-        conds.append(f"{expr} >= ?")
-        args.append(rng.start_ms)
-    if rng.end_ms is not None:
-        conds.append(f"{expr} < ?")
-        args.append(rng.end_ms)
-    return (" WHERE " + " AND ".join(conds)) if conds else "", args
-
-
-def _empty_group(key: dict[str, Any]) -> dict[str, Any]:
-    return {**key, "ratings": 0, "no_ratings": 0, "prompts": 0, "satisfied": 0, "dissatisfied": 0,
-            "scores": {}}
+def _conn(conn: Conn | sqlite3.Connection) -> Conn:
+    """A plain sqlite3 connection (the simulator's read-only one) is read through the same interface."""
+    return conn if isinstance(conn, Conn) else Conn("sqlite", conn)
 
 
 def _label(grouping: str, g: dict[str, Any]) -> str:
@@ -83,83 +90,58 @@ def _label(grouping: str, g: dict[str, Any]) -> str:
     return "合计"
 
 
-def group_report(conn: sqlite3.Connection, grouping: str, rng: Range = Range()) -> list[dict[str, Any]]:
+def _group(grouping: str, key: dict[str, Any], f: Figures) -> dict[str, Any]:
+    g = {**key, "ratings": f.ratings, "no_ratings": f.no_ratings, "prompts": f.prompts,
+         "satisfied": f.satisfied, "dissatisfied": f.dissatisfied, "scores": f.scores,
+         "satisfaction_rate": f.satisfaction_rate, "participation_rate": f.participation_rate}
+    if grouping == "service":
+        g["service_name"] = service_name(int(key["service"]))
+    g["label"] = _label(grouping, g)
+    return g
+
+
+def group_report(conn: Conn | sqlite3.Connection, grouping: str,
+                 rng: Range = Range()) -> list[dict[str, Any]]:
     if grouping not in _GROUP_COLS:
         raise ReportError(f"unknown grouping {grouping!r}; one of {', '.join(GROUPINGS)}")
     cols = _GROUP_COLS[grouping]
-    sel = "".join(f"{c}, " for c in cols)
-    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
-
-    def group(key: tuple[Any, ...]) -> dict[str, Any]:
-        if key not in groups:
-            g = _empty_group(dict(zip(cols, key, strict=True)))
-            if grouping == "service":
-                g["service_name"] = service_name(key[0])
-            groups[key] = g
-        return groups[key]
-
-    where, args = _where("COALESCE(press_s * 1000, received_ms)", rng)
-    sql = (f"SELECT {sel}kind, scale, score, COUNT(*) FROM ratings{where}"
-           f" GROUP BY {sel}kind, scale, score")
-    for row in conn.execute(sql, args):
-        key, (kind, scale, score, n) = tuple(row[:len(cols)]), row[len(cols):]
-        g = group(key)
-        if kind == "no-rating":
-            g["no_ratings"] += n
-            continue
-        g["ratings"] += n
-        names = g["scores"].setdefault(str(scale), dict.fromkeys(SCORE_NAMES_ZH[scale].values(), 0))
-        names[SCORE_NAMES_ZH[scale][score]] += n
-        if is_satisfied(score, scale):
-            g["satisfied"] += n
-        else:
-            g["dissatisfied"] += n
-    where, args = _where("opened_ms", rng)
-    group_by = f" GROUP BY {', '.join(cols)}" if cols else ""
-    for row in conn.execute(f"SELECT {sel}COUNT(*) FROM prompts{where}{group_by}", args):
-        if row[-1]:
-            group(tuple(row[:len(cols)]))["prompts"] += row[-1]
-    out = []
-    for key in sorted(groups, key=lambda k: tuple((v is None, v) for v in k)):
-        g = groups[key]
-        g["satisfaction_rate"] = g["satisfied"] / g["ratings"] if g["ratings"] else None
-        g["participation_rate"] = g["ratings"] / g["prompts"] if g["prompts"] else None
-        g["label"] = _label(grouping, g)
-        out.append(g)
-    return out
+    by = figures_by(_conn(conn), cols, Filter(day_from=rng.day_from, day_to=rng.day_to))
+    return [_group(grouping, dict(zip(cols, key, strict=True)), by[key])
+            for key in sorted(by, key=lambda k: tuple((v is None, v) for v in k))]
 
 
-def _gaps(conn: sqlite3.Connection) -> dict[tuple[str, int], list[list[int]]]:
+def _gaps(conn: Conn) -> dict[tuple[str, int], list[list[int]]]:
     gaps: dict[tuple[str, int], list[list[int]]] = {}
     sql = ("SELECT device, epoch, seq, nxt FROM (SELECT device, epoch, seq, LEAD(seq) OVER"
-           " (PARTITION BY device, epoch ORDER BY seq) AS nxt FROM ratings) WHERE nxt > seq + 1"
+           " (PARTITION BY device, epoch ORDER BY seq) AS nxt FROM ratings) AS s WHERE nxt > seq + 1"
            " ORDER BY device, epoch, seq")
-    for device, epoch, seq, nxt in conn.execute(sql):
-        gaps.setdefault((device, epoch), []).append([seq + 1, nxt - 1])
+    for device, epoch, seq, nxt in conn.all(sql):
+        gaps.setdefault((device, int(epoch)), []).append([int(seq) + 1, int(nxt) - 1])
     return gaps
 
 
-def reconciliation(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    gaps = _gaps(conn)
+def reconciliation(conn: Conn | sqlite3.Connection) -> list[dict[str, Any]]:
+    c = _conn(conn)
+    gaps = _gaps(c)
     out = []
     sql = ("SELECT device, MIN(hall), epoch, COUNT(*), MIN(seq), MAX(seq) FROM ratings"
            " GROUP BY device, epoch ORDER BY device, epoch")
-    for device, hall, epoch, count, lo, hi in conn.execute(sql):
-        g = gaps.get((device, epoch), [])
-        out.append({"device": device, "hall": hall, "epoch": epoch, "count": count, "min_seq": lo,
-                    "max_seq": hi, "gaps": g, "missing": sum(b - a + 1 for a, b in g),
-                    "before_first": lo - 1})
+    for device, hall, epoch, count, lo, hi in c.all(sql):
+        g = gaps.get((device, int(epoch)), [])
+        out.append({"device": device, "hall": hall, "epoch": int(epoch), "count": int(count),
+                    "min_seq": int(lo), "max_seq": int(hi), "gaps": g,
+                    "missing": sum(b - a + 1 for a, b in g), "before_first": int(lo) - 1})
     return out
 
 
-def build_report(conn: sqlite3.Connection, groupings: Sequence[str] = GROUPINGS,
+def build_report(conn: Conn | sqlite3.Connection, groupings: Sequence[str] = GROUPINGS,
                  rng: Range = Range()) -> dict[str, Any]:
     """The whole report as a JSON-ready dict."""
-    [total] = group_report(conn, "total", rng) or [{**_empty_group({}), "satisfaction_rate": None,
-                                                     "participation_rate": None, "label": "合计"}]
+    c = _conn(conn)
+    [total] = group_report(c, "total", rng) or [_group("total", {}, Figures())]
     return {"range": rng.as_json(), "total": total,
-            "groups": {g: group_report(conn, g, rng) for g in groupings},
-            "reconciliation": reconciliation(conn)}
+            "groups": {g: group_report(c, g, rng) for g in groupings},
+            "reconciliation": reconciliation(c)}
 
 
 # text ---------------------------------------------------------------------------------------------------

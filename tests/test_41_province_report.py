@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from countersign.protocol import batch
 from countersign.protocol.context import Context
 from countersign.province import receiver
 from countersign.province import store as st
+from countersign.province.db import Database
+from countersign.province.migrations import upgrade
 from countersign.province.report import Range, build_report, render_text
 
 CST = timezone(timedelta(hours=8))
@@ -78,10 +79,11 @@ def generate(rnd: random.Random) -> list[Event]:
     return events
 
 
-def load(db: Path, root: Path, events: list[Event]) -> None:
+def load(db: Database, root: Path, events: list[Event]) -> None:
     """Feed the events through the receiver's own batch processing (signed batches, real MACs)."""
     registry, gateway_keys, province_key = make_registry(root, scales=SCALES)
-    conn = st.connect(db)
+    upgrade(db)
+    conn = db.connect()
     by_hall: dict[str, list[batch.Entry]] = defaultdict(list)
     for e in events:
         by_hall[e.hall].append(batch.PromptEntry(
@@ -105,11 +107,20 @@ def load(db: Path, root: Path, events: list[Event]) -> None:
     conn.close()
 
 
-ALL_TIME = Range()
+@dataclass(frozen=True)
+class Window:
+    """[start, end) in unix ms, computed here by hand from the CST day boundaries."""
+
+    start_ms: int | None = None
+    end_ms: int | None = None
+
+
+ALL_TIME = Window()
+DAY1_ONLY = Window(int(DAY1.timestamp() * 1000), int(DAY2.timestamp() * 1000))
 
 
 def expected(events: list[Event], key: Callable[[Event], Any],
-             rng: Range = ALL_TIME) -> dict[Any, dict[str, Any]]:
+             rng: Window = ALL_TIME) -> dict[Any, dict[str, Any]]:
     def inside(ms: int) -> bool:
         return (rng.start_ms is None or ms >= rng.start_ms) and (rng.end_ms is None or ms < rng.end_ms)
 
@@ -147,18 +158,20 @@ def check_groups(got: list[dict[str, Any]], want: dict[Any, dict[str, Any]],
 
 
 @pytest.fixture
-def data(tmp_path: Path) -> tuple[Path, list[Event]]:
+def data(tmp_path: Path, province_db: Database) -> tuple[Database, list[Event]]:
     events = generate(random.Random(41))
-    db = tmp_path / "province.db"
-    load(db, tmp_path, events)
-    return db, events
+    load(province_db, tmp_path, events)
+    return province_db, events
 
 
-def test_figures_per_hall_clerk_service_and_device(data: tuple[Path, list[Event]]) -> None:
+def report_of(db: Database, *args: Any) -> dict[str, Any]:
+    with db.connect() as conn:
+        return build_report(conn, *args)
+
+
+def test_figures_per_hall_clerk_service_and_device(data: tuple[Database, list[Event]]) -> None:
     db, events = data
-    conn = sqlite3.connect(db)
-    report = build_report(conn)
-    conn.close()
+    report = report_of(db)
     groups = report["groups"]
     check_groups(groups["hall"], expected(events, lambda e: e.hall), lambda g: g["hall"])
     check_groups(groups["clerk"], expected(events, lambda e: (e.hall, e.clerk)),
@@ -177,13 +190,11 @@ def test_figures_per_hall_clerk_service_and_device(data: tuple[Path, list[Event]
         assert needle in text
 
 
-def test_date_range_uses_press_time_or_gateway_time(data: tuple[Path, list[Event]]) -> None:
+def test_date_range_uses_press_time_or_gateway_time(data: tuple[Database, list[Event]]) -> None:
     db, events = data
-    rng = Range(int(DAY1.timestamp() * 1000), int(DAY2.timestamp() * 1000))
-    conn = sqlite3.connect(db)
-    report = build_report(conn, ("hall",), rng)
-    conn.close()
+    report = report_of(db, ("hall",), Range("2024-03-01", "2024-03-01"))
     assert set(report["groups"]) == {"hall"}
+    rng = DAY1_ONLY
     want = expected(events, lambda e: e.hall, rng)
     check_groups(report["groups"]["hall"], want, lambda g: g["hall"])
     day1_unknown_clock = [e for e in events if e.press_s is None and e.delivered and e.when_ms < rng.end_ms]
@@ -191,11 +202,9 @@ def test_date_range_uses_press_time_or_gateway_time(data: tuple[Path, list[Event
     assert sum(w["ratings"] + w["no_ratings"] for w in want.values()) < sum(e.delivered for e in events)
 
 
-def test_reconciliation_finds_the_seqs_that_never_arrived(data: tuple[Path, list[Event]]) -> None:
+def test_reconciliation_finds_the_seqs_that_never_arrived(data: tuple[Database, list[Event]]) -> None:
     db, events = data
-    conn = sqlite3.connect(db)
-    rec = {(r["device"], r["epoch"]): r for r in build_report(conn)["reconciliation"]}
-    conn.close()
+    rec = {(r["device"], r["epoch"]): r for r in report_of(db)["reconciliation"]}
     made: dict[str, list[int]] = defaultdict(list)
     for e in events:
         made[e.device].append(e.seq)
@@ -212,17 +221,19 @@ def test_reconciliation_finds_the_seqs_that_never_arrived(data: tuple[Path, list
     assert all(r["missing"] == 0 for (d, _), r in rec.items() if d not in LOST)
 
 
-def test_cli_report_prints_json(data: tuple[Path, list[Event]], capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_report_prints_json(data: tuple[Database, list[Event]], tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
     db, events = data
-    rc = countersign_main(["province", "report", "--db", str(db), "--json", "--by", "clerk",
-                           "--from", "2024-03-01T00:00:00+08:00", "--to", "2024-03-02T00:00:00+08:00"])
+    rc = countersign_main(["province", "report", "--db", db.url, "--json", "--by", "clerk",
+                           "--from", "2024-03-01", "--to", "2024-03-01"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out["groups"]) == {"clerk"}
-    rng = Range(int(DAY1.timestamp() * 1000), int(DAY2.timestamp() * 1000))
-    check_groups(out["groups"]["clerk"], expected(events, lambda e: (e.hall, e.clerk), rng),
+    assert set(out["groups"]) == {"clerk"} and out["range"] == {"from": "2024-03-01", "to": "2024-03-01"}
+    check_groups(out["groups"]["clerk"], expected(events, lambda e: (e.hall, e.clerk), DAY1_ONLY),
                  lambda g: (g["hall"], g["clerk"]))
-    # Text mode prints the table; a missing database is a clear error, not a traceback.
-    assert countersign_main(["province", "report", "--db", str(db), "--by", "service"]) == 0
+    # Text mode prints the table; a missing database or a bad day is a clear error, not a traceback.
+    assert countersign_main(["province", "report", "--db", db.url, "--by", "service"]) == 0
     assert "服务项目" in capsys.readouterr().out
-    assert countersign_main(["province", "report", "--db", str(db.with_name("nope.db"))]) == 2
+    assert countersign_main(["province", "report", "--db", str(tmp_path / "nope.db")]) == 2
+    assert countersign_main(["province", "report", "--db", db.url, "--from", "2024-03-01T08:00"]) == 2
+    assert "YYYY-MM-DD" in capsys.readouterr().err
