@@ -14,23 +14,46 @@ with the same password and the same ACL block. Generate the config for as many w
 
 An optional read-only ``_observer`` user (``observer_password=``) is for traffic captures in the
 simulator; production configs have none (the default).
+
+The receivers' shared subscription (issue 12, deliverable 7). The workers share
+``$share/province/cs/1/h/+/batch``: mosquitto hands each batch to ONE member of the group, round robin,
+and only then checks that member's read ACL; a member that may not read the topic gets nothing and the
+batch is dropped for the whole group (the gateway resends it only after its timer). So a hall login that
+joined the group would make every n-th batch vanish. mosquitto 2.0's ``acl_file`` cannot refuse that
+subscription: its check returns "allowed" for every SUBSCRIBE (src/security_default.c,
+``mosquitto_acl_check_default``: "FIXME - implement ACL subscription strings", still so in 2.0.20), and a
+listener of its own for the workers does not help either, because subscriptions are one tree across all
+listeners. ``mount_point`` on the halls' listener would isolate them, but 2.0.11 (Debian 12) does not
+strip it from outgoing messages (fixed in 2.0.12, #2244): a gateway would get its acks on the wrong topic.
+
+What does check subscriptions is mosquitto's own dynamic-security plugin (shipped in the Debian package).
+It is loaded beside the password file and ACL file, which keep doing what they did: its JSON lists every
+hall login (and the observer) without a password, in a role whose only rule denies ``$share/#``. For a
+client it lists, an explicit deny ends the check, while everything it has no rule for is deferred to the
+password file and the ACL file (tests/test_25b_province_share_acl.py runs this against a real broker).
+The workers are not listed, so their subscription is allowed as before. mosquitto reads the plugin's
+file at start only: after adding a hall, RESTART the provincial broker (a SIGHUP reloads passwd and acl,
+so a new hall could log in before the restart without the deny rule).
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from countersign.common.brokerconf import (
     OBSERVER_USER,
     BrokerFiles,
+    broker_owner,
     observer_acl,
     password_hash,
     write_broker_dir,
 )
 from countersign.protocol import topics
-from countersign.protocol.keystore import Keystore
+from countersign.protocol.keystore import Keystore, write_atomic
 
 from .config import worker_username
 from .errors import ConfigError
@@ -78,6 +101,40 @@ def passwd_text(registry: Keystore, hall_passwords: Mapping[str, str], province_
     return "\n".join(lines) + "\n"
 
 
+DYNSEC_FILE = "dynamic-security.json"
+_DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
+# Where Debian (multiarch), Fedora and a source build put the plugin.
+_DYNSEC_GLOBS = (f"/usr/lib/*/{_DYNSEC_PLUGIN}", f"/usr/lib/{_DYNSEC_PLUGIN}", f"/usr/lib64/{_DYNSEC_PLUGIN}",
+                 f"/usr/local/lib/{_DYNSEC_PLUGIN}", f"/usr/local/lib/*/{_DYNSEC_PLUGIN}")
+NO_SHARED_ROLE = "no-shared-subscriptions"
+
+
+def find_dynsec_plugin() -> Path:
+    for pattern in _DYNSEC_GLOBS:
+        for hit in sorted(glob.glob(pattern)):
+            return Path(hit)
+    raise ConfigError(f"mosquitto's dynamic-security plugin ({_DYNSEC_PLUGIN}) was not found: the provincial "
+                      "broker needs it to keep hall logins out of the receivers' shared subscription "
+                      "(Debian: it is in the mosquitto package); give its path with dynsec_plugin=")
+
+
+def dynsec_text(denied_users: Iterable[str]) -> str:
+    """The plugin's JSON: each listed user may not subscribe to any ``$share/...`` filter; every other
+    decision about them is deferred to the password and ACL files (no password, no other rule here)."""
+    doc = {
+        # false = "no decision here": mosquitto goes on to the password file and the ACL file.
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
+                             "unsubscribe": False},
+        "clients": [{"username": u, "roles": [{"rolename": NO_SHARED_ROLE}]}
+                    for u in sorted(set(denied_users))],
+        "groups": [],
+        "roles": [{"rolename": NO_SHARED_ROLE,
+                   "acls": [{"acltype": "subscribePattern", "topic": "$share/#", "priority": 0,
+                             "allow": False}]}],
+    }
+    return json.dumps(doc, indent=1) + "\n"
+
+
 # A batch is at most 512 KB (protocol/limits.py); leave room for the COSE envelope and MQTT header.
 PROVINCE_MAX_PACKET = 600 * 1024
 # Un-PUBACKed messages the broker sends one client at once. The province PUBACKs after its commit, so
@@ -89,16 +146,27 @@ def write_province_broker_files(out_dir: Path, registry: Keystore, hall_password
                                 province_password: str, *, port: int, bind: str = "0.0.0.0",
                                 run_as: str | None = None, province_user: str = "province",
                                 workers: int = 4, persistence: bool = True,
-                                observer_password: str | None = None) -> BrokerFiles:
-    """Write mosquitto.conf, passwd and acl into ``out_dir`` for the provincial broker.
+                                observer_password: str | None = None,
+                                dynsec_plugin: Path | None = None) -> BrokerFiles:
+    """Write mosquitto.conf, passwd, acl and the dynamic-security plugin's JSON into ``out_dir`` for the
+    provincial broker.
 
     ``observer_password``: when given, adds the read-only ``_observer`` user (traffic capture). None, the
-    default and the production setting, adds no such user.
+    default and the production setting, adds no such user. ``dynsec_plugin``: the plugin's path (default:
+    found where the distributions install it; ConfigError when it is missing).
     """
     users = province_users(province_user, workers)
-    return write_broker_dir(
-        out_dir, passwd=passwd_text(registry, hall_passwords, province_password, users, observer_password),
-        acl=acl_text(users, observer_password is not None),
-        title="the provincial broker. Regenerate with `countersign province broker-config`.",
+    plugin = dynsec_plugin or find_dynsec_plugin()
+    passwd = passwd_text(registry, hall_passwords, province_password, users, observer_password)
+    denied = [*sorted(registry.halls), *([OBSERVER_USER] if observer_password is not None else [])]
+    dynsec = out_dir / DYNSEC_FILE
+    owner = broker_owner(run_as)
+    files = write_broker_dir(
+        out_dir, passwd=passwd, acl=acl_text(users, observer_password is not None),
+        title="the provincial broker. Regenerate with `countersign province broker-config`, then restart it.",
         port=port, bind=bind, run_as=run_as, persistence=persistence, max_packet_size=PROVINCE_MAX_PACKET,
-        extra=_EXTRA)
+        extra=(*_EXTRA, f"plugin {plugin}", f"plugin_opt_config_file {dynsec}"))
+    # The plugin reads it as the broker's user and would write it back only on a $CONTROL command, which
+    # no login here may send (the ACL file grants no $CONTROL topic).
+    write_atomic(dynsec, dynsec_text(denied), mode=0o640, owner=owner)
+    return files
