@@ -1,6 +1,6 @@
 """What the gateway tells the province about itself: keypad status, its backlog, day counts, enrollments.
 
-These are the batch entry kinds 3..6 (protocol/batch.py, PROTOCOL.md 9.3). The reporter runs on the
+These are the batch entry kinds 3..6 (protocol/batch.py, PROTOCOL.md 9.4). The reporter runs on the
 forwarder's thread, once per forwarding round (rounds follow every ingest commit, so a heartbeat that
 changes something is reported within a round), and says when it next has something due, so the thread
 sleeps until then instead of polling:

@@ -6,7 +6,7 @@ transaction, prompt time) is covered by the gateway's Ed25519 signature over the
 
 Besides device messages and prompt records, a batch carries the gateway's own reports (kinds 3..6):
 a keypad's latest health figures, the gateway's backlog, per keypad and day what the gateway stored,
-and a notice that its keystore gained a device. These are the gateway's word only (PROTOCOL.md 9.3 says
+and a notice that its keystore gained a device. These are the gateway's word only (PROTOCOL.md 9.5 says
 who vouches for what): they feed the fleet page and the reconciliation, never a rating's count.
 """
 

@@ -35,14 +35,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import cbor, cose, messages
+from . import batch, cbor, cose, messages
 from .errors import ProtocolError
+from .kcv import key_check_value
 from .messages import Ack, Heartbeat, Hello, Message, NoRating, Prompt, Rating, Session, TimeSync
 
 VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
 # Must-fail regressions found by inputs nobody on the project wrote (public vectors, fuzzing),
 # kept apart from the 31 golden cases whose count the firmware's vector script pins.
 REGRESS = "regress"
+# Batch entries of the gateway's reports (kinds 3..6), one entry map per case: another shape of vector.
+BATCH = "batch"
 
 # Fixed test identities (never used outside tests and vectors).
 KID_1 = b"hf01-w01"
@@ -315,6 +318,70 @@ def _regress_cases() -> dict[str, dict[str, Any]]:
     return out
 
 
+def _entry_json(e: batch.Entry) -> dict[str, Any]:
+    return {"kind": type(e).__name__, **vars(e)}
+
+
+def _batch_cases() -> dict[str, dict[str, Any]]:
+    """Good and must-fail report entries. Fields: ``title``, ``fail``, ``entry_hex`` (the entry's CBOR
+    map as it stands in a batch's entries), good: ``entry`` (decoded, field names as in PROTOCOL.md 9.4),
+    fail: ``reason``. Check: ``batch.decode_entry(entry_hex)``."""
+    at = T0 * 1000 + 60_000
+    good = {
+        "good-b01-keypad-status": ("keypad status, online, key 2 stuck", batch.KeypadStatusEntry(
+            "hf01-w01", at, T0 * 1000, True, "1.25.0", 1, 41_000, 3, -61, 0b10)),
+        "good-b02-keypad-status-never-reported": ("keypad status, offline, no health report heard yet",
+                                                  batch.KeypadStatusEntry("hf01-w02", at, T0 * 1000, False)),
+        "good-b03-gateway-status": ("gateway status with a backlog", batch.GatewayStatusEntry(
+            at, 12, T0 * 1000 - 3_600_000)),
+        "good-b04-gateway-status-empty": ("gateway status, nothing unacked",
+                                          batch.GatewayStatusEntry(at, 0, None)),
+        "good-b05-day-count": ("day count: 9 ratings and 1 no-rating, seqs 31..40", batch.DayCountEntry(
+            "hf01-w01", 1, "2025-01-01", 9, 1, 31, 40, at)),
+        "good-b06-enroll": ("enrollment notice with the key check value of key 000102..1f", batch.EnrollEntry(
+            "hf01-w01", "1", 1, 4, key_check_value(KEY_1), at)),
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for name, (title, e) in good.items():
+        out[name] = {"title": title, "fail": False, "entry_hex": cbor.dumps(e.to_map()).hex(),
+                     "entry": _entry_json(e)}
+    status = good["good-b01-keypad-status"][1].to_map()
+    day = good["good-b05-day-count"][1].to_map()
+    enroll = good["good-b06-enroll"][1].to_map()
+    fails: dict[str, tuple[str, dict[int, Any], str]] = {
+        "fail-b01-unknown-field": ("keypad status with an unknown field 29", {**status, 29: "x"},
+                                   "bad-field"),
+        "fail-b02-online-as-integer": ("online given as 1, not true", {**status, 13: 1}, "bad-field"),
+        "fail-b03-missing-field": ("keypad status without seen_ms",
+                                   {k: v for k, v in status.items() if k != 12}, "missing-field"),
+        "fail-b04-day-not-a-date": ("day count for 2025-02-30", {**day, 23: "2025-02-30"}, "bad-field"),
+        "fail-b05-more-outcomes-than-seqs": ("day count of 11 outcomes over 10 seqs", {**day, 24: 10},
+                                             "bad-field"),
+        "fail-b06-kcv-uppercase": ("kcv in uppercase hex", {**enroll, 29: str(enroll[29]).upper()},
+                                   "bad-field"),
+        "fail-b07-enroll-with-key": ("enrollment notice carrying a key field", {**enroll, 30: KEY_1},
+                                     "bad-field"),
+        "fail-b08-unknown-kind": ("entry kind 7", {0: 7, 11: at}, "bad-batch"),
+    }
+    for name, (title, m, reason) in fails.items():
+        out[name] = {"title": title, "fail": True, "entry_hex": cbor.dumps(m).hex(), "reason": reason}
+    for name, vec in out.items():
+        try:
+            got = batch.decode_entry(bytes.fromhex(vec["entry_hex"]))
+        except ProtocolError as exc:
+            if not vec["fail"] or exc.reason != vec["reason"]:
+                raise RuntimeError(f"{name}: decoder says {exc.reason}: {exc}") from exc
+            continue
+        if vec["fail"] or _entry_json(got) != vec["entry"]:
+            raise RuntimeError(f"{name}: decoded to {got!r}")
+    return out
+
+
+def build_batch() -> dict[str, dict[str, Any]]:
+    """The vectors of vectors/batch/ by file stem (report entries, checked by the batch decoder)."""
+    return _batch_cases()
+
+
 def build_regress() -> dict[str, dict[str, Any]]:
     """The vectors of vectors/regress/ by file stem, checked like ``build``'s."""
     return _checked(_regress_cases())
@@ -348,7 +415,8 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
     ap.add_argument("--check", action="store_true", help="compare with the files instead of writing")
     args = ap.parse_args(argv)
     rc = _write(args.dir, build(), args.check, out)
-    return _write(args.dir / REGRESS, build_regress(), args.check, out) or rc
+    rc = _write(args.dir / REGRESS, build_regress(), args.check, out) or rc
+    return _write(args.dir / BATCH, build_batch(), args.check, out) or rc
 
 
 def _write(directory: Path, vecs: dict[str, dict[str, Any]], check: bool,
@@ -361,7 +429,7 @@ def _write(directory: Path, vecs: dict[str, dict[str, Any]], check: bool,
                      if not (directory / n).exists() or (directory / n).read_text(encoding="utf-8") != text)
         bad += sorted(existing - set(wanted))
         for n in bad:
-            out(f"differs: {directory.name}/{n}" if directory.name == REGRESS else f"differs: {n}")
+            out(f"differs: {directory.name}/{n}" if directory.name in (REGRESS, BATCH) else f"differs: {n}")
         return 1 if bad else 0
     directory.mkdir(parents=True, exist_ok=True)
     for n, text in wanted.items():

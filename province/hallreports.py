@@ -2,7 +2,7 @@
 
 The entries (protocol/batch.py kinds 3..6) are the gateway's word only: a keypad's last figures, the
 gateway's backlog, what it stored per keypad and day, and that its keystore holds a device. None of them
-counts a rating or can vouch for a key (PROTOCOL.md 9.3): an enrollment notice carries a key check value
+counts a rating or can vouch for a key (PROTOCOL.md 9.5): an enrollment notice carries a key check value
 the administrator compares with the technician's record, never a key.
 
 Each function takes the hall the batch is signed by and ``known_hall``, the hall the province's registry
