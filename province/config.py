@@ -8,6 +8,9 @@ Example::
     registry = "registry.json"         # Keystore JSON: halls (gateway Ed25519 keys) and devices
     signing_key = "province.key"       # the province's Ed25519 seed (hex); acks are signed, kid "province"
     workers = 2                        # MQTT workers sharing $share/province/cs/1/h/+/batch
+    first_worker = 1                   # this receiver's workers are <username>-<first_worker> ...: a second
+                                       # receiver process (another host) on the same database takes the next
+                                       # numbers (broker-config --workers covers all of them)
 
     [broker]
     host = "127.0.0.1"
@@ -51,6 +54,7 @@ class ProvinceConfig:
     username: str = "province"
     password: str = ""
     workers: int = 2
+    first_worker: int = 1
     # Batches taken into one SQLite transaction at most: one fsync for many batches (group commit).
     max_group: int = 32
     timezone: str = DEFAULT_TZ
@@ -65,6 +69,8 @@ class ProvinceConfig:
             raise ConfigError(f"unknown timezone {self.timezone!r}") from exc
         if not 1 <= self.workers <= 64:
             raise ConfigError(f"workers must be 1..64, got {self.workers}")
+        if not 1 <= self.first_worker <= 1000:
+            raise ConfigError(f"first_worker must be 1..1000, got {self.first_worker}")
         if not 1 <= self.max_group <= 1000:
             raise ConfigError(f"max_group must be 1..1000, got {self.max_group}")
 
@@ -74,7 +80,8 @@ class ProvinceConfig:
         return self.database.path
 
     def worker_usernames(self) -> list[str]:
-        return [worker_username(self.username, n) for n in range(1, self.workers + 1)]
+        return [worker_username(self.username, n)
+                for n in range(self.first_worker, self.first_worker + self.workers)]
 
     @classmethod
     def load(cls, path: str | Path) -> ProvinceConfig:
@@ -123,7 +130,8 @@ class ProvinceConfig:
                        broker_host=str(broker.get("host", "127.0.0.1")),
                        broker_port=int(broker.get("port", 1883)),
                        username=str(broker.get("username", "province")), password=password,
-                       workers=int(data.get("workers", 2)), max_group=int(data.get("max_group", 32)),
+                       workers=int(data.get("workers", 2)), first_worker=int(data.get("first_worker", 1)),
+                       max_group=int(data.get("max_group", 32)),
                        timezone=tz)
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):
