@@ -18,7 +18,8 @@ from .db import Conn
 from .export import Column, Table
 from .figures import Figures, Filter, figures_by
 
-__all__ = ["DEFAULT_MIN", "LEVELS", "SORTS", "RankRow", "Ranking", "RankingError", "ranking", "ranking_table"]
+__all__ = ["DEFAULT_MIN", "LEVELS", "SORTS", "RankRow", "Ranking", "RankingError", "columns", "ranking",
+           "ranking_table", "sort_columns"]
 
 Level = Literal["hall", "clerk"]
 LEVELS: tuple[Level, ...] = ("hall", "clerk")
@@ -149,10 +150,15 @@ COLUMNS = {
 }
 
 
-def columns(level: Level) -> list[Column]:
+def sort_columns(level: Level) -> list[tuple[str, Column]]:
+    """(sort key, column) of a ranking's table, in display order."""
     keys = ["rank", "hall", "name"] + (["clerk"] if level == "clerk" else []) + [
         "ratings", "satisfied", "satisfaction", "low", "high", "participation", "dissatisfied", "prompts"]
-    return [COLUMNS[k] for k in keys]
+    return [(k, COLUMNS[k]) for k in keys]
+
+
+def columns(level: Level) -> list[Column]:
+    return [c for _, c in sort_columns(level)]
 
 
 def ranking_table(r: Ranking, flt: Filter) -> Table:
