@@ -8,8 +8,8 @@ the keypad made, the hall gateway stored and the province received, and why they
 - received at the province: ratings + no-ratings + held rows (held: received, not counted yet; a held
   row released into ``ratings`` is counted there only).
 
-Days are the stored ``day`` columns (the province's zone); a held row's day is computed the same way
-(province/period.py rating_day). The gateway counts in its hall's zone, the same one in one province.
+Days are the stored ``day`` columns (the province's zone, province/period.py rating_day, held rows
+too). The gateway counts in its hall's zone, the same one in one province.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from countersign.common.clock import wall_ms
 
 from .db import Conn
-from .period import DEFAULT_TZ, day_of, rating_day
+from .period import DEFAULT_TZ, day_of
 
 __all__ = ["ReconRow", "reconcile"]
 
@@ -103,17 +103,16 @@ def reconcile(conn: Conn, day_from: str, day_to: str, *, hall: str | None = None
         a = at(device, epoch, day, h)
         a.province += int(n)
         a.seqs(lo, hi)
-    # Held rows have no day column: their day is computed as a rating's would be. A row whose epoch or
-    # seq could not be read is attributed to no keypad-day (it is listed with the held ratings).
-    for h, device, epoch, seq, press_s, received_ms in conn.all(
-            "SELECT hall, device, epoch, seq, press_s, received_ms FROM held"
-            " WHERE state <> 'released' AND epoch IS NOT NULL AND seq IS NOT NULL" + where, params):
-        day = rating_day(press_s, received_ms, tz)
-        if day_from <= day <= day_to:
-            a = at(device, epoch, day, h)
-            a.province += 1
-            a.held += 1
-            a.seqs(seq, seq)
+    # A held row released into ratings is counted there; one whose epoch or seq could not be read is
+    # attributed to no keypad-day (it is listed with the held ratings).
+    for h, device, epoch, day, n, lo, hi in conn.all(
+            "SELECT hall, device, epoch, day, count(*), min(seq), max(seq) FROM held"
+            " WHERE state <> 'released' AND epoch IS NOT NULL AND seq IS NOT NULL AND day >= ? AND day <= ?"
+            + where + " GROUP BY hall, device, epoch, day", (day_from, day_to, *params)):
+        a = at(device, epoch, day, h)
+        a.province += int(n)
+        a.held += int(n)
+        a.seqs(lo, hi)
     backlog = {h: (int(b), o) for h, b, o in conn.all("SELECT hall, backlog, oldest_ms FROM gateway_status"
                                                      " WHERE 1 = 1" + where, params)}
     rows = [_row(key, a, today, backlog.get(a.hall)) for key, a in acc.items()]
