@@ -6,7 +6,7 @@ import json
 import random
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -237,3 +237,37 @@ def test_cli_report_prints_json(data: tuple[Database, list[Event]], tmp_path: Pa
     assert countersign_main(["province", "report", "--db", str(tmp_path / "nope.db")]) == 2
     assert countersign_main(["province", "report", "--db", db.url, "--from", "2024-03-01T08:00"]) == 2
     assert "YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_participation_counts_every_opened_prompt_invite_key_ones_too(tmp_path: Path,
+                                                                       province_db: Database) -> None:
+    """A keypad's invite key opens a prompt the counter system never recorded: its outcome is one opened
+    prompt more, so 参评率 = ratings / opened prompts stays at most 100 % (it was 133 % here before)."""
+    registry, gateway_keys, province_key = make_registry(tmp_path)
+    upgrade(province_db)
+    k = registry.devices["hf01-w01"].key
+    opened = int(DAY1.timestamp() * 1000) + 10 * 3600_000
+    ctx = Context("1", "c001", 2, "t", opened)
+    entries: list[batch.Entry] = [batch.PromptEntry(n, "hf01-w01", replace(ctx, txn=f"t{n}"), 20)
+                                  for n in (1, 2, 3)]
+    press = opened // 1000 + 5
+    entries += [entry(rating(k, "hf01-w01", 1, 4, prompt=1, time_s=press), txn="t1"),
+                entry(rating(k, "hf01-w01", 2, 1, prompt=2, time_s=press), txn="t2"),
+                entry(no_rating(k, "hf01-w01", 3, prompt=3, time_s=press), txn="t3"),
+                # The invite key, twice rated and once walked away from: three prompts nobody recorded.
+                entry(rating(k, "hf01-w01", 4, 3, time_s=press), service=0, txn=None, prompt_ms=None),
+                entry(rating(k, "hf01-w01", 5, 2, time_s=press), service=0, txn=None, prompt_ms=None),
+                entry(no_rating(k, "hf01-w01", 6, time_s=press), service=0, txn=None, prompt_ms=None)]
+    with province_db.connect() as conn:
+        s = st.Store(conn, 0)
+        s.begin()
+        res = receiver.process_message(s, registry, province_key, "cs/1/h/hf01/batch",
+                                       signed_batch(gateway_keys["hf01"], "hf01", 1, entries))
+        s.commit()
+        assert res.counts["stored"] == 9 and not res.rejected and not res.held
+        report = build_report(conn, ("hall", "device"), Range("2024-03-01", "2024-03-01"))
+    # By hand: 4 ratings (2 prompted, 2 invited), 2 no-ratings, 3 + 3 opened prompts, 3 satisfied.
+    for g in (report["total"], *report["groups"]["hall"], *report["groups"]["device"]):
+        assert (g["ratings"], g["no_ratings"], g["prompts"], g["satisfied"]) == (4, 2, 6, 3)
+        assert g["participation_rate"] == pytest.approx(4 / 6)
+        assert g["satisfaction_rate"] == pytest.approx(3 / 4)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from countersign.province.report import build_report
 from countersign.sim.fwdevice import micropython_exe
 from countersign.sim.province_sim import DayConfig, ProvinceSim, ProvinceSimConfig, day_plan
 
@@ -64,6 +65,18 @@ def test_small_province_reconciles_every_hall(tmp_path: Path) -> None:
     assert sorted(per_hall) == [f"hf{n:02d}" for n in range(1, 11)]
     for hall, figures in report["per_hall"].items():
         assert figures["made"] == figures["gateway"] == figures["province"] == per_hall[hall]
+    # 参评率 never above 100 %: every invite-key outcome opened a prompt too (a run gave 108 % before).
+    conn = sqlite3.connect(cfg.workdir / "province" / "province.db")
+    try:
+        invited = conn.execute("SELECT COUNT(*) FROM ratings WHERE prompt = 0").fetchone()[0]
+        figures = build_report(conn, ("hall", "clerk", "device"))
+    finally:
+        conn.close()
+    assert invited > 0, "the day plan has invite-key ratings"
+    assert figures["total"]["prompts"] == report["prompts_province"] + invited
+    groups = [figures["total"], *(g for gs in figures["groups"].values() for g in gs)]
+    assert all(g["participation_rate"] is None or g["participation_rate"] <= 1 for g in groups)
+    assert figures["total"]["ratings"] == report["ratings_made"]
     res = report["resources"]
     assert res["peak_by_kind"]["mosquitto"]["processes"] == 11     # a broker per hall + the province's
     assert res["peak"]["threads"] > 0 and res["peak"]["rss_mb"] > 0
