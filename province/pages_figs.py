@@ -92,7 +92,7 @@ def keypads_by(conn: Conn, scope: Scope, group: str, hall: str | None = None) ->
     rows = conn.all(
         f"SELECT {col}, SUM(CASE WHEN k.online = 1 THEN 1 ELSE 0 END), COUNT(*) FROM ("
         ' SELECT device, hall, "window" FROM devices WHERE revoked = 0'
-        ' UNION SELECT k2.device, k2.hall, COALESCE(d2."window", \'?\') FROM keypad_status k2'
+        " UNION SELECT k2.device, k2.hall, '-' FROM keypad_status k2"
         "  LEFT JOIN devices d2 ON d2.device = k2.device WHERE d2.device IS NULL"
         f") d LEFT JOIN keypad_status k ON k.device = d.device WHERE 1 = 1{where} GROUP BY {col}", args)
     return {str(r[0]): (int(r[1] or 0), int(r[2])) for r in rows}
