@@ -3,6 +3,7 @@ on one PostgreSQL; the registry file's devices in the database, and a device add
 
 from __future__ import annotations
 
+import argparse
 import json
 import queue
 import sqlite3
@@ -29,6 +30,7 @@ from countersign.protocol import batch, cose
 from countersign.protocol.context import Context
 from countersign.protocol.keystore import DeviceKey, Keystore
 from countersign.province.db import Database
+from countersign.province.halls import add_parser
 from countersign.province.migrations import MIGRATIONS, SchemaError, current_version, upgrade
 from countersign.province.registry import import_registry
 from countersign.sim.postgres import PgServer
@@ -344,3 +346,47 @@ def test_a_device_added_to_the_database_is_used_by_the_next_batch_without_sighup
         assert conn.all("SELECT seq FROM ratings WHERE device = 'hf01-w09' ORDER BY seq") == [(2,), (3,)]
         assert conn.all("SELECT seq, reason FROM held") == [(1, "unknown-device")]
     assert p.stats()["held_by_reason"] == {"unknown-device": 1}
+
+
+# -- hall metadata ------------------------------------------------------------------------------------
+
+HALLS_CSV = ("hall,name,city,county\r\n"
+             "hf01,合肥市政务中心营业厅,合肥市,蜀山区\r\n"
+             "hf02,芜湖市镜湖营业厅,芜湖市,\r\n")
+
+
+def halls_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+def test_hall_names_and_cities_come_from_a_csv_with_or_without_bom(
+        province_db: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv_path = tmp_path / "halls.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbf" + HALLS_CSV.encode())          # as Excel saves "CSV UTF-8"
+    assert halls_cli(["halls", "--db", province_db.url, "--csv", str(csv_path)]) == 0
+    assert "2 added, 0 changed" in capsys.readouterr().out
+    with province_db.connect() as conn:
+        assert conn.all("SELECT hall, name, city, county FROM halls ORDER BY hall") == [
+            ("hf01", "合肥市政务中心营业厅", "合肥市", "蜀山区"),
+            ("hf02", "芜湖市镜湖营业厅", "芜湖市", None)]
+        assert [r[0] for r in conn.all("SELECT action FROM audit_log")] == ["halls-import"]
+    # Without the BOM, one hall renamed: an update, audited again.
+    csv_path.write_text(HALLS_CSV.replace("镜湖营业厅", "镜湖区营业厅"), encoding="utf-8")
+    assert halls_cli(["halls", "--db", province_db.url, "--csv", str(csv_path)]) == 0
+    assert "0 added, 1 changed" in capsys.readouterr().out
+    # A bad line names itself and changes nothing, not even the good lines before it.
+    bad = HALLS_CSV.replace("合肥市政务中心营业厅", "新名字") + "hf03,,合肥市,\n"
+    csv_path.write_text(bad, encoding="utf-8")
+    assert halls_cli(["halls", "--db", province_db.url, "--csv", str(csv_path)]) == 2
+    assert "line 4: hall hf03 needs a name and a city" in capsys.readouterr().err
+    with province_db.connect() as conn:
+        assert conn.all("SELECT hall, name FROM halls ORDER BY hall") == [
+            ("hf01", "合肥市政务中心营业厅"), ("hf02", "芜湖市镜湖区营业厅")]
+        assert conn.scalar("SELECT COUNT(*) FROM audit_log") == 2
+    csv_path.write_text("id,name\nhf01,x\n", encoding="utf-8")
+    assert halls_cli(["halls", "--db", province_db.url, "--csv", str(csv_path)]) == 2
+    assert "first line must be hall,name,city,county" in capsys.readouterr().err
