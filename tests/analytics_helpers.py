@@ -34,7 +34,7 @@ class Rows:
 
     def rating(self, hall: str, clerk: str | None, score: int | None, day: str, *, service: int = 2,
                window: str = "1", scale: int = 4, invite: bool = False, device: str | None = None,
-               press: bool = True) -> int:
+               press: bool = True, cose: bytes | None = None) -> int:
         """One rating (score None: a no-rating) with its prompt record (none for the invite key)."""
         device = device or f"{hall}-w{int(window):02d}"
         seq = next(self.seqs.setdefault(device, itertools.count(1)))
@@ -46,7 +46,7 @@ class Rows:
                 'INSERT INTO prompts (hall, prompt, device, "window", clerk, service, txn, opened_ms,'
                 " timeout, batch_id, day) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (hall, prompt, device, window, clerk, service, f"T{prompt}", ms - 20_000, 20, 1, day))
-        cose = f"{device}/{seq}/{score}".encode()
+        cose = cose or f"{device}/{seq}/{score}".encode()
         kind = "rating" if score is not None else "no-rating"
         row = self.conn.one(
             "INSERT INTO ratings (device, epoch, seq, kind, score, scale, prompt, press_s, delay_ms, boot,"
