@@ -39,14 +39,27 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from countersign.common.clock import wall_ms
 
-from . import audit, export, migrations, pages_dissatisfied, pages_drill, pages_overview, users
+from . import (
+    api,
+    audit,
+    export,
+    migrations,
+    pages_dissatisfied,
+    pages_drill,
+    pages_fleet,
+    pages_overview,
+    pages_rankings,
+    pages_reconcile,
+    pages_trends,
+    users,
+)
 from .db import Conn, Database
 from .errors import ProvinceError
 from .scope import ROLE_NAMES, User
@@ -65,7 +78,9 @@ MAX_FORM_FIELD = 4096
 
 # The platform's page modules, each ``routes(web)``. A module another part of issue 12 adds is listed
 # here when it lands (never found by looking for it at run time).
-PAGE_MODULES: tuple[ModuleType, ...] = (pages_overview, pages_drill, pages_dissatisfied)
+PAGE_MODULES: tuple[ModuleType, ...] = (pages_overview, pages_drill, pages_rankings, pages_trends,
+                                        pages_dissatisfied, pages_fleet, pages_reconcile)
+API_PREFIX = "/api/v1"
 
 # The navigation bar: (path, label, admin only), shown for the modules mounted.
 NAV: dict[str, list[tuple[str, str, bool]]] = {
@@ -345,6 +360,8 @@ class Platform:
         return self._error(request, 400, "请求无效 Bad request", str(exc))
 
     def on_http_404(self, request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith(API_PREFIX + "/") or request.url.path == API_PREFIX:
+            return JSONResponse({"error": "not-found", "detail": f"no endpoint {request.url.path}"}, 404)
         return self.on_not_found(request, exc)
 
     def _error(self, request: Request, status: int, title: str, detail: str) -> Response:
@@ -406,6 +423,8 @@ def create_app(cfg: WebConfig, *, now_ms: Callable[[], int] = wall_ms, upgrade: 
     ]
     for module in PAGE_MODULES:
         routes.extend(module.routes(web))
+    # The read API authenticates its clients by token (apiclients.py), not by a person's session.
+    routes.append(Mount(API_PREFIX, routes=api.api_routes(web.db, web.tz, web.now_ms)))
     handlers: dict[Any, Callable[[Request, Exception], Response]] = {
         NotLoggedIn: web.on_not_logged_in, Forbidden: web.on_forbidden, NotFound: web.on_not_found,
         BadRequest: web.on_bad_request, 404: web.on_http_404}
