@@ -108,7 +108,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         with db.connect() as conn:
             report = build_report(conn, tuple(args.by) if args.by else GROUPINGS, rng)
-    except (ProvinceError, *DatabaseError) as exc:
+    except ProvinceError as exc:
+        print(f"province report: {exc}", file=sys.stderr)
+        return 1
+    except DatabaseError as exc:
         print(f"province report: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -125,7 +125,10 @@ def cmd_halls(args: argparse.Namespace) -> int:
         upgrade(db)
         with db.connect() as conn:
             added, changed = import_halls(conn, rows, f"cli:{getpass.getuser()}", wall_ms())
-    except (ProvinceError, *DatabaseError) as exc:
+    except ProvinceError as exc:
+        print(f"province halls: {exc}", file=sys.stderr)
+        return 1
+    except DatabaseError as exc:
         print(f"province halls: {exc}", file=sys.stderr)
         return 1
     print(f"{len(rows)} halls: {added} added, {changed} changed")

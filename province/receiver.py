@@ -432,7 +432,7 @@ class Worker:
             if not _broken(conn):
                 self._conn = conn
                 return
-        with contextlib.suppress(DatabaseError):
+        with contextlib.suppress(*DatabaseError):
             conn.close()
 
     def _registry(self, conn: Conn) -> Keystore:
