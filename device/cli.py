@@ -20,7 +20,15 @@ from .errors import DeviceToolError
 def _hall_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("the hall's files (registration)")
     g.add_argument("--keystore", required=True, type=Path, help="the hall gateway's keystore JSON")
-    g.add_argument("--registry", type=Path, help="the province's key registry JSON")
+    g.add_argument("--registry", type=Path,
+                   help="write the keypad straight into the province's registry JSON: approved at once, "
+                        "for a single small deployment or the demo only; a provincial platform takes "
+                        "keypads by --enrollment-dir records and an administrator's approval")
+    g.add_argument("--enrollment-dir", type=Path,
+                   help="write the enrollment record <device>-e<epoch>.enroll.json here (0600; it holds "
+                        "the key, never printed): carry it to the platform's administrator, who uploads "
+                        "and approves it; ratings made before that are held, never lost")
+    g.add_argument("--technician", help="your name in the enrollment record (default: the unix user)")
     g.add_argument("--broker-dir", type=Path, help="the hall broker's folder (passwd, acl)")
     g.add_argument("--gateway-password-file", type=Path,
                    help="regenerate passwd whole (default: keep the service users' lines)")
@@ -121,7 +129,8 @@ def _hall(args: argparse.Namespace) -> Any:
 
     return HallFiles(args.keystore, args.registry, args.broker_dir,
                      read_pid(args.broker_pid, args.broker_pid_file),
-                     read_pid(args.gateway_pid, args.gateway_pid_file), args.gateway_password_file)
+                     read_pid(args.gateway_pid, args.gateway_pid_file), args.gateway_password_file,
+                     enrollment_dir=args.enrollment_dir, technician=args.technician)
 
 
 def _request(args: argparse.Namespace, window: str) -> Any:

@@ -7,6 +7,11 @@ the gateway keystore, the province registry, the broker's passwd and acl; then S
 known. The callers call it only after the keypad itself holds its new config, so no file ever lists a
 keypad whose provisioning failed.
 
+With ``enrollment_dir`` each added keypad also gets the technician's enrollment record there (right after
+the gateway keystore: enrollment.py), the file the platform's administrator uploads and approves. A
+direct ``registry`` write is the shortcut for a single small deployment or the demo: the province takes
+a device in its registry file as approved at once.
+
 The broker's passwd file is rebuilt from the keystore: one ``$7$`` line per keypad that is not revoked
 (``common.brokerconf.password_hash`` of ``mqtt_password(key)``); the lines of service users that are not
 keypads (the gateway's, the observer's) are kept as they are, so the tool never needs the gateway's
@@ -42,6 +47,8 @@ class HallFiles:
     broker_pid: int | None = None
     gateway_pid: int | None = None
     gateway_password_file: Path | None = None
+    enrollment_dir: Path | None = None      # where the technician's enrollment records go
+    technician: str | None = None           # who provisions (default: the unix user)
 
     def load(self) -> Keystore:
         try:
@@ -68,6 +75,13 @@ class HallFiles:
             ks.add_device(dev, dk)
         ks.save(self.keystore)
         done.append(f"gateway keystore {self.keystore}: " + _what(add, revoke))
+        if self.enrollment_dir is not None:
+            from .enrollment import write_record
+
+            for dev, dk in add.items():
+                path = write_record(self.enrollment_dir, dev, dk, ks.hall or "", self.technician)
+                done.append(f"enrollment record {path} (0600, it holds the key: give it to the platform's"
+                            " administrator by your own channel, never through the hall gateway)")
         if self.registry is not None:
             reg = Keystore.load(self.registry) if self.registry.exists() else Keystore()
             for dev in revoke:

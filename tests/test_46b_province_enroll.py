@@ -1,0 +1,256 @@
+"""province/enroll.py on both backends: the technician's record imported strictly, approval verifies and
+counts a keypad's held ratings, refusal keeps them held with the reason; every change audited, a refused
+request changes nothing, and no held row is ever deleted."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from zoneinfo import ZoneInfo
+
+import pytest
+from province_helpers import no_rating, rating
+
+from countersign.protocol import batch
+from countersign.protocol.context import Context
+from countersign.protocol.enrollment import EnrollmentRecord
+from countersign.protocol.kcv import key_check_value
+from countersign.province import enroll, migrations
+from countersign.province.db import Conn, Database
+from countersign.province.hallreports import store_enroll_notice
+from countersign.province.store import HeldRow, PromptRow, RatingRow, Store
+
+TZ = ZoneInfo("Asia/Shanghai")
+HALL, DEV = "hf01", "hf01-a1b2c3"
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+T0 = 1_764_662_400_000
+ACTOR = "cli:tester"
+
+
+def record(**over: object) -> bytes:
+    rec = EnrollmentRecord(device=DEV, hall=HALL, window="3", epoch=1, scale=4, key=KEY, technician="wang",
+                           made_ms=T0)
+    doc = json.loads(rec.to_json())
+    doc.update(over)
+    return json.dumps(doc).encode()
+
+
+@pytest.fixture
+def conn(province_db: Database) -> Iterator[Conn]:
+    migrations.upgrade(province_db, TZ)
+    c = province_db.connect()
+    yield c
+    c.close()
+
+
+def hold(c: Conn, msg: bytes, *, seq: int, prompt: int = 0, clerk: str = "c001", hall: str = HALL,
+         device: str = DEV, kind: str = "rating") -> None:
+    """A held 'unknown-device' entry as the receiver keeps it (fields read before any MAC check)."""
+    ctx = Context("3", clerk, 2, f"t{seq}", T0 - 5000)
+    row = HeldRow(device, 1, seq, kind, 4 if kind == "rating" else None, 4 if kind == "rating" else None,
+                  prompt, 1_764_662_000 + seq, 1500, 1, hall, ctx, T0 + seq, hall, 100 + seq, msg)
+    with c.transaction():
+        assert Store(c, T0, TZ).hold(row, enroll.UNKNOWN_DEVICE, f"no device {device} in the registry (yet)"
+                                     ).value == "stored"
+
+
+def counts(c: Conn) -> tuple[int, int, int, int]:
+    return (c.scalar("SELECT COUNT(*) FROM ratings"), c.scalar("SELECT COUNT(*) FROM held"),
+            c.scalar("SELECT COUNT(*) FROM enrollments"), c.scalar("SELECT COUNT(*) FROM audit_log"))
+
+
+def notice(c: Conn, *, hall: str = HALL, window: str = "3", kcv: str | None = None) -> None:
+    e = batch.EnrollEntry(DEV, window, 1, 4, kcv or key_check_value(KEY), T0 - 1000)
+    with c.transaction():
+        store_enroll_notice(c, hall, e, T0 - 900, None, batch_id=7)
+
+
+def test_import_then_approve_counts_every_held_rating_and_keeps_the_forged_one_held(conn: Conn) -> None:
+    for seq in range(1, 6):
+        hold(conn, rating(KEY, DEV, seq, score=seq % 4 + 1), seq=seq)
+    hold(conn, no_rating(KEY, DEV, 6), seq=6, kind="no-rating")
+    hold(conn, rating(OTHER_KEY, DEV, 7), seq=7)          # made with a key that is not the keypad's
+    assert counts(conn)[:2] == (0, 7)
+    with conn.transaction():
+        e = enroll.import_record(conn, record(), ACTOR, T0 + 10)
+    assert (e.state, e.device, e.hall, e.window, e.epoch, e.technician) == \
+        ("pending", DEV, HALL, "3", 1, "wang")
+    assert e.technician_kcv == key_check_value(KEY) and e.gateway_kcv is None and e.kcv_match is None
+    with conn.transaction():
+        res = enroll.approve(conn, e.id, ACTOR, T0 + 20, TZ)
+    assert (res.released, res.duplicates, res.bad_mac, dict(res.still_held)) == (6, 0, 1, {})
+    assert res.enrollment.state == "approved" and res.enrollment.decided_by == ACTOR
+    # Counted: the five ratings and the no-rating, with the verified payload's values and their context.
+    got = conn.all("SELECT seq, kind, score, clerk, batch_id FROM ratings WHERE device = ? ORDER BY seq",
+                   (DEV,))
+    assert got == [(s, "rating", s % 4 + 1, "c001", 100 + s) for s in range(1, 6)] + \
+        [(6, "no-rating", None, "c001", 106)]
+    # Held rows are kept, never deleted: released ones point at their rating, the forged one stays held.
+    rows = conn.all("SELECT seq, state, reason, rating_id IS NOT NULL, decided_by FROM held ORDER BY seq")
+    assert rows[:6] == [(s, "released", "unknown-device", True, ACTOR) for s in range(1, 7)]
+    assert rows[6] == (7, "held", "bad-mac", False, None)
+    assert conn.one("SELECT source, epoch, key, changed_ms FROM devices WHERE device = ?", (DEV,)) == \
+        ("enrollment", 1, KEY, T0 + 20)
+    assert [r[0] for r in conn.all("SELECT action FROM audit_log ORDER BY id")] == \
+        ["enrollment.import", "enrollment.approve"]
+    detail = json.loads(conn.scalar("SELECT detail FROM audit_log WHERE action = 'enrollment.approve'"))
+    assert detail["released"] == 6 and detail["bad_mac"] == 1 and KEY.hex() not in json.dumps(detail)
+    assert conn.scalar("SELECT COUNT(*) FROM alarms WHERE kind = 'held-entries' AND device = ?", (DEV,)) == 1
+
+
+def test_the_same_rating_held_and_counted_is_counted_once(conn: Conn) -> None:
+    msg = rating(KEY, DEV, 1)
+    hold(conn, msg, seq=1)
+    with conn.transaction():
+        e = enroll.import_record(conn, record(), ACTOR, T0)
+    # The gateway resent it after approval elsewhere (another receiver): already in ratings.
+    ctx = Context("3", "c001", 2, "t1", T0 - 5000)
+    with conn.transaction():
+        Store(conn, T0, TZ).insert_rating(RatingRow(DEV, 1, 1, "rating", 4, 4, 0, 1_764_662_001, 1500, 1,
+                                                    HALL, ctx, T0 + 1, HALL, 101, msg))
+    with conn.transaction():
+        res = enroll.approve(conn, e.id, ACTOR, T0 + 5, TZ)
+    assert (res.released, res.duplicates) == (0, 1)
+    assert conn.scalar("SELECT COUNT(*) FROM ratings") == 1
+    rating_id = conn.scalar("SELECT id FROM ratings")
+    assert conn.one("SELECT state, rating_id FROM held") == ("released", rating_id)
+
+
+def test_a_released_rating_meets_its_prompt_record(conn: Conn) -> None:
+    with conn.transaction():
+        s = Store(conn, T0, TZ)
+        s.insert_prompt(PromptRow(HALL, 700, DEV, Context("3", "A-001", 2, "t1", T0 - 5000), 30, 50))
+        s.insert_prompt(PromptRow(HALL, 701, DEV, Context("3", "c001", 2, "t2", T0 - 4000), 30, 50))
+    hold(conn, rating(KEY, DEV, 1, prompt=700), seq=1, prompt=700, clerk="Z-999")   # bound to another clerk
+    hold(conn, rating(KEY, DEV, 2, prompt=701), seq=2, prompt=701)
+    with conn.transaction():
+        e = enroll.import_record(conn, record(), ACTOR, T0)
+        res = enroll.approve(conn, e.id, ACTOR, T0 + 5, TZ)
+    assert res.released == 1 and dict(res.still_held) == {"prompt-mismatch": 1}
+    assert conn.all("SELECT seq FROM ratings") == [(2,)]
+    assert conn.one("SELECT state, reason FROM held WHERE seq = 1") == ("held", "prompt-mismatch")
+
+
+def test_refuse_keeps_them_held_with_the_reason(conn: Conn) -> None:
+    for seq in (1, 2, 3):
+        hold(conn, rating(KEY, DEV, seq), seq=seq)
+    with conn.transaction():
+        e = enroll.import_record(conn, record(), ACTOR, T0)
+    with conn.transaction():
+        r = enroll.refuse(conn, e.id, "admin", "  not our keypad:\n ticket 4711 ", T0 + 5)
+    assert (r.state, r.reason, r.decided_by) == ("refused", "not our keypad: ticket 4711", "admin")
+    rows = conn.all("SELECT state, reason, decision, decided_by FROM held ORDER BY seq")
+    assert rows == [("held", "unknown-device", f"enrollment {e.id} refused: not our keypad: ticket 4711",
+                     "admin")] * 3
+    assert conn.scalar("SELECT COUNT(*) FROM ratings") == 0
+    assert conn.scalar("SELECT COUNT(*) FROM devices") == 0
+    before = counts(conn)
+    for attempt in (lambda: enroll.approve(conn, e.id, ACTOR, T0 + 6, TZ),
+                    lambda: enroll.refuse(conn, e.id, ACTOR, "again", T0 + 6),
+                    lambda: enroll.import_record(conn, record(), ACTOR, T0 + 6)):
+        with pytest.raises(enroll.EnrollmentError, match="already refused"), conn.transaction():
+            attempt()
+    assert counts(conn) == before
+
+
+def test_a_refusal_needs_a_reason(conn: Conn) -> None:
+    with conn.transaction():
+        e = enroll.import_record(conn, record(), ACTOR, T0)
+    before = counts(conn)
+    with pytest.raises(enroll.EnrollmentError, match="needs a reason"):
+        enroll.refuse(conn, e.id, ACTOR, " \n ", T0)
+    assert counts(conn) == before and enroll.get(conn, e.id).state == "pending"
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    (b"\xff\xfe", "JSON in UTF-8"),
+    (b"[1]", "one JSON object"),
+    (record(kcv="00" * 8), "kcv does not match"),
+    (record(key="ab" * 31), "64 lowercase hex"),
+    (record(key="AB" * 32, kcv=key_check_value(bytes([0xAB]) * 32)), "64 lowercase hex"),
+    (record(epoch=True), "epoch must be an integer"),
+    (record(epoch=70000), "epoch must be an integer"),
+    (record(scale=3), "scale"),
+    (record(device="HF01/+"), "device id"),
+    (record(hall="_gateway"), "hall id"),
+    (record(window="3 4"), "window"),
+    (record(technician=""), "technician"),
+    (record(version=2), "version 2 is not supported"),
+    (record(format="other"), "format"),
+    (record(extra=1), "unknown extra"),
+    (record()[:-1] + b', "device": "hf01-zzz"}', "appears twice"),
+    (b" " * 5000, "at most 4096 bytes"),
+])
+def test_bad_records_are_refused_and_change_nothing(conn: Conn, data: bytes, match: str) -> None:
+    before = counts(conn)
+    with pytest.raises(enroll.EnrollmentError, match=match), conn.transaction():
+        enroll.import_record(conn, data, ACTOR, T0)
+    assert counts(conn) == before
+
+
+def test_record_missing_a_member_is_refused(conn: Conn) -> None:
+    doc = json.loads(record())
+    del doc["window"]
+    with pytest.raises(enroll.EnrollmentError, match="missing window"):
+        enroll.import_record(conn, json.dumps(doc).encode(), ACTOR, T0)
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"hall": "hf02"}, "the hall gateway hf02 reports it"),
+    ({"window": "9"}, "reports window 9"),
+    ({"kcv": key_check_value(OTHER_KEY)}, "the gateway holds another key"),
+])
+def test_a_record_that_contradicts_the_gateways_notice_is_refused(conn: Conn, kw: dict[str, str],
+                                                                  match: str) -> None:
+    notice(conn, **kw)
+    before = counts(conn)
+    row = conn.one("SELECT hall, \"window\", kcv, key, technician FROM enrollments")
+    with pytest.raises(enroll.EnrollmentError, match=match), conn.transaction():
+        enroll.import_record(conn, record(), ACTOR, T0)
+    assert counts(conn) == before
+    assert conn.one("SELECT hall, \"window\", kcv, key, technician FROM enrollments") == row
+
+
+def test_the_gateways_notice_and_the_record_meet(conn: Conn) -> None:
+    notice(conn)
+    with conn.transaction():
+        e = enroll.import_record(conn, record(), ACTOR, T0)
+    assert e.gateway_ms == T0 - 900 and e.technician_ms == T0 and e.kcv_match is True
+    assert counts(conn)[2] == 1
+    with conn.transaction():                           # the same file again: nothing changes
+        again = enroll.import_record(conn, record(), ACTOR, T0 + 99)
+    assert again == e and counts(conn)[3] == 1
+
+
+def test_approval_needs_the_technicians_key(conn: Conn) -> None:
+    notice(conn)                                       # the gateway's word alone
+    e = enroll.list_enrollments(conn)[0]
+    assert not e.has_key
+    before = counts(conn)
+    with pytest.raises(enroll.EnrollmentError, match="no technician's record"):
+        enroll.approve(conn, e.id, ACTOR, T0, TZ)
+    assert counts(conn) == before and conn.scalar("SELECT COUNT(*) FROM devices") == 0
+    with pytest.raises(enroll.EnrollmentNotFound):
+        enroll.approve(conn, 999, ACTOR, T0, TZ)
+
+
+def test_a_later_notice_with_another_key_blocks_approval(conn: Conn) -> None:
+    with conn.transaction():
+        e = enroll.import_record(conn, record(), ACTOR, T0)
+    notice(conn, kcv=key_check_value(OTHER_KEY))
+    assert enroll.get(conn, e.id).kcv_match is False
+    with pytest.raises(enroll.EnrollmentError, match="key check value"):
+        enroll.approve(conn, e.id, ACTOR, T0, TZ)
+    assert conn.scalar("SELECT COUNT(*) FROM devices") == 0
+
+
+def test_an_epoch_not_newer_than_the_registered_one_is_refused(conn: Conn) -> None:
+    conn.execute('INSERT INTO devices (device, hall, key, epoch, "window", scale, revoked, source,'
+                 " changed_ms) VALUES (?,?,?,?,?,?,0,'registry',?)", (DEV, HALL, OTHER_KEY, 2, "3", 4, T0))
+    with pytest.raises(enroll.EnrollmentError, match="registered with epoch 2"):
+        enroll.import_record(conn, record(), ACTOR, T0)
+    with conn.transaction():                            # a newer epoch re-keys it on approval
+        e = enroll.import_record(conn, record(epoch=3), ACTOR, T0)
+        enroll.approve(conn, e.id, ACTOR, T0 + 1, TZ)
+    assert conn.one("SELECT epoch, key, source FROM devices") == (3, KEY, "enrollment")
