@@ -4,8 +4,10 @@ request changes nothing, and no held row is ever deleted."""
 
 from __future__ import annotations
 
+import getpass
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -254,3 +256,62 @@ def test_an_epoch_not_newer_than_the_registered_one_is_refused(conn: Conn) -> No
         e = enroll.import_record(conn, record(epoch=3), ACTOR, T0)
         enroll.approve(conn, e.id, ACTOR, T0 + 1, TZ)
     assert conn.one("SELECT epoch, key, source FROM devices") == (3, KEY, "enrollment")
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`countersign province enroll ...` through enroll_cli.register, as province/cli.py wires it."""
+    import argparse
+
+    from countersign.province.enroll_cli import register
+
+    ap = argparse.ArgumentParser()
+    register(ap.add_subparsers(dest="cmd", required=True))
+    args = ap.parse_args(["enroll", *argv])
+    rc = args.func(args)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_command_line_import_list_approve(province_db: Database, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    migrations.upgrade(province_db, TZ)
+    with province_db.connect() as c:
+        for seq in (1, 2):
+            hold(c, rating(KEY, DEV, seq), seq=seq)
+    f = tmp_path / f"{DEV}-e1.enroll.json"
+    f.write_bytes(record())
+    rc, out, err = _cli(capsys, "import", str(f), "--db", province_db.url)
+    assert rc == 0, err
+    assert out.startswith("enrollment 1: hf01-a1b2c3 (hall hf01, window 3, epoch 1) by wang, pending")
+    rc, again, err = _cli(capsys, "import", str(f), "--db", province_db.url)
+    assert rc == 0 and again == out
+    rc, out, err = _cli(capsys, "list", "--db", province_db.url)
+    assert rc == 0 and "pending" in out and "2 held, 0 released" in out
+    rc, out, err = _cli(capsys, "approve", "1", "--db", province_db.url)
+    assert rc == 0, err
+    assert "held ratings counted 2" in out and "bad-mac 0" in out
+    rc, out, err = _cli(capsys, "approve", "1", "--db", province_db.url)
+    assert rc == 2 and out == "" and "already approved" in err
+    for text in (out, err, again):
+        assert KEY.hex() not in text
+    with province_db.connect() as c:
+        assert c.scalar("SELECT COUNT(*) FROM ratings") == 2
+        assert {r[0] for r in c.all("SELECT actor FROM audit_log")} == {f"cli:{getpass.getuser()}"}
+
+
+def test_command_line_refuses_a_bad_file_and_refuse_needs_a_reason(
+        province_db: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "x.enroll.json"
+    f.write_bytes(record(kcv="0" * 16))
+    rc, out, err = _cli(capsys, "import", str(f), "--db", province_db.url)
+    assert rc == 2 and out == "" and "kcv does not match the key" in err and str(f) in err
+    rc, out, err = _cli(capsys, "import", str(tmp_path / "missing.json"), "--db", province_db.url)
+    assert rc == 2 and "cannot read" in err
+    f.write_bytes(record())
+    assert _cli(capsys, "import", str(f), "--db", province_db.url)[0] == 0
+    rc, out, err = _cli(capsys, "refuse", "1", "--reason", "  ", "--db", province_db.url)
+    assert rc == 2 and "needs a reason" in err
+    rc, out, err = _cli(capsys, "refuse", "1", "--reason", "wrong hall", "--db", province_db.url)
+    assert rc == 0 and "refused" in out and "(wrong hall)" in out
+    rc, out, err = _cli(capsys, "list", "--state", "refused", "--db", province_db.url)
+    assert "refused" in out and "(wrong hall)" in out
