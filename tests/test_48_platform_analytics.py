@@ -1,14 +1,23 @@
 """The platform's analytics over a real database, SQLite and PostgreSQL alike (province_db): rankings by
 the Wilson rule with a minimum sample, period filters and scopes, trends whose buckets add up to the
-period's total with empty days as zero, and the keypad fleet (offline first, never reported, backlogs)."""
+period's total with empty days as zero, and the keypad fleet (offline first, never reported, backlogs);
+then the pages over HTTP (the platform app on uvicorn): rankings scoped, sorted and exported, the trends'
+chart data and table, the fleet and the daily reconciliation, another hall's page refused."""
 
 from __future__ import annotations
 
+import io
+import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
+import openpyxl
 import pytest
 from analytics_helpers import Rows, noon_ms, prepared
+from platform_helpers import NOW_MS, Client, Clock, Filler, fill, start
 
+from countersign.province import pages_fleet, pages_rankings, pages_reconcile, pages_trends, web
 from countersign.province.db import Conn, Database
 from countersign.province.export import to_csv
 from countersign.province.figures import Filter, total, wilson
@@ -16,6 +25,7 @@ from countersign.province.fleet import STALE_MS, fleet
 from countersign.province.rankings import RankingError, ranking, ranking_table
 from countersign.province.scope import Scope
 from countersign.province.trends import TrendError, trend
+from countersign.province.web import PlatformServer
 
 DAY = "2026-11-10"
 
@@ -197,3 +207,149 @@ def test_the_fleet_lists_offline_keypads_first_silent_ones_and_backlogs(conn: Co
     assert [b.hall for b in hefei.backlogs] == ["hf01"]
     own = fleet(conn, Scope("hall", "wh01"), now)
     assert [k.device for k in own.keypads] == ["wh01-w01", "wh01-w02"]
+
+
+# ---- the pages, over HTTP (the platform app served by uvicorn; urllib as the browser) -----------------
+
+MY_PAGES = (pages_rankings, pages_trends, pages_fleet, pages_reconcile)
+
+
+def mount_my_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """web.PAGE_MODULES with these pages, until web.py lists them itself (then this changes nothing)."""
+    have = web.PAGE_MODULES
+    monkeypatch.setattr(web, "PAGE_MODULES", have + tuple(m for m in MY_PAGES if m not in have))
+
+
+@pytest.fixture
+def platform(province_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+             ) -> Iterator[tuple[PlatformServer, Filler]]:
+    mount_my_pages(monkeypatch)
+    filler = fill(province_db)
+    server = start(tmp_path, province_db, Clock())
+    try:
+        yield server, filler
+    finally:
+        server.stop()
+
+
+def rank_rows(html: str, table: str) -> list[tuple[str, str | None]]:
+    m = re.search(rf'<table[^>]*id="{table}"[^>]*>(.*?)</table>', html, re.S)
+    assert m is not None, f"no table {table}"
+    return [(h, c or None) for h, c in re.findall(r'<tr class="rank-row" data-hall="([^"]*)"'
+                                                  r'(?: data-clerk="([^"]*)")?', m.group(1))]
+
+
+def test_the_ranking_page_is_scoped_sortable_and_exports(platform: tuple[PlatformServer, Filler]) -> None:
+    server, _ = platform
+    admin = Client(server.url)
+    assert admin.log_in("admin") == 303
+    status, html, _ = admin.get("/rankings?level=clerk&period=today&min=1")
+    assert status == 200
+    # 10001: 3 of 4 satisfied, 10002: 1 of 1, 20001: 0 of 1, 30001: 1 of 2; by the lower bound.
+    assert rank_rows(html, "ranked") == [("hf01", "10001"), ("hf01", "10002"), ("wh01", "30001"),
+                                         ("hf02", "20001")]
+    status, html, _ = admin.get("/rankings?level=clerk&period=today&min=1&sort=clerk&dir=desc")
+    assert [c for _, c in rank_rows(html, "ranked")] == ["30001", "20001", "10002", "10001"]
+    status, html, _ = admin.get("/rankings?level=clerk&period=today")          # the default minimum: 30
+    assert rank_rows(html, "ranked") == [] and len(rank_rows(html, "too-few")) == 4
+    assert "样本不足 too few ratings" in html
+
+    mgr = Client(server.url)
+    assert mgr.log_in("mgr-hf01") == 303
+    status, html, _ = mgr.get("/rankings?level=clerk&period=today&min=1")
+    assert {h for h, _ in rank_rows(html, "ranked")} == {"hf01"}
+    assert mgr.get("/rankings?level=clerk&hall=wh01")[0] == 404                 # another hall, by URL
+    hefei = Client(server.url)
+    assert hefei.log_in("hefei") == 303
+    status, html, _ = hefei.get("/rankings?level=hall&period=today&min=1")
+    assert [h for h, _ in rank_rows(html, "ranked")] == ["hf01", "hf02"]
+    for bad in ("min=0", "min=x", "level=window", "sort=password", "dir=up"):
+        assert admin.get(f"/rankings?{bad}")[0] == 400, bad
+
+    status, body, headers = admin.raw("/rankings?level=clerk&period=today&min=1&format=xlsx")
+    assert status == 200 and headers["content-disposition"].endswith('.xlsx"')
+    sheet = openpyxl.load_workbook(io.BytesIO(body)).active
+    values = [[c for c in row] for row in sheet.iter_rows(values_only=True)]
+    head = next(i for i, r in enumerate(values) if r[0] == "名次 Rank")
+    assert [r[3] for r in values[head + 1:]] == ["10001", "10002", "30001", "20001"]
+    assert any(r[0] == "排名规则 Rule" for r in values[:head])
+    status, body, _ = mgr.raw("/rankings?level=clerk&period=today&min=1&format=csv")
+    text = body.decode("utf-8-sig")
+    assert "10001" in text and "30001" not in text and "20001" not in text
+
+
+def test_the_trends_page_has_chart_data_a_table_and_an_export(platform: tuple[PlatformServer, Filler]
+                                                              ) -> None:
+    server, filler = platform
+    filler.rating("hf01", 1, "10001", 4, press_s=NOW_MS // 1000 - 3 * 86_400)   # Sunday 11-29
+    admin = Client(server.url)
+    assert admin.log_in("admin") == 303
+    status, html, _ = admin.get("/trends?from=2026-11-27&to=2026-12-03")
+    assert status == 200
+    m = re.search(r'<script type="application/json" id="trend-data">(.*?)</script>', html, re.S)
+    assert m is not None
+    data = json.loads(m.group(1))
+    assert data["labels"] == [f"2026-11-{d}" for d in (27, 28, 29, 30)] + ["2026-12-01", "2026-12-02",
+                                                                           "2026-12-03"]
+    assert data["ratings"] == [0, 0, 1, 0, 0, 8, 0]           # the days without a rating are there, as 0
+    assert data["satisfaction"][:3] == [None, None, 100.0] and data["satisfaction"][5] == 62.5
+    assert 'data-chart="trend"' in html and '/static/echarts.min.js' in html and "<script>" not in html
+    status, html, _ = admin.get("/trends?from=2026-11-27&to=2026-12-03&grain=week&hall=hf01&clerk=10001")
+    data = json.loads(re.search(r'id="trend-data">(.*?)</script>', html, re.S).group(1))  # type: ignore[union-attr]
+    assert data["labels"] == ["2026-W48", "2026-W49"] and data["ratings"] == [1, 4]
+    status, body, _ = admin.raw("/trends?from=2026-11-27&to=2026-12-03&grain=month&service=4&format=csv")
+    lines = body.decode("utf-8-sig").splitlines()
+    assert any("投诉举报" in ln for ln in lines) and lines[-2].startswith("2026-11,") and \
+        lines[-1].startswith("2026-12,2026-12-01,2026-12-03,1,")
+    mgr = Client(server.url)
+    assert mgr.log_in("mgr-hf01") == 303
+    assert mgr.get("/trends?hall=wh01")[0] == 404
+    assert mgr.get("/trends?clerk=10001")[0] == 400                     # a clerk is within a hall
+    assert mgr.get("/trends?grain=hour")[0] == 400
+    data = json.loads(re.search(r'id="trend-data">(.*?)</script>',  # type: ignore[union-attr]
+                                mgr.get("/trends?period=today")[1], re.S).group(1))
+    assert data["ratings"] == [6 - 1]                                   # hf01 only; the no-rating is none
+
+
+def test_the_fleet_and_reconciliation_pages(platform: tuple[PlatformServer, Filler]) -> None:
+    server, filler = platform
+    with filler.db.connect() as conn:
+        conn.execute("INSERT INTO keypad_status (device, hall, seen_ms, online, fw, reset_cause, free_heap,"
+                     " outbox, rssi, stuck_keys, reported_ms) VALUES ('hf01-w02', 'hf01', ?, 0, '1.25.0',"
+                     " 'watchdog', 40000, 3, -77, '4', ?), ('wh01-w01', 'wh01', ?, 0, NULL, NULL, NULL,"
+                     " NULL, NULL, NULL, ?)", (NOW_MS - 3_600_000, NOW_MS, NOW_MS - 60_000, NOW_MS))
+        conn.execute("INSERT INTO gateway_status (hall, backlog, oldest_ms, reported_ms) VALUES"
+                     " ('hf01', 5, ?, ?), ('wh01', 2, ?, ?)", (NOW_MS - 1_200_000, NOW_MS, NOW_MS, NOW_MS))
+        # Yesterday hf01-w01 made seqs 1..4 by the gateway's count, which stored 4; the province has none.
+        conn.execute("INSERT INTO day_counts (hall, device, epoch, day, ratings, no_ratings, first_seq,"
+                     " last_seq, reported_ms) VALUES ('hf01', 'hf01-w01', 1, '2026-12-01', 4, 0, 1, 4, ?)",
+                     (NOW_MS,))
+    mgr = Client(server.url)
+    assert mgr.log_in("mgr-hf01") == 303
+    status, html, _ = mgr.get("/fleet")
+    assert status == 200
+    states = re.findall(r'<tr class="keypad[^"]*" data-device="([^"]+)" data-state="([^"]+)"', html)
+    assert states == [("hf01-w02", "offline"), ("hf01-w01", "online")]
+    assert re.findall(r'<tr class="backlog" data-hall="([^"]+)"', html) == ["hf01"]
+    assert "20 分钟" in html and "watchdog" in html
+    assert mgr.get("/fleet?hall=wh01")[0] == 404
+    admin = Client(server.url)
+    assert admin.log_in("admin") == 303
+    html = admin.get("/fleet")[1]
+    states = re.findall(r'<tr class="keypad[^"]*" data-device="([^"]+)" data-state="([^"]+)"', html)
+    assert states[:2] == [("hf01-w02", "offline"), ("wh01-w01", "offline")]
+    assert {d for d, s in states if s == "never"} == {"hf02-w01", "hf02-w02", "wh01-w02"}
+    status, body, _ = admin.raw("/fleet?format=csv&table=backlogs")
+    assert [ln.split(",")[0] for ln in body.decode("utf-8-sig").splitlines()[-2:]] == ["hf01", "wh01"]
+    assert admin.get("/fleet?table=nothing")[0] == 400
+
+    status, html, _ = mgr.get("/reconcile?from=2026-12-01&to=2026-12-02")
+    assert status == 200
+    rows = re.findall(r'<tr class="recon[^"]*" data-device="([^"]+)" data-day="([^"]+)" data-flagged="(\d)"',
+                      html)
+    assert rows[0] == ("hf01-w01", "2026-12-01", "1")                   # flagged first
+    assert {d for d, _, _ in rows} == {"hf01-w01", "hf01-w02"}            # its own hall only
+    assert all(f == "0" for _, day, f in rows if day == "2026-12-02")   # today is not over: not flagged
+    status, body, _ = mgr.raw("/reconcile?from=2026-12-01&to=2026-12-02&flagged=1&format=csv")
+    data_lines = body.decode("utf-8-sig").splitlines()
+    assert "仅差异 flagged only" in body.decode("utf-8-sig") and "hf01-w01" in data_lines[-1]
