@@ -192,9 +192,35 @@ def _backfill_days(conn: Conn, tz: ZoneInfo) -> None:
                      [(rating_day(None, o, tz), i) for i, o in rows])
 
 
+# The columns a held row shares with a rating.
+_SHARED = ('hall, device, epoch, seq, kind, score, scale, prompt, press_s, delay_ms, boot, "window", clerk,'
+           " service, txn, prompt_ms, received_ms, stored_ms, batch_hall, batch_id, cose, digest")
+_HELD_FROM_RATING = (f"INSERT INTO held ({_SHARED}, reason, detail, day)"
+                     f" SELECT {_SHARED}, 'prompt-reused', ?, day FROM ratings WHERE id = ?"
+                     " ON CONFLICT (digest) DO NOTHING")
+
+
+def _one_outcome_per_prompt(conn: Conn, _tz: ZoneInfo) -> None:
+    """A prompt has one outcome, as a constraint: two receivers racing with two outcomes for one prompt
+    (a gateway's doing) then leave one, and the other is held when its transaction is retried. Outcomes
+    stored before the rule (a second one for a prompt) are moved to ``held`` as 'prompt-reused', kept,
+    not counted, so the unique index can be built without dropping a row."""
+    later = conn.all("SELECT r.id, r.hall, r.prompt FROM ratings r WHERE r.prompt > 0 AND EXISTS (SELECT 1"
+                     " FROM ratings o WHERE o.hall = r.hall AND o.prompt = r.prompt AND o.id < r.id)"
+                     " ORDER BY r.id")
+    for rid, hall, prompt in later:
+        conn.execute(_HELD_FROM_RATING, (f"schema 3: prompt {prompt} of hall {hall} already had an outcome"
+                                         " when one outcome per prompt became the rule", rid))
+        conn.execute("DELETE FROM ratings WHERE id = ?", (rid,))
+    if later:
+        log.warning("schema 3: %d second outcome(s) of a prompt moved to held (prompt-reused)", len(later))
+    conn.execute("CREATE UNIQUE INDEX ratings_one_outcome ON ratings (hall, prompt) WHERE prompt > 0")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ratings, prompts, batches, quarantine, alarms", BASE),
     Migration(2, "the provincial platform", PLATFORM, _backfill_days),
+    Migration(3, "one outcome per prompt", python=_one_outcome_per_prompt),
 )
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ from province_helpers import (
 from countersign.protocol import batch, cose
 from countersign.protocol.context import Context
 from countersign.protocol.keystore import DeviceKey, Keystore
-from countersign.province.db import Database
+from countersign.protocol.outcome import Outcome
+from countersign.province.db import Database, IntegrityError
 from countersign.province.halls import add_parser
 from countersign.province.migrations import MIGRATIONS, SchemaError, current_version, upgrade
 from countersign.province.registry import import_registry
+from countersign.province.store import RatingRow, Store
 from countersign.sim.postgres import PgServer
 
 # province/store.py's SCHEMA as released before migrations existed (commit e9e6d29), unchanged.
@@ -166,6 +169,42 @@ def test_a_release_1_database_is_upgraded_without_losing_a_row(tmp_path: Path) -
         upgrade(db)
     with db.connect() as c:
         assert current_version(c) == 99
+
+
+def test_a_second_outcome_for_a_prompt_from_release_1_is_moved_to_held_not_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "province.db"
+    release_1_file(path)
+    conn = sqlite3.connect(path)
+    # Release 1 let a gateway store a second outcome for prompt 11 (another keypad's, other bytes).
+    cols = ("kind, scale, prompt, press_s, delay_ms, boot, hall, window, clerk, service, txn, prompt_ms,"
+            " received_ms, stored_ms, batch_hall, batch_id")
+    conn.execute(f"INSERT INTO ratings (device, epoch, seq, score, cose, digest, {cols})"
+                 f" SELECT 'hf01-w03', 1, 1, 1, x'99', x'98', {cols} FROM ratings WHERE prompt = 11")
+    conn.commit()
+    conn.close()
+    upgrade(Database(str(path)))
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT device FROM ratings WHERE prompt = 11").fetchall() == [("hf01-w01",)]
+    assert conn.execute("SELECT device, seq, prompt, reason, state, day, cose FROM held").fetchall() == [
+        ("hf01-w03", 1, 11, "prompt-reused", "held", "2024-03-01", b"\x99")]
+    assert conn.execute("SELECT COUNT(*) FROM ratings").fetchone()[0] == len(OLD_RATINGS)
+    conn.close()
+
+
+def test_one_outcome_per_prompt_is_a_constraint_of_the_database(province_db: Database) -> None:
+    """Two receivers racing with two outcomes for one prompt: the database keeps one (the other
+    transaction fails and, retried, finds the prompt taken and holds its outcome)."""
+    upgrade(province_db)
+    with province_db.connect() as conn:
+        s = Store(conn, 1)
+        base = RatingRow("hf01-w01", 1, 1, "rating", 4, 4, 5, None, 0, 1, "hf01",
+                         Context("1", "c001", 2, "t5", 1), 2, "hf01", 1, b"\x01")
+        assert s.insert_rating(base) is Outcome.STORED
+        with pytest.raises(IntegrityError):
+            s.insert_rating(replace(base, device="hf01-w02", cose=b"\x02"))
+        # Invite-key outcomes (prompt 0) each opened their own prompt: any number of them.
+        for n in (2, 3):
+            assert s.insert_rating(replace(base, seq=n, prompt=0, cose=bytes([n]))) is Outcome.STORED
 
 
 def test_a_release_1_file_is_upgraded_by_the_receiver_and_goes_on_storing(tmp_path: Path) -> None:
