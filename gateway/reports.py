@@ -36,7 +36,7 @@ from countersign.protocol.kcv import key_check_value
 from countersign.protocol.keystore import Keystore
 
 from .alarms import MISSED_HEARTBEATS
-from .store import HELD_BATCH_ID, enqueue
+from .store import HELD_BATCH_ID, enqueue, report_key
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +119,10 @@ class Reporter:
         now = self.now_ms()
         tally = self._read_tally(conn)
         keypads, next_keypad = self._keypads(conn, now)
-        gateway, next_gateway = self._gateway_status(conn, now)
+        gateway_due, next_gateway = self._gateway_due(conn, now)
         enrolls = self._enrollments(conn, now)
         today = self._day(now)
-        if tally or keypads or gateway or enrolls or self._days_due(conn, today):
+        if tally[1] or keypads or gateway_due or enrolls or self._days_due(conn, today):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._write_tally(conn, tally)
@@ -133,9 +133,6 @@ class Reporter:
                                  " sent_ms = excluded.sent_ms, major = excluded.major,"
                                  " figures = excluded.figures",
                                  (entry.device, now, major, figures))
-                if gateway is not None:
-                    enqueue(conn, gateway)
-                    _set_state(conn, "gateway_status_ms", now)
                 for e in enrolls:
                     enqueue(conn, e)
                     conn.execute('INSERT INTO report_enrolled (device, epoch, "window", scale, kcv, sent_ms)'
@@ -144,6 +141,13 @@ class Reporter:
                                  " sent_ms = excluded.sent_ms",
                                  (e.device, e.epoch, e.window, e.scale, e.kcv, now))
                 self._send_days(conn, today, now)
+                if gateway_due:
+                    # Last, so the backlog counts this round's other reports; the status still queued
+                    # goes first, so the backlog does not count what this one replaces.
+                    conn.execute("DELETE FROM uplink_entries WHERE report_key = ? AND batch_id IS NULL",
+                                 (report_key(batch.GatewayStatusEntry(now, 0, None)),))
+                    enqueue(conn, batch.GatewayStatusEntry(now, *_backlog(conn, now)))
+                    _set_state(conn, "gateway_status_ms", now)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -201,13 +205,11 @@ class Reporter:
 
     # ---- gateway status ------------------------------------------------------------------------------
 
-    def _gateway_status(self, conn: sqlite3.Connection, now: int) -> tuple[batch.GatewayStatusEntry | None,
-                                                                           int | None]:
+    def _gateway_due(self, conn: sqlite3.Connection, now: int) -> tuple[bool, int]:
         last = _state(conn, "gateway_status_ms")
         if last is not None and now - last < self._every_ms:
-            return None, last + self._every_ms
-        backlog, oldest = _backlog(conn, now)
-        return batch.GatewayStatusEntry(now, backlog, oldest), now + self._every_ms
+            return False, last + self._every_ms
+        return True, now + self._every_ms
 
     # ---- enrollment notices --------------------------------------------------------------------------
 
@@ -288,18 +290,15 @@ def _min(a: int | None, b: int) -> int:
 
 
 def _backlog(conn: sqlite3.Connection, now: int) -> tuple[int, int | None]:
-    """Entries not acked by the province and when the oldest was queued, from one snapshot."""
-    conn.execute("BEGIN")         # deferred: a read snapshot, both figures of the same moment
-    try:
-        row = conn.execute(
-            "SELECT (SELECT count(*) FROM uplink_entries WHERE batch_id IS NULL OR batch_id = ?)"
-            " + (SELECT coalesce(sum(entries), 0) FROM batches WHERE acked_ms IS NULL),"
-            " (SELECT min(created_ms) FROM uplink_entries WHERE batch_id IS NULL OR batch_id = ?),"
-            " (SELECT min(created_ms) FROM uplink_entries WHERE batch_id IN"
-            "  (SELECT id FROM batches WHERE acked_ms IS NULL))",
-            (HELD_BATCH_ID, HELD_BATCH_ID)).fetchone()
-    finally:
-        conn.execute("COMMIT")
+    """Entries not acked by the province and when the oldest was queued (in the caller's transaction, so
+    both figures are of one moment)."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM uplink_entries WHERE batch_id IS NULL OR batch_id = ?)"
+        " + (SELECT coalesce(sum(entries), 0) FROM batches WHERE acked_ms IS NULL),"
+        " (SELECT min(created_ms) FROM uplink_entries WHERE batch_id IS NULL OR batch_id = ?),"
+        " (SELECT min(created_ms) FROM uplink_entries WHERE batch_id IN"
+        "  (SELECT id FROM batches WHERE acked_ms IS NULL))",
+        (HELD_BATCH_ID, HELD_BATCH_ID)).fetchone()
     n = int(row[0])
     if n == 0:
         return 0, None

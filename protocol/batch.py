@@ -246,6 +246,8 @@ class EnrollEntry:
 
 
 ReportEntry = KeypadStatusEntry | GatewayStatusEntry | DayCountEntry | EnrollEntry
+# For isinstance: the gateway's report entries (kinds 3..6).
+REPORT_ENTRIES = (KeypadStatusEntry, GatewayStatusEntry, DayCountEntry, EnrollEntry)
 Entry = DeviceEntry | PromptEntry | ReportEntry
 
 
