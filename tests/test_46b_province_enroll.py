@@ -315,3 +315,124 @@ def test_command_line_refuses_a_bad_file_and_refuse_needs_a_reason(
     assert rc == 0 and "refused" in out and "(wrong hall)" in out
     rc, out, err = _cli(capsys, "list", "--state", "refused", "--db", province_db.url)
     assert "refused" in out and "(wrong hall)" in out
+
+
+# --- the pages: /enrollments (administrators) and /held (every role, in its scope) -------------------------
+
+NEW = "hf01-0a0b0c"                     # provisioned at hf01, not in the province's devices yet
+
+
+@pytest.fixture
+def platform(province_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    from platform_helpers import NOW_MS, Clock, fill, start
+
+    from countersign.province import pages_enroll, web
+
+    if pages_enroll not in web.PAGE_MODULES:          # until web.py lists the module
+        monkeypatch.setattr(web, "PAGE_MODULES", (*web.PAGE_MODULES, pages_enroll))
+    fill(province_db)
+    with province_db.connect() as c:
+        for seq in (1, 2, 3):
+            hold(c, rating(KEY, NEW, seq, time_s=NOW_MS // 1000 - 900), seq=seq, device=NEW)
+        hold(c, rating(KEY, "wh01-0d0e0f", 1), seq=1, device="wh01-0d0e0f", hall="wh01")
+    server = start(tmp_path, province_db, Clock())
+    yield server.url
+    server.stop()
+
+
+def _multipart(csrf: str | None, data: bytes, filename: str = "rec.enroll.json") -> tuple[bytes, str]:
+    boundary = "----countersign-test-boundary"
+    parts = []
+    if csrf is not None:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="csrf"\r\n\r\n{csrf}\r\n'
+                     .encode())
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="record"; filename="{filename}"\r\n'
+                 "Content-Type: application/json\r\n\r\n".encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _upload(client: object, csrf: str | None, data: bytes) -> tuple[int, str, dict[str, str]]:
+    from platform_helpers import Client
+
+    assert isinstance(client, Client)
+    body, ctype = _multipart(csrf, data)
+    status, raw, headers = client.request("POST", "/enrollments/upload", body, {"Content-Type": ctype})
+    return status, raw.decode("utf-8", "replace"), headers
+
+
+def test_pages_upload_approve_and_the_held_list(platform: str, province_db: Database) -> None:
+    from platform_helpers import Client
+
+    admin = Client(platform)
+    assert admin.log_in("admin") == 303
+    status, page, _h = admin.get("/enrollments")
+    assert status == 200 and "暂无登记" in page
+    rec = record(device=NEW)
+    with province_db.connect() as c:
+        before = counts(c)
+    # No CSRF token: refused, nothing imported.
+    assert _upload(admin, None, rec)[0] == 403
+    assert _upload(admin, "forged", rec)[0] == 403
+    # A damaged file: the page says why, nothing changed.
+    status, page, _h = _upload(admin, admin.csrf, record(device=NEW, kcv="1" * 16))
+    assert status == 400 and "kcv does not match the key" in page
+    with province_db.connect() as c:
+        assert counts(c) == before
+    status, _page, h = _upload(admin, admin.csrf, rec)
+    assert status == 303 and h["location"] == "/enrollments?ok=imported&id=1"
+    status, page, _h = admin.get("/enrollments?ok=imported&id=1")
+    assert status == 200 and 'id="done"' in page and 'id="enrollment-1"' in page
+    row = page.split('id="enrollment-1"', 1)[1].split("</tr>", 1)[0]
+    assert NEW in row and key_check_value(KEY) in row and "尚无" in row      # no gateway notice yet
+    assert '<span class="n-held">3</span>' in row and KEY.hex() not in page
+    # A hall manager may neither see nor decide it.
+    mgr = Client(platform)
+    assert mgr.log_in("mgr-hf01") == 303
+    assert mgr.get("/enrollments")[0] == 403
+    mgr.get("/held")
+    assert mgr.post("/enrollments/1/approve", {"csrf": mgr.csrf})[0] == 403
+    # The administrator approves (with the form's token; without it: refused).
+    assert admin.post("/enrollments/1/approve", {})[0] == 403
+    status, _page, h = admin.post("/enrollments/1/approve", {"csrf": admin.csrf})
+    assert status == 303 and h["location"] == "/enrollments?ok=approved&id=1"
+    with province_db.connect() as c:
+        assert c.scalar("SELECT COUNT(*) FROM ratings WHERE device = ?", (NEW,)) == 3
+        assert [r[0] for r in c.all("SELECT action FROM audit_log WHERE actor = 'admin' AND"
+                                    " action LIKE 'enrollment.%' ORDER BY id")] == \
+            ["enrollment.import", "enrollment.approve"]
+    status, page, _h = admin.post("/enrollments/1/approve", {"csrf": admin.csrf})
+    assert status == 409 and "already approved" in page
+    assert admin.post("/enrollments/99/approve", {"csrf": admin.csrf})[0] == 404
+    # /held: released rows show what they became; the hall manager sees their own hall only.
+    status, page, _h = admin.get("/held?state=released")
+    assert status == 200 and '<span id="count">3</span>' in page and NEW in page
+    status, page, _h = mgr.get("/held?state=all")
+    assert status == 200 and '<span id="count">3</span>' in page and "wh01-0d0e0f" not in page
+    status, page, _h = mgr.get("/held?hall=wh01")
+    assert status == 200 and '<span id="count">0</span>' in page
+    status, page, _h = admin.get("/held")
+    assert '<span id="count">1</span>' in page and "wh01-0d0e0f" in page and "未登记设备" in page
+    status, body, h = admin.raw("/held?state=all&format=csv")
+    text = body.decode("utf-8-sig")
+    assert status == 200 and "暂存评价 Held ratings" in text and text.count("unknown-device") == 4
+
+
+def test_pages_refuse_keeps_them_held(platform: str, province_db: Database) -> None:
+    from platform_helpers import Client
+
+    admin = Client(platform)
+    admin.log_in("admin")
+    admin.get("/enrollments")
+    assert _upload(admin, admin.csrf, record(device=NEW))[0] == 303
+    admin.get("/enrollments")
+    status, page, _h = admin.post("/enrollments/1/refuse", {"csrf": admin.csrf, "reason": " "})
+    assert status == 409 and "needs a reason" in page
+    status, _page, _h = admin.post("/enrollments/1/refuse", {"csrf": admin.csrf, "reason": "未经批准的设备"})
+    assert status == 303
+    status, page, _h = admin.get(f"/held?device={NEW}")
+    assert status == 200 and '<span id="count">3</span>' in page and page.count("未经批准的设备") == 3
+    status, page, _h = admin.get("/enrollments?state=refused")
+    assert 'id="enrollment-1"' in page and "未经批准的设备" in page
+    with province_db.connect() as c:
+        assert c.scalar("SELECT COUNT(*) FROM ratings WHERE device = ?", (NEW,)) == 0
