@@ -21,8 +21,9 @@ __all__ = ["GRAINS", "MAX_DAYS", "Bucket", "TrendError", "trend", "trend_table"]
 Grain = Literal["day", "week", "month"]
 GRAINS: tuple[Grain, ...] = ("day", "week", "month")
 GRAIN_NAMES = {"day": "按日 By day", "week": "按周 By week", "month": "按月 By month"}
-# About three years by day: a longer period is a mistyped date, not a chart anyone can read.
+# About three years by day, ten by week or month: longer is a mistyped date, not a chart anyone reads.
 MAX_DAYS = 1200
+MAX_DAYS_COARSE = 3660
 
 
 class TrendError(ValueError):
@@ -69,8 +70,9 @@ def trend(conn: Conn, flt: Filter, grain: str) -> list[Bucket]:
     start, end = _parse(flt.day_from, "first"), _parse(flt.day_to, "last")
     if end < start:
         raise TrendError(f"the period ends ({end}) before it starts ({start})")
-    if (end - start).days + 1 > MAX_DAYS:
-        raise TrendError(f"a trend covers at most {MAX_DAYS} days")
+    most = MAX_DAYS if g == "day" else MAX_DAYS_COARSE
+    if (end - start).days + 1 > most:
+        raise TrendError(f"a trend {GRAIN_NAMES[g]} covers at most {most} days")
     per_day = {str(k[0]): f for k, f in figures_by(conn, ("day",), flt).items()}
     buckets: dict[str, tuple[str, str, Figures]] = {}
     d = start

@@ -172,6 +172,7 @@ def test_trend_buckets_add_up_to_the_total_and_empty_days_are_zero(conn: Conn) -
         trend(conn, Filter(day_from="2026-12-09", day_to="2026-11-27"), "day")
     with pytest.raises(TrendError):
         trend(conn, Filter(day_from="2020-01-01", day_to="2026-12-09"), "day")
+    assert len(trend(conn, Filter(day_from="2020-01-01", day_to="2026-12-09"), "month")) == 7 * 12
 
 
 def test_the_fleet_lists_offline_keypads_first_silent_ones_and_backlogs(conn: Conn) -> None:
