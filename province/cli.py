@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from countersign.protocol.keystore import (
     Keystore,
@@ -18,6 +18,9 @@ from countersign.protocol.keystore import (
     save_signing_key,
     write_atomic,
 )
+
+if TYPE_CHECKING:
+    from .db import Conn
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .db import Database, DatabaseError
     from .errors import ProvinceError
+    from .migrations import MIGRATIONS
     from .report import GROUPINGS, Range, build_report, render_text
 
     db = Database(args.db)
@@ -107,6 +111,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     try:
         with db.connect() as conn:
+            if (have := _schema(conn)) < MIGRATIONS[-1].version:
+                print(f"province report: {db.display()} is at schema {have}, older than this program's"
+                      f" {MIGRATIONS[-1].version}: start the receiver once (it upgrades the database)",
+                      file=sys.stderr)
+                return 1
             report = build_report(conn, tuple(args.by) if args.by else GROUPINGS, rng)
     except ProvinceError as exc:
         print(f"province report: {exc}", file=sys.stderr)
@@ -119,6 +128,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print(render_text(report), end="")
     return 0
+
+
+def _schema(conn: Conn) -> int:
+    """The schema version without writing anything (a report only reads); 0 before migrations existed."""
+    if conn.dialect == "sqlite":
+        exists = conn.scalar("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                             " AND name = 'schema_migrations'")
+    else:
+        exists = conn.scalar("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    return int(conn.scalar("SELECT MAX(version) FROM schema_migrations") or 0) if exists else 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from province_helpers import (
     signed_batch,
 )
 
+from countersign.cli import main as countersign_main
 from countersign.protocol import batch, cose
 from countersign.protocol.context import Context
 from countersign.protocol.keystore import DeviceKey, Keystore
@@ -205,6 +206,19 @@ def test_one_outcome_per_prompt_is_a_constraint_of_the_database(province_db: Dat
         # Invite-key outcomes (prompt 0) each opened their own prompt: any number of them.
         for n in (2, 3):
             assert s.insert_rating(replace(base, seq=n, prompt=0, cose=bytes([n]))) is Outcome.STORED
+
+
+def test_the_report_refuses_a_database_the_receiver_has_not_upgraded_yet(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "province.db"
+    release_1_file(path)
+    before = dump(path)
+    assert countersign_main(["province", "report", "--db", str(path)]) == 1
+    assert "is at schema 0, older than this program's" in capsys.readouterr().err
+    assert dump(path) == before
+    upgrade(Database(str(path)))
+    assert countersign_main(["province", "report", "--db", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["ratings"] == 2
 
 
 def test_a_release_1_file_is_upgraded_by_the_receiver_and_goes_on_storing(tmp_path: Path) -> None:
