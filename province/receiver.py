@@ -45,6 +45,7 @@ from countersign.protocol.errors import ProtocolError
 from countersign.protocol.keystore import Keystore
 from countersign.protocol.outcome import Outcome
 
+from . import hallreports
 from . import registry as reg
 from . import store as st
 from .config import ProvinceConfig
@@ -263,6 +264,20 @@ def _device_entry(s: st.Store, registry: Keystore, hall: str, b: batch.Batch, i:
     t.count(i, s.insert_rating(row))
 
 
+def _report_entry(s: st.Store, registry: Keystore, hall: str, b: batch.Batch, i: int, e: batch.ReportEntry,
+                  t: _Tally) -> None:
+    """The gateway's own figures (hallreports.py): kept for the fleet page and the reconciliation, never
+    a count of ratings; another hall's keypad is refused (``wrong-hall``)."""
+    device = getattr(e, "device", None)
+    dk = registry.devices.get(device) if isinstance(device, str) else None
+    out = hallreports.store_report(s.conn, hall, e, s.now_ms, dk.hall if dk else None, batch_id=b.batch)
+    if isinstance(out, hallreports.Refused):
+        t.rejected.append((i, out.reason))
+        log.warning("hall %s batch %d entry %d refused: %s (%s)", hall, b.batch, i, out.reason, out.detail)
+    else:
+        t.count(i, out)
+
+
 def _batch_alarm(s: st.Store, hall: str, b: batch.Batch, t: _Tally) -> None:
     """One alarm for all that a batch held (a waiting rating is no finding: see prompts.py)."""
     findings = {r: n for r, n in t.held.items() if r != WAITING}
@@ -310,6 +325,8 @@ def process_message(s: st.Store, registry: Keystore, province_key: Ed25519Privat
     for i, e in enumerate(b.entries):
         if isinstance(e, batch.DeviceEntry):
             _device_entry(s, registry, hall, b, i, e, t)
+        elif isinstance(e, batch.REPORT_ENTRIES):
+            _report_entry(s, registry, hall, b, i, e, t)
     t.rejected.sort()
     res.held.update(t.held)
     res.held.update(release_waiting(s, hall))

@@ -323,3 +323,28 @@ def test_a_processing_fault_costs_one_entry_or_one_batch_never_the_worker(
     acks = hall.wait_acks(3)
     assert acks[2][1].batch == 2 and acks[2][1].stored == 1
     assert rows(p.config.database, "SELECT seq FROM ratings ORDER BY seq") == [(1,), (3,), (4,), (5,)]
+
+
+def test_a_gateways_own_reports_are_stored_beside_its_ratings_and_each_entry_is_accounted_for(
+        world: World, province_db: Database) -> None:
+    p = world.province(province_db)
+    hall = world.hall_client("hf01")
+    k = world.device_key("hf01-w01")
+    at = 1_700_000_060_000
+    entries: list[batch.Entry] = [
+        entry(rating(k, "hf01-w01", 1, 4)),
+        batch.KeypadStatusEntry("hf01-w01", at, at - 5000, True, "1.25.0", 1, 41_000, 0, -61, 0),
+        batch.KeypadStatusEntry("hf02-w01", at, at - 5000, True),       # another hall's keypad: refused
+        batch.GatewayStatusEntry(at, 3, at - 60_000),
+        batch.DayCountEntry("hf01-w01", 1, "2023-11-15", 1, 0, 1, 1, at),
+    ]
+    hall.publish("hf01", signed_batch(world.gateway_keys["hf01"], "hf01", 1, entries))
+    [(_, ack)] = hall.wait_acks(1)
+    # Every entry is in exactly one of the ack's counts (the gateway checks that they add up).
+    assert (ack.stored, ack.duplicates, ack.rejected) == (4, 0, [(2, "wrong-hall")])
+    assert rows(p.config.database, "SELECT device, online, fw FROM keypad_status") == [
+        ("hf01-w01", 1, "1.25.0")]
+    assert rows(p.config.database, "SELECT hall, backlog FROM gateway_status") == [("hf01", 3)]
+    assert rows(p.config.database, "SELECT device, day, ratings FROM day_counts") == [
+        ("hf01-w01", "2023-11-15", 1)]
+    assert rows(p.config.database, "SELECT COUNT(*) FROM ratings") == [(1,)]
