@@ -15,7 +15,6 @@ module of the platform is a required part, imported like any other, never looked
 from __future__ import annotations
 
 import asyncio
-import getpass
 import hmac
 import logging
 import re
@@ -445,6 +444,8 @@ class PlatformServer:
         self._sock = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((bind, port))
+        # Listening from here on: a connection made before uvicorn runs waits in the backlog, not refused.
+        self._sock.listen(128)
         self.bind, self.port = bind, int(self._sock.getsockname()[1])
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                                      lifespan="off", server_header=False))
@@ -485,11 +486,6 @@ def serve(cfg: WebConfig, *, bind: str | None = None, port: int | None = None,
     """The platform started in a background thread; ``.url``, ``.stop()``."""
     return PlatformServer(create_app(cfg, now_ms=now_ms), bind or cfg.bind,
                           cfg.port if port is None else port).start()
-
-
-def cli_actor() -> str:
-    """The audit log's actor for a change made with the command line."""
-    return f"cli:{getpass.getuser()}"
 
 
 def _peer(request: Request) -> str:

@@ -28,7 +28,8 @@ TZ = ZoneInfo("Asia/Shanghai")
 NOW_MS = 1_796_176_800_000
 PASSWORD = "correct horse battery staple"
 # (hall, name, city): two halls in 合肥, one in 芜湖.
-HALLS = (("hf01", "合肥东营业厅", "合肥"), ("hf02", "合肥西营业厅", "合肥"), ("wh01", "芜湖中心营业厅", "芜湖"))
+HALLS = (("hf01", "合肥东营业厅", "合肥"), ("hf02", "合肥西营业厅", "合肥"),
+         ("wh01", "芜湖中心营业厅", "芜湖"))
 ACCOUNTS = (("admin", "省公司 分析员", "province", None), ("hefei", "合肥市公司", "city", "合肥"),
             ("mgr-hf01", "合肥东 厅长", "hall", "hf01"), ("mgr-wh01", "芜湖 厅长", "hall", "wh01"))
 
@@ -98,8 +99,8 @@ class Filler:
                              (hall, prompt, device, str(window), clerk, service, txn, received_ms - 10_000,
                               self.batch_no, day))
             rid = conn.scalar(
-                "INSERT INTO ratings (device, epoch, seq, kind, score, scale, prompt, press_s, delay_ms, boot,"
-                ' hall, "window", clerk, service, txn, prompt_ms, received_ms, stored_ms, batch_hall,'
+                "INSERT INTO ratings (device, epoch, seq, kind, score, scale, prompt, press_s, delay_ms,"
+                ' boot, hall, "window", clerk, service, txn, prompt_ms, received_ms, stored_ms, batch_hall,'
                 " batch_id, cose, digest, day) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " RETURNING id",
                 (device, 1, seq, "rating" if score is not None else "no-rating", score,

@@ -5,8 +5,12 @@ the figures, the chain of custody, exports and the audit log."""
 
 from __future__ import annotations
 
+import getpass
 import io
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -18,6 +22,7 @@ from platform_helpers import NOW_MS, PASSWORD, Client, Clock, Filler, fill, star
 from countersign.province import users
 from countersign.province.db import Database
 from countersign.province.web import PlatformServer
+from countersign.sim.broker import free_port
 
 MINUTE = 60_000
 
@@ -182,7 +187,8 @@ def test_the_overview_counts_by_the_one_definition(platform: tuple[PlatformServe
     h = Client(server.url)
     assert h.log_in("mgr-hf01") == 303
     html = h.get("/?period=today")[1]
-    assert [cell(html, "windows-1", k) for k in ("ratings", "satisfaction", "keypads")] == ["4", "75.0%", "1/1"]
+    assert [cell(html, "windows-1", k) for k in ("ratings", "satisfaction", "keypads")] == \
+        ["4", "75.0%", "1/1"]
     assert cell(html, "windows-2", "participation") == "50.0%"
     assert "hf02" not in html and "wh01" not in html and 'id="cities' not in html
 
@@ -260,7 +266,8 @@ def test_exports_carry_the_period_the_filters_and_who_made_them(
     assert c.log_in("admin") == 303
     status, data, headers = c.raw("/dissatisfied?format=xlsx&service=4&period=week")
     assert status == 200 and headers["content-type"].startswith("application/vnd.openxmlformats")
-    assert re.fullmatch(r'attachment; filename="dissatisfied-\d{8}-\d{4}\.xlsx"', headers["content-disposition"])
+    assert re.fullmatch(r'attachment; filename="dissatisfied-\d{8}-\d{4}\.xlsx"',
+                        headers["content-disposition"])
     ws = openpyxl.load_workbook(io.BytesIO(data)).active
     assert ws is not None
     rows = [tuple(r) for r in ws.iter_rows(values_only=True)]
@@ -292,3 +299,56 @@ def test_the_audit_log_shows_every_change(platform: tuple[PlatformServer, Filler
     actions = re.findall(r'<td class="action">([^<]*)</td>', html)
     assert actions[:2] == ["login", "user.disable"] and actions.count("user.add") == 4   # refused adds: none
     assert "cli:ops" in html
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "countersign.province.web_cli", *args], input=stdin,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_accounts_from_the_command_line_audited_and_never_printed(province_db: Database,
+                                                                  tmp_path: Path) -> None:
+    fill(province_db)
+    conf = tmp_path / "province.toml"
+    conf.write_text(f'database = "{province_db.url}"\ntimezone = "Asia/Shanghai"\n'
+                    '[web]\nsecret_file = "web.secret"\n', encoding="utf-8")
+    secret = "a long secret for hf02"
+    pw = tmp_path / "pw"
+    pw.write_text(secret + "\n", encoding="utf-8")
+    got = _cli("user", "add", "mgr-hf02", "--config", str(conf), "--role", "hall", "--scope", "hf02",
+               "--name", "合肥西 厅长", "--password-file", str(pw))
+    assert got.returncode == 0, got.stderr
+    assert secret not in got.stdout + got.stderr
+    # a scope that names no hall, or no password at hand: refused with one line, nothing added
+    bad = _cli("user", "add", "typo", "--config", str(conf), "--role", "hall", "--scope", "hf99",
+               "--password-file", str(pw))
+    assert bad.returncode == 1 and "no hall 'hf99'" in bad.stderr and "Traceback" not in bad.stderr
+    nopw = _cli("user", "add", "nopw", "--config", str(conf), "--role", "province", stdin="")
+    assert nopw.returncode == 1 and "--password-file" in nopw.stderr
+    listed = _cli("user", "list", "--db", province_db.url).stdout.splitlines()
+    assert [ln.split("\t")[:4] for ln in listed if ln.startswith("mgr-hf02")] == [["mgr-hf02", "hall", "hf02",
+                                                                                    "active"]]
+    assert not any(ln.startswith(("typo", "nopw")) for ln in listed)
+    actor = f"cli:{getpass.getuser()}"
+    assert (actor, "mgr-hf02") in audit_rows(province_db, "user.add")
+    assert _cli("user", "remove", "mgr-hf02", "--config", str(conf)).returncode == 0
+    assert audit_rows(province_db, "user.remove") == [(actor, "mgr-hf02")]
+    assert _cli("user", "remove", "mgr-hf02", "--config", str(conf)).returncode == 1
+
+    # `province web` serves the platform until SIGINT; the session key is created 0600
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "countersign.province.web_cli", "web", "--config",
+                             str(conf), "--port", str(port)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert f"http://127.0.0.1:{port}" in line, line
+        c = Client(f"http://127.0.0.1:{port}")
+        assert c.get("/login")[0] == 200 and c.log_in("admin") == 303 and c.get("/")[0] == 200
+        assert (tmp_path / "web.secret").stat().st_mode & 0o777 == 0o600
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
