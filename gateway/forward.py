@@ -119,7 +119,7 @@ _STAT_NAMES = (
     "entries_rejected", "entries_held",
     "acks_received", "acks_rejected",  # acks_rejected = acks_bad + acks_wrong_hall + acks_unknown_batch
     "acks_bad", "acks_wrong_hall", "acks_unknown_batch", "acks_duplicate", "acks_count_mismatch",
-    "publish_failed", "connects", "disconnects", "connect_refused", "db_busy",
+    "publish_failed", "connects", "disconnects", "connect_refused", "db_busy", "reports_failed",
 )
 
 
@@ -322,13 +322,25 @@ class Forwarder:
                 self._new_connection = False
                 sent.clear()   # a new connection: every unacked batch is resent
         # Reports first, so what they queue goes out in this round's batches.
-        timeout = None if self._reporter is None else self._reporter.run(conn)
+        timeout = None if self._reporter is None else self._report(conn)
         if connected:
             self._form_batches(conn)
             due = self._publish_due(conn, sent)
             timeout = due if timeout is None else timeout if due is None else min(timeout, due)
         self._check_backlog(conn)
         return timeout
+
+    def _report(self, conn: sqlite3.Connection) -> float | None:
+        if self._reporter is None:
+            return None
+        try:
+            return self._reporter.run(conn)
+        except ProtocolError as exc:
+            # A report this code cannot encode is a bug in it; the ratings must still go: said loudly,
+            # tried again next round (the reporter rolled its transaction back).
+            self._stats.inc("reports_failed")
+            log.error("hall %s: the gateway's reports failed: %s", self.cfg.hall, exc)
+            return self.cfg.retry_s
 
     def _form_batches(self, conn: sqlite3.Connection) -> None:
         # Only as many unacked batches as may be in flight: while acks are awaited, new entries gather

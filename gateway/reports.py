@@ -270,8 +270,12 @@ class Reporter:
                             " FROM report_days WHERE dirty = 1 AND day < ? ORDER BY day, device, epoch",
                             (today,)).fetchall()
         for device, epoch, day, ratings, no_ratings, first_seq, last_seq in rows:
-            enqueue(conn, batch.DayCountEntry(device, epoch, day, ratings, no_ratings, first_seq, last_seq,
-                                              now))
+            try:
+                e = batch.DayCountEntry(device, epoch, day, ratings, no_ratings, first_seq, last_seq, now)
+            except ProtocolError as exc:     # cannot happen with distinct seqs; said, never sent broken
+                log.error("keypad %s: day count of %s cannot be reported: %s", device, day, exc)
+                continue
+            enqueue(conn, e)
         conn.executemany("UPDATE report_days SET dirty = 0, sent_ms = ?"
                          " WHERE device = ? AND epoch = ? AND day = ?",
                          [(now, r[0], r[1], r[2]) for r in rows])

@@ -327,7 +327,7 @@ def _batch_cases() -> dict[str, dict[str, Any]]:
     map as it stands in a batch's entries), good: ``entry`` (decoded, field names as in PROTOCOL.md 9.4),
     fail: ``reason``. Check: ``batch.decode_entry(entry_hex)``."""
     at = T0 * 1000 + 60_000
-    good = {
+    good: dict[str, tuple[str, batch.ReportEntry]] = {
         "good-b01-keypad-status": ("keypad status, online, key 2 stuck", batch.KeypadStatusEntry(
             "hf01-w01", at, T0 * 1000, True, "1.25.0", 1, 41_000, 3, -61, 0b10)),
         "good-b02-keypad-status-never-reported": ("keypad status, offline, no health report heard yet",

@@ -33,6 +33,9 @@ from countersign.protocol import batch, cbor, cose, keystore, messages, topics
 from countersign.protocol.errors import ProtocolError
 from countersign.protocol.kcv import key_check_value
 from countersign.protocol.keystore import DeviceKey, Keystore
+from countersign.province.db import Database
+from countersign.province.hallreports import store_report
+from countersign.province.migrations import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 TZ = ZoneInfo("Asia/Shanghai")
@@ -410,3 +413,47 @@ def test_batch_entry_vectors() -> None:
             assert {"kind": type(e).__name__, **vars(e)} == vec["entry"], p.name
             assert cbor.dumps(e.to_map()) == data
             assert _cddl_ok(RULES[type(e)], data), p.name
+
+
+# ---- robustness and the province's end ------------------------------------------------------------------
+
+def test_a_health_row_that_cannot_be_reported_costs_no_rating(hall: Hall,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    # A health record no keypad could have sent (a firmware string over 64 bytes), as a damaged or foreign
+    # database might hold: that keypad's status is not reported, everything else goes on.
+    with hall.gw.store.transaction() as c:
+        c.execute("INSERT INTO device_health (device, last_seen_ms, last, online) VALUES (?,?,?,1)",
+                  ("hf01-w02", hall.clock(), '{"fw": "' + "x" * 100 + '"}'))
+    name = "hf01-w01"
+    dev, key = hall.device(name), device_key(1)
+    dev.publish(rating(key, name, 1))
+    assert dev.wait_acked({1}, WAIT)
+    assert hall.peer.wait(lambda p: len(p.entry_msgs()) == 1, WAIT)
+    statuses = hall.wait_reports(batch.KeypadStatusEntry, 1)
+    assert [s.device for s in statuses] == [name]
+    assert "hf01-w02: its health figures cannot be reported" in caplog.text
+    assert hall.fwd.stats()["running"] == 1 and not hall.gw.failed.is_set()
+
+
+def test_the_province_keeps_what_the_gateway_reported(hall: Hall, tmp_path: Path) -> None:
+    name = "hf01-w01"
+    dev, key = hall.device(name), device_key(1)
+    dev.publish(heartbeat(key, name, 1, hello=True, stuck=1))
+    for seq in range(1, 4):
+        dev.publish(rating(key, name, seq, time_s=local_ms(D1, 11) // 1000))
+    assert dev.wait_acked({1, 2, 3}, WAIT)
+    hall.clock.set(local_ms(D1 + dt.timedelta(days=1), 0, 1))
+    hall.wait_reports(batch.DayCountEntry, 1)
+    db = Database(str(tmp_path / "province.db"))
+    upgrade(db, TZ)
+    with db.connect() as conn, conn.transaction():
+        for cls in batch.REPORT_ENTRIES:
+            for e in hall.reports(cls):
+                store_report(conn, "hf01", e, hall.clock(), "hf01")
+        assert conn.all("SELECT device, epoch, day, ratings, no_ratings, first_seq, last_seq"
+                        " FROM day_counts") == [(name, 1, DAY1, 3, 0, 1, 3)]
+        # Offline: a day without a heartbeat.
+        assert conn.one("SELECT hall, online, fw, stuck_keys FROM keypad_status WHERE device = ?",
+                        (name,)) == ("hf01", 0, "1.0.0", "1")
+        assert conn.scalar("SELECT count(*) FROM enrollments WHERE state = 'pending' AND key IS NULL") == 2
+        assert conn.scalar("SELECT backlog FROM gateway_status WHERE hall = 'hf01'") is not None
