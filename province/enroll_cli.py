@@ -82,7 +82,10 @@ def _run(args: argparse.Namespace, work: Any) -> int:
     except EnrollmentError as exc:
         print(f"province enroll: {exc}", file=sys.stderr)
         return 2
-    except (ProvinceError, *DatabaseError) as exc:
+    except ProvinceError as exc:
+        print(f"province enroll: {exc}", file=sys.stderr)
+        return 1
+    except DatabaseError as exc:
         print(f"province enroll: {exc}", file=sys.stderr)
         return 1
     print(text, end="" if text.endswith("\n") else "\n")

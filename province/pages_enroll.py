@@ -199,10 +199,9 @@ def routes(web: Web) -> list[BaseRoute]:
 
 
 def _service_name(v: object) -> str:
-    try:
+    if isinstance(v, int) and v in Service._value2member_map_:
         return SERVICE_NAMES_ZH[Service(v)]
-    except (ValueError, TypeError):
-        return str(v)
+    return str(v)
 
 
 def _held_item(r: tuple[Any, ...] | list[Any], tz: ZoneInfo) -> dict[str, Any]:
