@@ -49,7 +49,7 @@ from . import hallreports
 from . import registry as reg
 from . import store as st
 from .config import ProvinceConfig
-from .db import Conn, DatabaseError
+from .db import Conn, DatabaseConfigError, DatabaseError
 from .prompts import WAITING, prompt_problem, release_waiting
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ ACK_KID = b"province"
 # Rejection reasons that mean someone tried to pass off a rating that is not a device's own: alarms.
 SECURITY_REASONS = frozenset({"bad-mac", "wrong-hall", "conflicting-duplicate", "kid-mismatch"})
 UNKNOWN_DEVICE = "unknown-device"
+# What a worker retries, nothing acked meanwhile: a database error, or no connection to the server at all.
+RETRY: tuple[type[Exception], ...] = (*DatabaseError, DatabaseConfigError)
 
 
 class ReceiverStats:
@@ -477,7 +479,7 @@ class Worker:
                 release_waiting(s)
                 s.commit()
                 break
-            except DatabaseError as exc:
+            except RETRY as exc:
                 # Disk full, I/O error, a lock held past the timeout, a lost server, another receiver that
                 # recorded the same batch first: nothing is acked, so nothing is lost; retry until it works
                 # (the gateway keeps the batches and resends meanwhile; a batch recorded by the other
@@ -533,7 +535,7 @@ class Worker:
                                  it.payload)
                     s.alarm("processing-error", None, None, f"{it.topic}: {type(exc).__name__}: {exc}")
                 break
-            except DatabaseError as db_exc:
+            except RETRY as db_exc:
                 self._drop_connection()
                 log.error("%s: recording a processing error failed (%s)", self.name, db_exc)
                 if self._stop.wait(delay):

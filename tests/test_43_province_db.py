@@ -443,3 +443,25 @@ def test_hall_names_and_cities_come_from_a_csv_with_or_without_bom(
     csv_path.write_text("id,name\nhf01,x\n", encoding="utf-8")
     assert halls_cli(["halls", "--db", province_db.url, "--csv", str(csv_path)]) == 2
     assert "first line must be hall,name,city,county" in capsys.readouterr().err
+
+
+def test_a_lost_database_connection_costs_nothing_the_worker_reconnects(
+        world: World, pg_server: PgServer) -> None:
+    db = Database(pg_server.create_db("lost_connection"))
+    p = world.province(db, workers=1)
+    hall = world.hall_client("hf01")
+    k = world.device_key("hf01-w01")
+    gk = world.gateway_keys["hf01"]
+    hall.publish("hf01", signed_batch(gk, "hf01", 1, [entry(rating(k, "hf01-w01", 1))]))
+    hall.wait_acks(1)
+    # The server ends the worker's session (a restart, a failover, an administrator's kill).
+    with db.connect() as conn:
+        killed = conn.scalar("SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                             " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    assert killed >= 1
+    hall.publish("hf01", signed_batch(gk, "hf01", 2, [entry(rating(k, "hf01-w01", 2))]))
+    [_, (_, ack)] = hall.wait_acks(2, timeout=20)
+    assert (ack.batch, ack.stored) == (2, 1)
+    assert p.stats()["db_errors"] >= 1 and p.stats()["workers"]["province-1"]["failed"] is None
+    with db.connect() as conn:
+        assert conn.all("SELECT seq FROM ratings ORDER BY seq") == [(1,), (2,)]
