@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,11 +81,14 @@ class ReportConfig:
     timezone: str = "Asia/Shanghai"       # the hall's zone: the days of the day counts
     heartbeat_s: int = 60                 # the keypads' heartbeat period: offline after MISSED_HEARTBEATS
     every_s: float = 300.0                # keypad figures and the backlog at most / at least this often
+    # Rounds follow every ingest commit (hundreds a second under load); the reports are looked at no more
+    # often than this, so a busy hall's forwarding pays for them once a second, not per commit.
+    min_interval_s: float = 1.0
 
     def check(self) -> None:
         ZoneInfo(self.timezone)
-        if self.heartbeat_s < 1 or self.every_s <= 0:
-            raise ValueError("reports: heartbeat_s >= 1 and every_s > 0")
+        if self.heartbeat_s < 1 or self.every_s <= 0 or self.min_interval_s < 0:
+            raise ValueError("reports: heartbeat_s >= 1, every_s > 0, min_interval_s >= 0")
 
 
 def _state(conn: sqlite3.Connection, name: str) -> int | None:
@@ -104,9 +108,11 @@ def _opt_int(v: Any) -> int | None:
 class Reporter:
     """One hall's reports; ``run`` is called on the forwarder's thread with its connection."""
 
-    def __init__(self, cfg: ReportConfig, now_ms: Callable[[], int]) -> None:
+    def __init__(self, cfg: ReportConfig, now_ms: Callable[[], int],
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         cfg.check()
-        self.cfg, self.now_ms = cfg, now_ms
+        self.cfg, self.now_ms, self.monotonic = cfg, now_ms, monotonic
+        self._last_run: float | None = None
         self.tz = ZoneInfo(cfg.timezone)
         self._offline_ms = MISSED_HEARTBEATS * cfg.heartbeat_s * 1000
         self._every_ms = int(cfg.every_s * 1000)
@@ -115,7 +121,12 @@ class Reporter:
     def run(self, conn: sqlite3.Connection) -> float | None:
         """Queue what is due now; return the seconds until the next report falls due by time alone
         (None: only a change can make one due). Reads outside a transaction; writes, when there is
-        something to send, in one (this thread alone writes the reporter's tables)."""
+        something to send, in one (this thread alone writes the reporter's tables). Within
+        ``min_interval_s`` of the last look it only says when to look again."""
+        mono = self.monotonic()
+        if self._last_run is not None and mono - self._last_run < self.cfg.min_interval_s:
+            return self._last_run + self.cfg.min_interval_s - mono
+        self._last_run = mono
         now = self.now_ms()
         tally = self._read_tally(conn)
         keypads, next_keypad = self._keypads(conn, now)

@@ -28,7 +28,8 @@ from test_24_gateway_forward import HALL_PASSWORD, WAIT, ProvincePeer, Uplink
 
 from countersign.gateway.forward import Forwarder
 from countersign.gateway.gateway import Gateway
-from countersign.gateway.reports import ReportConfig
+from countersign.gateway.reports import ReportConfig, Reporter, init_report_schema
+from countersign.gateway.store import Store
 from countersign.protocol import batch, cbor, cose, keystore, messages, topics
 from countersign.protocol.errors import ProtocolError
 from countersign.protocol.kcv import key_check_value
@@ -142,7 +143,8 @@ def hall(tmp_path: Path, hall_broker: Any) -> Iterator[Hall]:
     assert gw.forwarder is not None
     gw.forwarder = Forwarder(dataclasses.replace(
         gw.forwarder.cfg, reconnect_min_s=0.1, reconnect_max_s=0.5,
-        reports=ReportConfig(gw.keystore, cfg.timezone, cfg.heartbeat_s, EVERY_S)))
+        # Every round looks at the reports (min_interval_s 0), so a round the test waits for has.
+        reports=ReportConfig(gw.keystore, cfg.timezone, cfg.heartbeat_s, EVERY_S, min_interval_s=0)))
     gw.start()
     assert gw.ingest.ready.is_set()
     devices = {d: Device(broker.port, d, dk.key).start() for d, dk in ks.devices.items()}
@@ -457,3 +459,30 @@ def test_the_province_keeps_what_the_gateway_reported(hall: Hall, tmp_path: Path
                         (name,)) == ("hf01", 0, "1.0.0", "1")
         assert conn.scalar("SELECT count(*) FROM enrollments WHERE state = 'pending' AND key IS NULL") == 2
         assert conn.scalar("SELECT backlog FROM gateway_status WHERE hall = 'hf01'") is not None
+
+
+def test_reports_are_looked_at_at_most_once_per_interval(tmp_path: Path) -> None:
+    """Rounds follow every commit; the reporter looks once per min_interval_s and says when to come back."""
+    wall = Clock(local_ms(D1, 10))
+    mono = [100.0]
+    store = Store(tmp_path / "gw.db", wall)
+    ks = make_keystore("hf01", devices=1)
+    conn = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
+    init_report_schema(conn)
+    r = Reporter(ReportConfig(lambda: ks, min_interval_s=1.0), wall, lambda: mono[0])
+
+    def queued() -> list[int]:
+        return [k for (k,) in conn.execute("SELECT kind FROM uplink_entries ORDER BY id")]
+
+    assert r.run(conn) is not None
+    assert sorted(queued()) == [int(batch.EntryKind.GATEWAY_STATUS), int(batch.EntryKind.ENROLL)]
+    with store.transaction() as c:
+        Store.update_health(c, "hf01-w01", wall(), {"fw": "1.0.0", "reset": 1, "stuck": 0})
+    mono[0] += 0.4
+    assert r.run(conn) == pytest.approx(0.6)
+    assert int(batch.EntryKind.KEYPAD_STATUS) not in queued()
+    mono[0] += 0.6
+    r.run(conn)
+    assert queued().count(int(batch.EntryKind.KEYPAD_STATUS)) == 1
+    store.close()
+    conn.close()
