@@ -13,7 +13,9 @@ service, and a prompt has one outcome. What fails is held (kept, not counted) wi
 - ``no-prompt-record``: no record yet. The gateway queues a prompt's record in the transaction that
   opens it, before any outcome (FIFO uplink), but its batches can reach the province out of order (several
   in flight, several workers, a resend): so this is a wait, not a verdict. ``release_waiting`` re-checks
-  those rows whenever records have come, and a matching one becomes a counted rating.
+  those rows whenever records have come, and a matching one becomes a counted rating. It counts them
+  without checking a MAC again: only an outcome whose MAC was verified may be held under this reason
+  (the receiver's, or enroll.py's after an approval), never an unknown device's unverified one.
 
 An invite-key outcome (prompt 0) opened its own prompt on the keypad: nothing to check it against.
 """
