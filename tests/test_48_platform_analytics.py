@@ -17,7 +17,6 @@ import pytest
 from analytics_helpers import Rows, noon_ms, prepared
 from platform_helpers import NOW_MS, Client, Clock, Filler, fill, start
 
-from countersign.province import pages_fleet, pages_rankings, pages_reconcile, pages_trends, web
 from countersign.province.db import Conn, Database
 from countersign.province.export import to_csv
 from countersign.province.figures import Filter, total, wilson
@@ -212,19 +211,8 @@ def test_the_fleet_lists_offline_keypads_first_silent_ones_and_backlogs(conn: Co
 
 # ---- the pages, over HTTP (the platform app served by uvicorn; urllib as the browser) -----------------
 
-MY_PAGES = (pages_rankings, pages_trends, pages_fleet, pages_reconcile)
-
-
-def mount_my_pages(monkeypatch: pytest.MonkeyPatch) -> None:
-    """web.PAGE_MODULES with these pages, until web.py lists them itself (then this changes nothing)."""
-    have = web.PAGE_MODULES
-    monkeypatch.setattr(web, "PAGE_MODULES", have + tuple(m for m in MY_PAGES if m not in have))
-
-
 @pytest.fixture
-def platform(province_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-             ) -> Iterator[tuple[PlatformServer, Filler]]:
-    mount_my_pages(monkeypatch)
+def platform(province_db: Database, tmp_path: Path) -> Iterator[tuple[PlatformServer, Filler]]:
     filler = fill(province_db)
     server = start(tmp_path, province_db, Clock())
     try:

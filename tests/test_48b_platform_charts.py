@@ -18,20 +18,15 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from countersign.province import pages_fleet, pages_rankings, pages_reconcile, pages_trends, web
 from countersign.province.db import Database
 from countersign.province.web import PlatformServer
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-MY_PAGES = (pages_rankings, pages_trends, pages_fleet, pages_reconcile)
 DAY_S = 86_400
 
 
 @pytest.fixture
-def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PlatformServer]:
-    # web.PAGE_MODULES with these pages, until web.py lists them itself (then this changes nothing).
-    monkeypatch.setattr(web, "PAGE_MODULES", web.PAGE_MODULES + tuple(m for m in MY_PAGES
-                                                                       if m not in web.PAGE_MODULES))
+def platform(tmp_path: Path) -> Iterator[PlatformServer]:
     db = Database(str(tmp_path / "province.db"))
     filler = fill(db)
     # A week of ratings for the chart: a gap on two days, hf01's clerk 10003 with many ratings.

@@ -16,10 +16,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from analytics_helpers import TZ, Rows, noon_ms, prepared
+from platform_helpers import NOW_MS as PLATFORM_NOW
+from platform_helpers import Client, Clock, fill, start
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -301,3 +304,26 @@ def test_the_api_client_command_prints_the_token_once_and_revokes_it(api: Api) -
     actors = api.conn.all("SELECT actor, action, target FROM audit_log WHERE target = 'crm' ORDER BY id")
     assert [(a.startswith("cli:"), act) for a, act, _ in actors] == [(True, "api-client.add"),
                                                                      (True, "api-client.revoke")]
+
+
+def test_the_platform_serves_the_api_at_api_v1_and_a_log_in_is_no_token(province_db: Database,
+                                                                        tmp_path: Path) -> None:
+    fill(province_db)
+    server = start(tmp_path, province_db, Clock())
+    try:
+        with province_db.connect() as conn:
+            token = add_client(conn, "erp", "test", PLATFORM_NOW)
+        base = server.url + "/api/v1"
+        with urllib.request.urlopen(base + "/openapi.json", timeout=10) as resp:
+            assert json.loads(resp.read())["servers"] == [{"url": "/api/v1"}]
+        status, body = fetch(base + "/ratings?limit=3", token)
+        assert status == 200 and len(body["data"]) == 3 and body["next"] is not None
+        # A person's session is not an API client: a logged-in admin's cookie gets 401 here.
+        browser = Client(server.url)
+        assert browser.log_in("admin") == 303
+        status, raw, _ = browser.raw("/api/v1/ratings")
+        assert status == 401 and json.loads(raw)["error"] == "unauthorized"
+        status, raw, headers = browser.raw("/api/v1/nothing")
+        assert status == 404 and headers["content-type"].startswith("application/json")
+    finally:
+        server.stop()
