@@ -73,7 +73,7 @@ def _check_scope(conn: Conn, role: str, scope: str | None) -> Scope:
     if role not in ROLES:
         raise UsersError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     try:
-        s = Scope(role, scope)       # type: ignore[arg-type]   # checked against ROLES just above
+        s = Scope(role, scope)       # role: narrowed to Role by the check just above
     except ValueError as exc:
         raise UsersError(f"{exc} (--scope: a city's name for a city user, a hall id for a hall user)"
                          ) from exc

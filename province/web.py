@@ -427,7 +427,7 @@ def create_app(cfg: WebConfig, *, now_ms: Callable[[], int] = wall_ms, upgrade: 
     handlers: dict[Any, Callable[[Request, Exception], Response]] = {
         NotLoggedIn: web.on_not_logged_in, Forbidden: web.on_forbidden, NotFound: web.on_not_found,
         BadRequest: web.on_bad_request, 404: web.on_http_404}
-    app = Starlette(routes=routes, exception_handlers=handlers, middleware=[  # type: ignore[arg-type]
+    app = Starlette(routes=routes, exception_handlers=handlers, middleware=[
         Middleware(SecurityHeaders),
         Middleware(SessionMiddleware, secret_key=secret.hex(), session_cookie=COOKIE,
                    max_age=int(cfg.session_hours * 3600), same_site="strict", https_only=cfg.https_only)])
