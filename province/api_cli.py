@@ -12,6 +12,7 @@ import argparse
 import getpass
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,9 +20,10 @@ from countersign.common.clock import wall_ms
 
 from .apiclients import ApiClientError, add_client, list_clients, revoke_client
 from .db import Database, DatabaseError
-from .errors import ProvinceError
+from .errors import ConfigError, ProvinceError
 from .migrations import upgrade
 from .period import DEFAULT_TZ
+from .web_config import WebConfig
 
 __all__ = ["register"]
 
@@ -36,8 +38,9 @@ def register(sub: Any) -> None:
         c = cmds.add_parser(name, help=helptext)
         if name != "list":
             c.add_argument("name", help="the client's name, e.g. the system that calls the API")
-        c.add_argument("--db", required=True,
-                       help="the province database: an SQLite path or postgresql://user@host/db")
+        where = c.add_mutually_exclusive_group(required=True)
+        where.add_argument("--config", type=Path, help="province TOML config (its database and timezone)")
+        where.add_argument("--db", help="the province database: an SQLite path or postgresql://user@host/db")
         c.set_defaults(func=cmd_api_client)
 
 
@@ -50,12 +53,20 @@ def _actor() -> str:
 
 
 def cmd_api_client(args: argparse.Namespace) -> int:
-    db = Database.of(args.db)
+    try:
+        if args.config is not None:
+            cfg = WebConfig.load(args.config)
+            db, tz = cfg.database, cfg.tz
+        else:
+            db, tz = Database.of(args.db), ZoneInfo(DEFAULT_TZ)
+    except ConfigError as exc:
+        print(f"province api-client: {exc}", file=sys.stderr)
+        return 2
     if db.dialect == "sqlite" and not db.path.exists():
         print(f"province api-client: no database at {db.display()}", file=sys.stderr)
         return 2
     try:
-        upgrade(db)
+        upgrade(db, tz)
         with db.connect() as conn:
             if args.api_client_cmd == "add":
                 token = add_client(conn, args.name, _actor(), wall_ms())
@@ -67,8 +78,8 @@ def cmd_api_client(args: argparse.Namespace) -> int:
                 print(f"API client {args.name!r} revoked", file=sys.stderr)
             else:
                 for c in list_clients(conn):
-                    state = "active" if c.revoked_ms is None else f"revoked {_when(c.revoked_ms)}"
-                    print(f"{c.name}\tadded {_when(c.created_ms)} by {c.created_by}\t{state}")
+                    state = "active" if c.revoked_ms is None else f"revoked {_when(c.revoked_ms, tz)}"
+                    print(f"{c.name}\tadded {_when(c.created_ms, tz)} by {c.created_by}\t{state}")
     except ApiClientError as exc:
         print(f"province api-client: {exc}", file=sys.stderr)
         return 1
@@ -78,5 +89,5 @@ def cmd_api_client(args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, ZoneInfo(DEFAULT_TZ)).strftime("%Y-%m-%d %H:%M")
+def _when(ms: int, tz: ZoneInfo) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz).strftime("%Y-%m-%d %H:%M")

@@ -274,13 +274,16 @@ def test_openapi_describes_every_route_and_every_documented_parameter_is_accepte
     assert status == 400
 
 
-def test_the_api_client_command_prints_the_token_once_and_revokes_it(api: Api) -> None:
+def test_the_api_client_command_prints_the_token_once_and_revokes_it(api: Api, tmp_path: Path) -> None:
     parser = argparse.ArgumentParser(prog="countersign province")
     api_cli.register(parser.add_subparsers(dest="province_cmd", required=True))
 
-    def run(*argv: str) -> tuple[int, str, str]:
+    config = tmp_path / "province.toml"       # the same database named by a config file's `database`
+    config.write_text(f"database = {json.dumps(api.db.url)}\ntimezone = \"Asia/Shanghai\"\n")
+
+    def run(*argv: str, where: tuple[str, str] = ("--db", api.db.url)) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
-        args = parser.parse_args([*argv, "--db", api.db.url])
+        args = parser.parse_args([*argv, *where])
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = args.func(args)
         return code, out.getvalue(), err.getvalue()
@@ -289,7 +292,7 @@ def test_the_api_client_command_prints_the_token_once_and_revokes_it(api: Api) -
     token = out.strip()
     assert code == 0 and out.count("\n") == 1 and token.startswith("cs1_") and token not in err
     assert api.get("/ratings", token=token)[0] == 200
-    code, out, err = run("api-client", "list")
+    code, out, err = run("api-client", "list", where=("--config", str(config)))
     assert code == 0 and token not in out
     lines = dict(line.split("\t", 1) for line in out.splitlines())
     assert set(lines) == {"erp", "crm"} and "active" in lines["crm"] and "cli:" in lines["crm"]
@@ -301,6 +304,8 @@ def test_the_api_client_command_prints_the_token_once_and_revokes_it(api: Api) -
     assert "revoked" in dict(line.split("\t", 1) for line in run("api-client", "list")[1].splitlines())["crm"]
     assert run("api-client", "revoke", "crm")[0] == 1
     assert run("api-client", "revoke", "nobody")[0] == 1
+    assert run("api-client", "list", where=("--db", str(tmp_path / "none.db")))[0] == 2
+    assert not (tmp_path / "none.db").exists()                          # a typo creates no database
     actors = api.conn.all("SELECT actor, action, target FROM audit_log WHERE target = 'crm' ORDER BY id")
     assert [(a.startswith("cli:"), act) for a, act, _ in actors] == [(True, "api-client.add"),
                                                                      (True, "api-client.revoke")]
