@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -21,7 +22,9 @@ from platform_helpers import NOW_MS, PASSWORD, Client, Clock, Filler, fill, star
 
 from countersign.province import users
 from countersign.province.db import Database
+from countersign.province.migrations import upgrade
 from countersign.province.web import PlatformServer
+from countersign.province.web_demo import serve_demo
 from countersign.sim.broker import free_port
 
 MINUTE = 60_000
@@ -352,3 +355,25 @@ def test_accounts_from_the_command_line_audited_and_never_printed(province_db: D
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_demo_serves_a_runs_database_with_a_log_in_per_role(province_db: Database,
+                                                                tmp_path: Path) -> None:
+    upgrade(province_db)
+    filler = Filler(province_db)          # a run's database: ratings, no halls table rows, no accounts
+    filler.rating("hf01", 1, "10001", 4, press_s=int(time.time()))
+    filler.rating("hf01", 2, "10002", 1, press_s=int(time.time()))
+    demo = serve_demo(province_db, tmp_path)
+    try:
+        passwords = dict(ln.split(" ", 1) for ln in demo.password_file.read_text().splitlines())
+        assert demo.password_file.stat().st_mode & 0o777 == 0o600
+        assert sorted(passwords) == ["demo-city", "demo-hall", "demo-province"]
+        printed = "\n".join(demo.lines())
+        assert demo.url in printed and not any(p in printed for p in passwords.values())
+        for name in passwords:
+            c = Client(demo.server.url)
+            assert c.log_in(name, passwords[name]) == 303
+            html = c.get("/?period=today")[1]
+            assert cell(html, "summary-total", "ratings") == "2", name
+    finally:
+        demo.stop()
