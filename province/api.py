@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 from countersign.protocol.messages import SCORE_NAMES_ZH, is_satisfied
 
 from .apiclients import authenticate
-from .db import Database, DatabaseError
+from .db import Conn, Database, DatabaseError
 from .errors import ProvinceError
 from .figures import Figures, Filter, figures_by
 from .report import service_name
@@ -159,7 +159,7 @@ class _Api:
         self.db, self.tz, self.now_ms = db, tz, now_ms
 
     def _run(self, request: Request, ep: Endpoint,
-             body: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> Response:
+             body: Callable[[Conn, dict[str, Any]], dict[str, Any]]) -> Response:
         try:
             with self.db.connect() as conn:
                 self._auth(request, conn)
@@ -172,7 +172,7 @@ class _Api:
             return JSONResponse({"error": "unavailable", "detail": "the database cannot be read now; retry"},
                                 503, headers={"Retry-After": "5"})
 
-    def _auth(self, request: Request, conn: Any) -> None:
+    def _auth(self, request: Request, conn: Conn) -> None:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -187,7 +187,7 @@ class _Api:
         return {"data": rows, "next": nxt}
 
     def ratings(self, request: Request) -> Response:
-        def body(conn: Any, q: dict[str, Any]) -> dict[str, Any]:
+        def body(conn: Conn, q: dict[str, Any]) -> dict[str, Any]:
             where, args = _filter(q).sql()
             if "kind" in q:
                 where += " AND kind = ?"
@@ -214,7 +214,7 @@ class _Api:
                 "cose": base64.b64encode(bytes(cose)).decode("ascii"), "digest": bytes(digest).hex()}
 
     def prompts(self, request: Request) -> Response:
-        def body(conn: Any, q: dict[str, Any]) -> dict[str, Any]:
+        def body(conn: Conn, q: dict[str, Any]) -> dict[str, Any]:
             where, args = _filter(q).sql()
             limit = q.get("limit", DEFAULT_LIMIT)
             rows = conn.all(f"SELECT {PROMPT_COLS} FROM prompts WHERE id > ?{where} ORDER BY id LIMIT ?",
@@ -227,7 +227,7 @@ class _Api:
         return self._run(request, ENDPOINTS[1], body)
 
     def aggregates(self, request: Request) -> Response:
-        def body(conn: Any, q: dict[str, Any]) -> dict[str, Any]:
+        def body(conn: Conn, q: dict[str, Any]) -> dict[str, Any]:
             by = q["by"]
             cols = ("hall", "clerk") if by == "clerk" else (by,)
             flt = _filter(q)
@@ -242,12 +242,12 @@ class _Api:
                     row["service_name"] = service_name(int(key[0]))
                 row.update(figs.as_json())
                 data.append(row)
-            return {"by": by, "from": q.get("from"), "to": q.get("to"), "data": data,
-                    "total": total.as_json()}
+            return {"by": by, "from": q.get("from"), "to": q.get("to"), "as_of": _iso(self.now_ms(), self.tz),
+                    "data": data, "total": total.as_json()}
         return self._run(request, ENDPOINTS[2], body)
 
     def keypads(self, request: Request) -> Response:
-        def body(conn: Any, q: dict[str, Any]) -> dict[str, Any]:
+        def body(conn: Conn, q: dict[str, Any]) -> dict[str, Any]:
             limit = q.get("limit", DEFAULT_LIMIT)
             args: list[Any] = [q.get("after", "")]
             where = ""
@@ -376,6 +376,7 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
                      "next": {**_NULL_STR, "description": "URL of the next page; null on the last"}})
     else:
         body = _obj({"by": {"type": "string"}, "from": _NULL_STR, "to": _NULL_STR,
+                     "as_of": {"type": "string", "description": "when these figures were computed"},
                      "data": {"type": "array", "items": item},
                      "total": {"$ref": "#/components/schemas/Figures"}})
     return {"get": {

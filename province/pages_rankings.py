@@ -53,8 +53,8 @@ def routes(web: Web) -> list[BaseRoute]:
                             None if direction == "" else direction == "desc")
             except RankingError as exc:
                 raise BadRequest(str(exc)) from exc
-            names = dict(conn.all(f"SELECT hall, name FROM halls WHERE 1 = 1{user.scope.sql('hall')[0]}",
-                                  user.scope.sql("hall")[1]))
+            where, args = user.scope.sql("hall")
+            names = dict(conn.all(f"SELECT hall, name FROM halls WHERE 1 = 1{where}", args))
         t = ranking_table(r, flt)
         t.meta = {"期间 Period": period.label, **t.meta}
         got = web.export(request, t)

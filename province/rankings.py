@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .db import Conn
+from .errors import ProvinceError
 from .export import Column, Table
 from .figures import Figures, Filter, figures_by
 
@@ -27,7 +28,7 @@ DEFAULT_MIN = 30
 MAX_MIN = 1_000_000
 
 
-class RankingError(ValueError):
+class RankingError(ProvinceError, ValueError):
     """A ranking asked for with a parameter it cannot take (the page answers 400)."""
 
 

@@ -13,6 +13,7 @@ from datetime import date, timedelta
 from typing import Literal
 
 from .db import Conn
+from .errors import ProvinceError
 from .export import Column, Table
 from .figures import Figures, Filter, figures_by
 
@@ -26,7 +27,7 @@ MAX_DAYS = 1200
 MAX_DAYS_COARSE = 3660
 
 
-class TrendError(ValueError):
+class TrendError(ProvinceError, ValueError):
     """A trend asked for with a period or grain it cannot take (the page answers 400)."""
 
 

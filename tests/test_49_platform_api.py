@@ -170,6 +170,7 @@ def test_filters_aggregates_and_keypads(api: Api) -> None:
         assert status == 200
         want = total(api.conn, Filter(day_from="2026-11-09", day_to="2026-11-11"))
         assert body["total"]["ratings"] == want.ratings == 7 + 3 + 8 + 1
+        assert body["as_of"] == "2026-11-20T12:00:00+08:00"               # the app's clock
         assert sum(g["ratings"] for g in body["data"]) == want.ratings
         assert sum(g["prompts"] for g in body["data"]) == want.prompts
     status, body = api.get("/aggregates", by="clerk", hall="hf02")
