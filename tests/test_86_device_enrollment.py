@@ -186,3 +186,84 @@ def test_a_refused_enrollment_keeps_them_held_with_the_reason(chain: Chain, tmp_
         assert [d for _s, _r, d in rows[:3]] == [decision] * 3
         assert rows[3][2] is None                    # arrived after the decision: no decision on it yet
         assert enroll.get(conn, e.id).state == "refused"
+
+
+# --- the technician's tool on a real keypad, to the platform's approval -----------------------------------
+
+@pytest.fixture
+def hall(tmp_path: Path) -> Iterator[Chain]:
+    from device_helpers import hall_with_gateway_process
+
+    yield from hall_with_gateway_process(tmp_path)
+
+
+def _enroll_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    import argparse
+
+    from countersign.province.enroll_cli import register
+
+    ap = argparse.ArgumentParser()
+    register(ap.add_subparsers(dest="cmd", required=True))
+    args = ap.parse_args(["enroll", *argv])
+    rc = int(args.func(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_provision_with_an_enrollment_record_rate_then_approve(hall: Chain, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`device provision --enrollment-dir` (no --registry) on the real firmware over its virtual USB cable;
+    the keypad rates at once; the province holds the rating; the administrator imports the file the tool
+    wrote and approves: counted."""
+    from device_helpers import blank_keypad, hall_args, host, power_cycle, run, wait_reset
+
+    fw = blank_keypad(hall.cfg.workdir / "keypads" / "new", hall.hall_port, hall.port())
+    hall.fw["new"] = fw                               # stopped with the chain
+    port = host(fw)
+    rc, _out, err = run(capsys, "flash", "--port", port)
+    assert rc == 0, err
+    args = hall_args(hall)
+    i = args.index("--registry")
+    del args[i:i + 2]                                 # the province's registry is not the tool's to write
+    records = tmp_path / "records"
+    mark = fw.mark()
+    rc, out, err = run(capsys, "provision", "--port", port, "--window", "5", "--option",
+                       f"sim_port={fw.cfg.sim_port}", "--enrollment-dir", str(records),
+                       "--technician", "李工", *args)
+    assert rc == 0, err
+    m = re.search(r"provisioned (hf01-[0-9a-f]{6}): hall hf01, window 5, epoch 1", out)
+    assert m, out
+    dev = m.group(1)
+    assert wait_reset(fw, mark)
+    key = (fw.cfg.folder / "device.key").read_bytes()
+    path = records / f"{dev}-e1.enroll.json"
+    assert f"enrollment record {path}" in out and key.hex() not in out + err
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    rec = EnrollmentRecord.parse(path.read_bytes())
+    assert (rec.device, rec.hall, rec.window, rec.epoch, rec.key, rec.technician) == \
+        (dev, "hf01", "5", 1, key, "李工")
+    assert dev not in Keystore.load(hall.registry_path).devices
+
+    mark = power_cycle(fw)
+    assert fw.wait_line(r"CS:LINK up", 20, start=mark), fw.lines[mark:]
+    gw = hall.gateway
+    assert gw is not None and gw.wait_until(lambda: dev in gw.status()["devices"], 15)
+    hall.sign_in("5", "10005", "陈静")                # as the roster has them (sim.chain.roster_rows)
+    assert fw.wait_line(r"CS:SESSION clerk=10005", 10, start=mark), fw.lines[mark:]
+    seq = fw.invite_and_rate(3)
+    assert fw.wait_line(rf"CS:STORED seq={seq}\b", 30, start=mark), fw.lines[mark:]
+    assert hall.wait_settled(60)                      # the gateway's batch is acked by the province
+    db = _db(hall)
+    with db.connect() as conn:
+        assert conn.all("SELECT seq, state, reason FROM held WHERE device = ?", (dev,)) == \
+            [(seq, "held", "unknown-device")]
+        assert _counted(conn, dev) == []
+    rc, out, err = _enroll_cli(capsys, "import", str(path), "--db", db.url)
+    assert rc == 0, err
+    assert re.match(rf"enrollment (\d+): {dev} \(hall hf01, window 5, epoch 1\) by 李工, pending", out), out
+    enrollment_id = re.match(r"enrollment (\d+)", out).group(1)  # type: ignore[union-attr]
+    rc, out, err = _enroll_cli(capsys, "approve", enrollment_id, "--db", db.url)
+    assert rc == 0 and "held ratings counted 1" in out, err
+    with db.connect() as conn:
+        assert _counted(conn, dev) == [(1, seq)] and _report_ratings(conn, dev) == 1
+        assert conn.scalar("SELECT score FROM ratings WHERE device = ?", (dev,)) == 3
