@@ -57,6 +57,7 @@ from . import (
     pages_rankings,
     pages_reconcile,
     pages_trends,
+    pages_users,
     users,
 )
 from .db import Conn, Database
@@ -78,7 +79,7 @@ MAX_FORM_FIELD = 4096
 # The platform's page modules, each ``routes(web)``. A module another part of issue 12 adds is listed
 # here when it lands (never found by looking for it at run time).
 PAGE_MODULES: tuple[ModuleType, ...] = (pages_overview, pages_drill, pages_rankings, pages_trends,
-                                        pages_dissatisfied, pages_fleet, pages_reconcile)
+                                        pages_dissatisfied, pages_fleet, pages_reconcile, pages_users)
 API_PREFIX = "/api/v1"
 
 # The navigation bar: (path, label, admin only), shown for the modules mounted.
@@ -91,6 +92,7 @@ NAV: dict[str, list[tuple[str, str, bool]]] = {
     "pages_fleet": [("/fleet", "评价器 Keypads", False)],
     "pages_reconcile": [("/reconcile", "对账 Reconciliation", False)],
     "pages_enroll": [("/enrollments", "设备登记 Enrollments", True), ("/held", "暂存评价 Held", True)],
+    "pages_users": [("/users", "账户 Accounts", True)],
 }
 AUDIT_NAV = ("/audit", "审计日志 Audit log", True)
 

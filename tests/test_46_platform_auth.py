@@ -377,3 +377,45 @@ def test_the_demo_serves_a_runs_database_with_a_log_in_per_role(province_db: Dat
             assert cell(html, "summary-total", "ratings") == "2", name
     finally:
         demo.stop()
+
+
+def test_accounts_page_changes_need_the_csrf_token_and_are_audited(
+        platform: tuple[PlatformServer, Filler, Clock], province_db: Database) -> None:
+    server, _, _ = platform
+    admin = Client(server.url)
+    assert admin.log_in("admin") == 303
+    assert admin.get("/users")[0] == 200
+    new = {"username": "mgr-hf02", "name": "合肥西 厅长", "role": "hall", "hall": "hf02",
+           "password": "hf02 manager password"}
+    # without the token, or with another session's: 403 and no account, no audit row
+    assert admin.post("/users", new)[0] == 403
+    other = Client(server.url)
+    other.get("/login")
+    assert admin.post("/users", {**new, "csrf": other.csrf})[0] == 403
+    with province_db.connect() as conn:
+        assert conn.scalar("SELECT COUNT(*) FROM users WHERE username = 'mgr-hf02'") == 0
+    assert audit_rows(province_db, "user.add") == [("test", u) for u in ("admin", "hefei", "mgr-hf01",
+                                                                         "mgr-wh01")]
+    # a hall manager holding a good token is still not an administrator
+    m = Client(server.url)
+    assert m.log_in("mgr-hf01") == 303
+    m.get("/")
+    assert m.post("/users", {**new, "csrf": m.csrf})[0] == 403 and m.get("/users")[0] == 403
+    # with the token: added, audited under the administrator's name; the new account logs in
+    admin.get("/users")
+    assert admin.post("/users", {**new, "csrf": admin.csrf})[0] == 303
+    assert ("admin", "mgr-hf02") in audit_rows(province_db, "user.add")
+    hf02 = Client(server.url)
+    assert hf02.log_in("mgr-hf02", "hf02 manager password") == 303 and hf02.get("/drill/hall/hf02")[0] == 200
+    # a bad scope is refused with the reason, nothing added
+    status, body, _ = admin.post("/users", {**new, "username": "x", "hall": "", "csrf": admin.csrf})
+    assert status == 400 and "needs a value" in body
+    # disabling ends the account's session at once; an administrator cannot disable themself here
+    assert admin.post("/users/mgr-hf02/disable", {"csrf": admin.csrf})[0] == 303
+    assert hf02.get("/")[0] == 303
+    assert ("admin", "mgr-hf02") in audit_rows(province_db, "user.disable")
+    assert admin.post("/users/admin/disable", {"csrf": admin.csrf})[0] == 400
+    assert admin.post("/users/mgr-hf02/frobnicate", {"csrf": admin.csrf})[0] == 404
+    assert admin.post("/users/mgr-hf02/remove", {})[0] == 403
+    assert admin.post("/users/mgr-hf02/remove", {"csrf": admin.csrf})[0] == 303
+    assert audit_rows(province_db, "user.remove") == [("admin", "mgr-hf02")]

@@ -199,7 +199,7 @@ def test_a_phone_width_has_no_horizontal_scroll(platform: tuple[PlatformServer, 
     log_in(browser, server.url, "admin")
     browser.set_window_size(375, 800)
     for path in ("/?period=today", "/drill/hall/hf01/window/1/clerk/10001?period=today", "/dissatisfied",
-                 "/ratings/1", "/audit"):
+                 "/ratings/1", "/audit", "/users"):
         browser.get(server.url + path)
         wait_text(browser, "h1", bool)
         no_horizontal_scroll(browser)
