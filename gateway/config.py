@@ -45,6 +45,7 @@ class GatewayConfig:
     batch_size: int = 500                     # entries per signed uplink batch
     retry_s: float = 10.0
     backlog_threshold: int = 10_000
+    report_every_s: float = 300.0             # keypad figures / backlog to the province at most this often
     storage_min_free_bytes: int = 200 * 1024 * 1024
     prompt_timeout_default: int = 20
     prompt_timeout_min: int = 10

@@ -28,6 +28,7 @@ from .identity import Caller
 from .ingest import Ingest
 from .notify import Notifier
 from .page import hall_page_routes
+from .reports import ReportConfig
 from .roster import Roster
 from .stats import Stats
 from .store import Store
@@ -68,7 +69,9 @@ class Gateway:
                 uplink_host=config.uplink_host, uplink_port=config.uplink_port,
                 uplink_password=config.uplink_password, batch_size=config.batch_size,
                 retry_s=config.retry_s, backlog_threshold=config.backlog_threshold,
-                now_ms=config.now_ms, on_alarm=self._on_alarm))
+                now_ms=config.now_ms, on_alarm=self._on_alarm,
+                reports=ReportConfig(self.keystore, config.timezone, config.heartbeat_s,
+                                     config.report_every_s)))
         self.ingest = Ingest(config, self.store, self.keystore, self._stats, self._committed, self._fatal,
                              self.watch)
         self.credentials = Credentials(config.tokens_path)
@@ -162,6 +165,8 @@ class Gateway:
         with self._ks_lock:
             self._ks = ks
         log.info("keystore reloaded: %d devices", len(ks.devices))
+        if self.forwarder is not None:
+            self.forwarder.wake()      # a device added: its enrollment notice goes now
 
     def device_for_window(self, window: str) -> str:
         for dev, dk in sorted(self.keystore().devices.items()):

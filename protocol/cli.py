@@ -144,10 +144,18 @@ def _context_json(c: Context) -> dict[str, Any]:
             "service_name": _service_name(c.service), "txn": c.txn, "prompt_ms": c.prompt_ms}
 
 
+_REPORT_KINDS: dict[type, str] = {
+    batch.KeypadStatusEntry: "keypad-status", batch.GatewayStatusEntry: "gateway-status",
+    batch.DayCountEntry: "day-count", batch.EnrollEntry: "enroll"}
+
+
 def _entry_json(i: int, e: batch.Entry, keys: Keys) -> tuple[dict[str, Any], ProtocolError | None]:
     if isinstance(e, batch.PromptEntry):
         return {"index": i, "kind": "prompt", "prompt": e.prompt, "device": e.device,
                 **_context_json(e.ctx), "timeout": e.timeout}, None
+    if not isinstance(e, batch.DeviceEntry):
+        # The gateway's own reports (PROTOCOL.md 9.4): their fields as decoded, no MAC to check.
+        return {"index": i, "kind": _REPORT_KINDS[type(e)], **vars(e)}, None
     d: dict[str, Any] = {"index": i, "kind": "device-message", "received_ms": e.received_ms,
                          **_context_json(e.ctx), "msg_hex": e.msg.hex()}
     try:
