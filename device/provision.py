@@ -14,9 +14,11 @@ Steps, in this order (each one a raw-REPL command over the keypad's serial port,
    instant the keypad becomes provisioned. A keypad cut off at any point before it boots
    ``CS:UNPROVISIONED`` and can be provisioned again without ``--force``;
 4. read both files back and compare;
-5. only then register the key: gateway keystore, province registry, broker passwd/acl, SIGHUPs
-   (hall.py). If that fails the keypad's config.json and key are removed again (roll back), so no
-   keypad is left half provisioned and none keeps a key a file may list;
+5. only then register the key: gateway keystore, the technician's enrollment record
+   (``--enrollment-dir``: the file the platform's administrator uploads and approves; enrollment.py),
+   province registry (``--registry``: the single small deployment's shortcut, approved at once), broker
+   passwd/acl, SIGHUPs (hall.py). If that fails the keypad's config.json and key are removed again
+   (roll back), so no keypad is left half provisioned and none keeps a key a file may list;
 6. the keypad is reset (machine.reset(), a simulated keypad too): it boots in normal mode;
 7. the label (label.py).
 

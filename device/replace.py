@@ -18,7 +18,8 @@ D1's id again, in both cases with epoch e+1 and a new key. In order:
 3. D2 is provisioned (provision.py) on ``--port`` (the same port for ``--same-id``: its old outbox and
    counters are wiped only now, after step 1), and in the same write of each hall file D1 is revoked
    (keystore and registry ``revoked: true``, its broker password line removed) and D2 added; SIGHUPs.
-   With ``--same-id`` the entry is re-keyed instead (the old key is gone from every file).
+   With ``--same-id`` the entry is re-keyed instead (the old key is gone from every file). With
+   ``--enrollment-dir`` D2's enrollment record (its new key and epoch) is written there, as by provision.
 
 Known limit (``--same-id``): the province registry holds one key per device id, so ratings of epoch e
 that the gateway has not yet forwarded would fail the province's MAC check after the re-key. The tool
