@@ -60,6 +60,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-persistence", action="store_true")
     p.set_defaults(func=cmd_broker_config)
 
+    # The platform's commands, each module adding its own (halls, enrollments, web and accounts, API).
+    from . import api_cli, enroll_cli, halls, web_cli
+
+    halls.add_parser(sub)
+    enroll_cli.register(sub)
+    web_cli.register(sub)
+    api_cli.register(sub)
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import ProvinceConfig

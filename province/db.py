@@ -52,7 +52,8 @@ class DatabaseConfigError(ProvinceError, ValueError):
 
 
 class Cursor(Protocol):
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 
@@ -75,14 +76,14 @@ class Conn:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         if isinstance(self.raw, sqlite3.Connection):
             return self.raw.execute(sql, tuple(params))
-        return self.raw.execute(_pg_sql(sql), tuple(params))   # type: ignore[arg-type]
+        return self.raw.execute(_pg_sql(sql), tuple(params))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if isinstance(self.raw, sqlite3.Connection):
             self.raw.executemany(sql, rows)
         else:
             with self.raw.cursor() as cur:
-                cur.executemany(_pg_sql(sql), rows)   # type: ignore[arg-type]
+                cur.executemany(_pg_sql(sql), rows)
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.execute(sql, params).fetchone()
