@@ -52,6 +52,7 @@ from . import (
     migrations,
     pages_dissatisfied,
     pages_drill,
+    pages_enroll,
     pages_fleet,
     pages_overview,
     pages_rankings,
@@ -79,7 +80,8 @@ MAX_FORM_FIELD = 4096
 # The platform's page modules, each ``routes(web)``. A module another part of issue 12 adds is listed
 # here when it lands (never found by looking for it at run time).
 PAGE_MODULES: tuple[ModuleType, ...] = (pages_overview, pages_drill, pages_rankings, pages_trends,
-                                        pages_dissatisfied, pages_fleet, pages_reconcile, pages_users)
+                                        pages_dissatisfied, pages_fleet, pages_reconcile, pages_enroll,
+                                        pages_users)
 API_PREFIX = "/api/v1"
 
 # The navigation bar: (path, label, admin only), shown for the modules mounted.
@@ -91,7 +93,7 @@ NAV: dict[str, list[tuple[str, str, bool]]] = {
     "pages_dissatisfied": [("/dissatisfied", "不满意评价 Dissatisfied", False)],
     "pages_fleet": [("/fleet", "评价器 Keypads", False)],
     "pages_reconcile": [("/reconcile", "对账 Reconciliation", False)],
-    "pages_enroll": [("/enrollments", "设备登记 Enrollments", True), ("/held", "暂存评价 Held", True)],
+    "pages_enroll": [("/enrollments", "设备登记 Enrollments", True), ("/held", "暂存评价 Held", False)],
     "pages_users": [("/users", "账户 Accounts", True)],
 }
 AUDIT_NAV = ("/audit", "审计日志 Audit log", True)
