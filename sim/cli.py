@@ -139,10 +139,14 @@ def _hall(args: argparse.Namespace) -> int:
 
 
 def _serve(rep: dict[str, Any], page: dict[str, str]) -> None:
-    """The demo's end: the verdict, then the hall page with this run's data until Ctrl-C."""
+    """The demo's end: the verdict, then the hall page and the provincial platform with this run's data
+    until Ctrl-C."""
+    from countersign.province.web_demo import serve_demo
+
     print(hall_summary(rep), flush=True)
+    platform = serve_demo(Path(page["province_db"]), Path(page["province_dir"]))
     print(f"\nhall page: {page['url']}  log-in: {page['user']}, password in {page['password_file']}\n"
-          f"counter API token: {page['api_token_file']}\n"
+          f"counter API token: {page['api_token_file']}\n" + "\n".join(platform.lines()) + "\n"
           "serving until Ctrl-C (make demo DEMO_EXIT=1 ends at once)", flush=True)
     try:
         threading.Event().wait()
@@ -150,6 +154,8 @@ def _serve(rep: dict[str, Any], page: dict[str, str]) -> None:
         # A second Ctrl-C (or the terminal's to the whole group) must not cut the teardown short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("stopping the hall", flush=True)
+    finally:
+        platform.stop()
 
 
 def _province(args: argparse.Namespace) -> int:

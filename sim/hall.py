@@ -223,7 +223,9 @@ class HallRun:
         """Where the hall page is and how to log in (the password by its file: never printed)."""
         h = self.chain.first
         return {"url": f"http://127.0.0.1:{h.http_port}/", "user": PAGE_USER,
-                "password_file": str(h.page_password_path), "api_token_file": str(h.token_path)}
+                "password_file": str(h.page_password_path), "api_token_file": str(h.token_path),
+                "province_db": str(self.chain.cfg.workdir / "province" / "province.db"),
+                "province_dir": str(self.chain.cfg.workdir / "province")}
 
     def _run(self, progress: Callable[[float], None] | None, capture: Capture | None,
              observer: Any, hold: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:

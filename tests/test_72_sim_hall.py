@@ -196,6 +196,12 @@ def test_demo_serves_the_hall_page_with_the_runs_data_until_ctrl_c(tmp_path: Pat
         m = re.search(r"hall page: (http://\S+)\s+log-in: (\S+), password in (\S+)", text)
         assert m is not None, text[-2000:]
         url, user, pw_file = m.group(1), m.group(2), Path(m.group(3))
+        # The provincial platform over the run's province database, its log-ins by name only.
+        pm = re.search(r"platform: (http://\S+)\s+log-ins: demo-province", text)
+        assert pm is not None, text[-2000:]
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(pm.group(1) + "login",
+                                                                               timeout=10) as r:
+            assert r.status == 200 and "csrf" in r.read().decode()
         password = pw_file.read_text().strip()
         assert password not in text and (pw_file.stat().st_mode & 0o777) == 0o600
         jar = http.cookiejar.CookieJar()
