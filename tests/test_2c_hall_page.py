@@ -14,15 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_helpers import chromium, wait_text
 from conftest import device_key, make_keystore
 from gw_helpers import Device, rating, rows, start_gateway, write_config
-from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
 from test_2b_alarms import health
 
 from countersign.gateway.api import create_app
@@ -36,7 +32,6 @@ from countersign.gateway.users import Users
 from countersign.protocol.keystore import Keystore
 from countersign.sim.broker import Mosquitto
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 A, KA = "hf01-w01", device_key(1)
 USER, PASSWORD = "wang.li", "correct horse battery"
 
@@ -69,33 +64,8 @@ def hall(tmp_path: Path, hall_broker: Callable[[Keystore], Mosquitto]) -> Iterat
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        pytest.fail(f"{CHROMIUM} or {CHROMEDRIVER} is missing: `make test` installs Debian's chromium and "
-                    "chromium-driver (or: sudo apt-get install chromium chromium-driver)")
-    opts = Options()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,900"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    try:
+    with chromium(tmp_path) as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def wait_text(driver: WebDriver, css: str, predicate: Callable[[str], bool], timeout: float = 20) -> str:
-    def check(d: WebDriver) -> str | None:
-        els = d.find_elements(By.CSS_SELECTOR, css)
-        text = els[0].text if els else None
-        return text if text is not None and predicate(text) else None
-
-    # The page swaps its fragments every few seconds (htmx): an element found can be replaced before its
-    # text is read, so a stale element is one more try, not a failure.
-    wait = WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,))
-    got: str = wait.until(check, f"no {css} as expected")
-    return got
 
 
 def texts(driver: WebDriver, *css: str) -> list[str | None]:

@@ -9,24 +9,18 @@ from __future__ import annotations
 import http.cookiejar
 import io
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import openpyxl
 import pytest
+from browser_helpers import chromium, click, wait_text
 from platform_helpers import PASSWORD, Clock, Filler, fill, start
-from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
 
 from countersign.province.db import Database
 from countersign.province.web import PlatformServer
-
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 @pytest.fixture
@@ -41,38 +35,8 @@ def platform(province_db: Database, tmp_path: Path) -> Iterator[tuple[PlatformSe
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        pytest.fail(f"{CHROMIUM} or {CHROMEDRIVER} is missing: `make test` installs Debian's chromium and "
-                    "chromium-driver (or: sudo apt-get install chromium chromium-driver)")
-    opts = Options()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,900"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    try:
+    with chromium(tmp_path) as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def wait_text(driver: WebDriver, css: str, predicate: Callable[[str], bool], timeout: float = 25) -> str:
-    def check(d: WebDriver) -> str | None:
-        els = d.find_elements(By.CSS_SELECTOR, css)
-        text = els[0].text if els else None
-        return text if text is not None and predicate(text) else None
-
-    # The overview's figures are swapped by htmx every 10 s: an element found can be replaced before its
-    # text is read, so a stale element is one more try, not a failure.
-    wait = WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,))
-    got: str = wait.until(check, f"no {css} as expected")
-    return got
-
-
-def click(driver: WebDriver, css: str) -> None:
-    WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
-        lambda d: d.find_element(By.CSS_SELECTOR, css).click() or True, f"no {css} to click")
 
 
 def log_in(driver: WebDriver, base: str, name: str) -> None:

@@ -9,11 +9,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from browser_helpers import chromium
 from platform_helpers import NOW_MS, PASSWORD, Clock, fill, start
-from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -21,7 +19,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 from countersign.province.db import Database
 from countersign.province.web import PlatformServer
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 DAY_S = 86_400
 
 
@@ -42,21 +39,8 @@ def platform(tmp_path: Path) -> Iterator[PlatformServer]:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        pytest.fail(f"{CHROMIUM} or {CHROMEDRIVER} is missing: `make test` installs Debian's chromium and "
-                    "chromium-driver (or: sudo apt-get install chromium chromium-driver)")
-    opts = Options()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,900"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})    # CSP violations land in the console
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    try:
+    with chromium(tmp_path, console=True) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def until(driver: WebDriver, what: str, check: Callable[[WebDriver], object], timeout: float = 20) -> object:
