@@ -29,6 +29,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from countersign.common.webauth import LoginLimiter
 from countersign.protocol.keystore import Keystore
 from countersign.protocol.messages import SCORE_NAMES_ZH
 
@@ -36,7 +37,7 @@ from .config import GatewayConfig
 from .hallview import HallView, Tally
 from .hours import zone
 from .store import Store
-from .users import MAX_PASSWORD, LoginLimiter, Users, UsersError, session_secret
+from .users import MAX_PASSWORD, Users, UsersError, session_secret
 
 log = logging.getLogger("countersign.gateway.page")
 

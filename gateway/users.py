@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from countersign.common import webauth
 from countersign.protocol.keystore import write_atomic
 
 from .errors import GatewayError
@@ -29,7 +30,6 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P, HASH_BYTES = 2 ** 14, 8, 1, 32
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
-SECRET_BYTES = 32
 
 
 class UsersError(GatewayError, ValueError):
@@ -147,46 +147,6 @@ def _parse(path: Path) -> dict[str, _Account]:
 def session_secret(path: Path) -> bytes:
     """The hall page's cookie-signing key, created (0600) on first use: sessions outlive a restart."""
     try:
-        text = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        text = secrets.token_hex(SECRET_BYTES)
-        write_atomic(path, text + "\n", 0o600)
-    except OSError as exc:
-        raise UsersError(f"cannot read the page's session secret {path}: {exc}") from exc
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) < 16:
-        raise UsersError(f"{path} does not hold a session secret (delete it: a new one is made)")
-    return key
-
-
-class LoginLimiter:
-    """Per account: after ``free`` failures in a row, each further try waits ``base_s`` doubling, up to
-    ``max_s``; a success resets it. Kept in memory (a restart forgives, which costs a restart)."""
-
-    def __init__(self, free: int = 5, base_s: float = 30.0, max_s: float = 900.0) -> None:
-        self.free, self.base_s, self.max_s = free, base_s, max_s
-        self._lock = threading.Lock()
-        self._fails: dict[str, tuple[int, float]] = {}       # name -> (failures, monotonic of the last)
-
-    def wait_s(self, name: str) -> float:
-        """Seconds until ``name`` may try again (0: now)."""
-        with self._lock:
-            n, last = self._fails.get(name, (0, 0.0))
-        if n < self.free:
-            return 0.0
-        delay = min(self.max_s, self.base_s * 2.0 ** (n - self.free))
-        return max(0.0, last + delay - time.monotonic())
-
-    def failed(self, name: str) -> None:
-        with self._lock:
-            n, _ = self._fails.get(name, (0, 0.0))
-            if len(self._fails) > 10_000 and name not in self._fails:
-                return           # invented names cannot grow this without bound
-            self._fails[name] = (n + 1, time.monotonic())
-
-    def succeeded(self, name: str) -> None:
-        with self._lock:
-            self._fails.pop(name, None)
+        return webauth.session_secret(path, "page's session secret")
+    except webauth.SessionSecretError as exc:
+        raise UsersError(str(exc)) from exc

@@ -36,7 +36,33 @@ from .db import Database
 from .errors import ConfigError
 from .period import DEFAULT_TZ
 
-__all__ = ["ConfigError", "ProvinceConfig", "worker_username"]
+__all__ = ["ConfigError", "ProvinceConfig", "database_and_zone", "read_toml", "worker_username"]
+
+
+def read_toml(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """The province TOML file's tables, and the folder its relative paths are taken from."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8")), path.parent
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read province config {path}: {exc}") from exc
+
+
+def database_and_zone(data: dict[str, Any], base: Path) -> tuple[Database, str]:
+    """``database`` (or the older ``db``) and ``timezone``: the receiver and the web app read the same
+    keys. A URL is kept as it is; a path is taken from the config file's folder like the other paths."""
+    if "database" in data and "db" in data:
+        raise ConfigError("config has both 'database' and 'db'; keep 'database'")
+    url = data.get("database", data.get("db"))
+    if not isinstance(url, str) or not url:
+        raise ConfigError("config needs 'database' (an SQLite path or a postgresql:// URL)")
+    database = Database(url)
+    if database.dialect == "sqlite" and not url.startswith("sqlite://"):
+        database = Database(str(base / url))
+    tz = data.get("timezone", DEFAULT_TZ)
+    if not isinstance(tz, str):
+        raise ConfigError("timezone must be text, e.g. \"Asia/Shanghai\"")
+    return database, tz
 
 
 def worker_username(base: str, n: int) -> str:
@@ -85,12 +111,8 @@ class ProvinceConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ProvinceConfig:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read province config {path}: {exc}") from exc
-        return cls.from_dict(data, base=path.parent)
+        data, base = read_toml(path)
+        return cls.from_dict(data, base=base)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> ProvinceConfig:
@@ -100,18 +122,7 @@ class ProvinceConfig:
                 raise ConfigError(f"config needs '{key}' (a path)")
             return base / v
 
-        # A URL is kept as it is; a path is taken from the config file's folder like the other paths.
-        if "database" in data and "db" in data:
-            raise ConfigError("config has both 'database' and 'db'; keep 'database'")
-        url = data.get("database", data.get("db"))
-        if not isinstance(url, str) or not url:
-            raise ConfigError("config needs 'database' (an SQLite path or a postgresql:// URL)")
-        database = Database(url)
-        if database.dialect == "sqlite" and not url.startswith("sqlite://"):
-            database = Database(str(base / url))
-        tz = data.get("timezone", DEFAULT_TZ)
-        if not isinstance(tz, str):
-            raise ConfigError("timezone must be text, e.g. \"Asia/Shanghai\"")
+        database, tz = database_and_zone(data, base)
 
         broker = data.get("broker", {})
         if not isinstance(broker, dict):

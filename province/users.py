@@ -12,13 +12,12 @@ minutes per handful of tries whichever address the guesses come from.
 from __future__ import annotations
 
 import re
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from countersign.common.webauth import LoginLimiter
 
 from . import audit
 from .db import Conn
@@ -168,32 +167,3 @@ def session_user(conn: Conn, uid: int, gen: int) -> User | None:
     return User(int(row[0]), row[1], row[2], row[3], row[4])
 
 
-class LoginLimiter:
-    """Per account: after ``free`` failures in a row, each further try waits ``base_s`` doubling, up to
-    ``max_s``; a success resets it. Kept in memory per server process."""
-
-    def __init__(self, free: int = 5, base_s: float = 30.0, max_s: float = 900.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.free, self.base_s, self.max_s, self.clock = free, base_s, max_s, clock
-        self._lock = threading.Lock()
-        self._fails: dict[str, tuple[int, float]] = {}       # name -> (failures, clock of the last)
-
-    def wait_s(self, name: str) -> float:
-        """Seconds until ``name`` may try again (0: now)."""
-        with self._lock:
-            n, last = self._fails.get(name, (0, 0.0))
-        if n < self.free:
-            return 0.0
-        delay = min(self.max_s, self.base_s * 2.0 ** (n - self.free))
-        return max(0.0, last + delay - self.clock())
-
-    def failed(self, name: str) -> None:
-        with self._lock:
-            n, _ = self._fails.get(name, (0, 0.0))
-            if len(self._fails) > 10_000 and name not in self._fails:
-                return           # invented names cannot grow this without bound
-            self._fails[name] = (n + 1, self.clock())
-
-    def succeeded(self, name: str) -> None:
-        with self._lock:
-            self._fails.pop(name, None)

@@ -20,22 +20,20 @@ Relative paths are taken from the config file's folder.
 
 from __future__ import annotations
 
-import secrets
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from countersign.protocol.keystore import write_atomic
+from countersign.common import webauth
 
+from .config import database_and_zone, read_toml
 from .db import Database
 from .errors import ConfigError
 from .period import DEFAULT_TZ
 
 __all__ = ["WebConfig", "session_secret"]
 
-SECRET_BYTES = 32
 
 
 @dataclass
@@ -66,26 +64,12 @@ class WebConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> WebConfig:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read province config {path}: {exc}") from exc
-        return cls.from_dict(data, base=path.parent)
+        data, base = read_toml(path)
+        return cls.from_dict(data, base=base)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> WebConfig:
-        if "database" in data and "db" in data:
-            raise ConfigError("config has both 'database' and 'db'; keep 'database'")
-        url = data.get("database", data.get("db"))
-        if not isinstance(url, str) or not url:
-            raise ConfigError("config needs 'database' (an SQLite path or a postgresql:// URL)")
-        database = Database(url)
-        if database.dialect == "sqlite" and not url.startswith("sqlite://"):
-            database = Database(str(base / url))
-        tz = data.get("timezone", DEFAULT_TZ)
-        if not isinstance(tz, str):
-            raise ConfigError("timezone must be text, e.g. \"Asia/Shanghai\"")
+        database, tz = database_and_zone(data, base)
         web = data.get("web", {})
         if not isinstance(web, dict):
             raise ConfigError("[web] must be a table")
@@ -126,16 +110,6 @@ def _bool(v: Any, name: str) -> bool:
 def session_secret(path: Path) -> bytes:
     """The cookie-signing key, created (0600) on first use, so sessions outlive a restart."""
     try:
-        text = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        text = secrets.token_hex(SECRET_BYTES)
-        write_atomic(path, text + "\n", 0o600)
-    except OSError as exc:
-        raise ConfigError(f"cannot read the platform's session secret {path}: {exc}") from exc
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) < 16:
-        raise ConfigError(f"{path} does not hold a session secret (delete it: a new one is made)")
-    return key
+        return webauth.session_secret(path, "platform's session secret")
+    except webauth.SessionSecretError as exc:
+        raise ConfigError(str(exc)) from exc
