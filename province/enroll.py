@@ -298,13 +298,8 @@ def _verified(row: tuple[object, ...] | list[object], kid: bytes, key: bytes, e:
     r = held_rating_row(row)
     if r is None or (r.epoch, r.seq) != (msg.epoch, msg.seq):
         return "bad-entry", "the held copy's fields do not match its verified payload"
-    rating = msg if isinstance(msg, messages.Rating) else None
     # The verified payload's own values, never the ones read before the MAC check.
-    return RatingRow(device=e.device, epoch=msg.epoch, seq=msg.seq, kind="rating" if rating else "no-rating",
-                     score=rating.score if rating else None, scale=rating.scale if rating else None,
-                     prompt=msg.prompt, press_s=msg.time, delay_ms=msg.delay, boot=msg.boot, hall=r.hall,
-                     ctx=r.ctx, received_ms=r.received_ms, batch_hall=r.batch_hall, batch_id=r.batch_id,
-                     cose=cose_bytes)
+    return RatingRow.of(msg, e.device, r.hall, r.ctx, r.received_ms, r.batch_hall, r.batch_id, cose_bytes)
 
 
 def refuse(conn: Conn, enrollment_id: int, actor: str, reason: str, now_ms: int) -> Enrollment:

@@ -189,13 +189,7 @@ def _device_row(registry: Keystore, hall: str, b: batch.Batch, e: batch.DeviceEn
         raise EntryRejected(f"{type(msg).__name__} is not a rating", "not-a-rating")
     if msg.epoch > dk.epoch:
         raise EntryRejected(f"epoch {msg.epoch} is newer than the registered {dk.epoch}", "future-epoch")
-    rating = msg if isinstance(msg, messages.Rating) else None
-    return st.RatingRow(
-        device=device, epoch=msg.epoch, seq=msg.seq, kind="rating" if rating else "no-rating",
-        score=rating.score if rating else None, scale=rating.scale if rating else None, prompt=msg.prompt,
-        press_s=msg.time, delay_ms=msg.delay, boot=msg.boot, hall=hall, ctx=e.ctx, received_ms=e.received_ms,
-        batch_hall=hall,
-        batch_id=b.batch, cose=e.msg)
+    return st.RatingRow.of(msg, device, hall, e.ctx, e.received_ms, hall, b.batch, e.msg)
 
 
 @dataclass

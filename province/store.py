@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from countersign.protocol.context import Context
+from countersign.protocol.messages import NoRating, Rating
 from countersign.protocol.outcome import Outcome
 
 from .db import Conn
@@ -53,6 +54,16 @@ class RatingRow:
     batch_hall: str
     batch_id: int
     cose: bytes
+
+    @classmethod
+    def of(cls, msg: Rating | NoRating, device: str, hall: str, ctx: Context, received_ms: int,
+           batch_hall: str, batch_id: int, cose: bytes) -> RatingRow:
+        """The row of a verified outcome: its fields from the device's own payload."""
+        rating = msg if isinstance(msg, Rating) else None
+        return cls(device=device, epoch=msg.epoch, seq=msg.seq, kind="rating" if rating else "no-rating",
+                   score=rating.score if rating else None, scale=rating.scale if rating else None,
+                   prompt=msg.prompt, press_s=msg.time, delay_ms=msg.delay, boot=msg.boot, hall=hall,
+                   ctx=ctx, received_ms=received_ms, batch_hall=batch_hall, batch_id=batch_id, cose=cose)
 
 
 @dataclass(frozen=True)
