@@ -134,6 +134,23 @@ def layout() -> Iterator[Layout]:
         shutil.rmtree(root)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _checkout_reachable() -> Iterator[None]:
+    """The service users run this checkout's code: every folder above it must let them pass (a clone in
+    `mktemp -d`'s 0700 folder would not). Search permission only (o+x: nothing is listed), put back after."""
+    changed: list[tuple[Path, int]] = []
+    for d in [*REPO.parents, *Path(sysconfig.get_paths()["purelib"]).parents]:
+        mode = d.stat().st_mode
+        if d not in (p for p, _ in changed) and not mode & stat.S_IXOTH:
+            changed.append((d, stat.S_IMODE(mode)))
+            d.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+    try:
+        yield
+    finally:
+        for d, mode in reversed(changed):
+            d.chmod(mode)
+
+
 def _as_user_python(user: str, code: str, *args: str) -> list[str]:
     """argv running ``code`` with this checkout's packages as ``user``.
 
