@@ -10,9 +10,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .errors import ConfigError
+from countersign.common.hours import parse_days as common_parse_days
 
-DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -51,21 +51,10 @@ def local_day_start_ms(now_ms: int, tz: ZoneInfo) -> int:
 
 
 def parse_days(spec: str) -> frozenset[int]:
-    """``mon-sat``, ``mon-fri,sun``, ``sat``: ranges and single days, comma separated."""
-    out: set[int] = set()
-    for part in spec.lower().replace(" ", "").split(","):
-        ends = part.split("-")
-        try:
-            idx = [DAY_NAMES.index(e) for e in ends]
-        except ValueError:
-            raise ConfigError(f"hours.days: {part!r} is not a day or range like mon-sat") from None
-        if len(idx) == 1:
-            out.add(idx[0])
-        elif len(idx) == 2 and idx[0] <= idx[1]:
-            out.update(range(idx[0], idx[1] + 1))
-        else:
-            raise ConfigError(f"hours.days: {part!r} is not a range like mon-sat")
-    return frozenset(out)
+    try:
+        return common_parse_days(spec)
+    except ValueError as exc:
+        raise ConfigError(f"hours.days: {exc}") from None
 
 
 def _time(text: str, key: str) -> dt.time:

@@ -216,11 +216,133 @@ def _one_outcome_per_prompt(conn: Conn, _tz: ZoneInfo) -> None:
         log.warning("schema 3: %d second outcome(s) of a prompt moved to held (prompt-reused)", len(later))
     conn.execute("CREATE UNIQUE INDEX ratings_one_outcome ON ratings (hall, prompt) WHERE prompt > 0")
 
+# The supervision loop (issue 13): alerts and their deliveries, cases (通报 -> 整改 -> 复核 -> 关闭), appeals,
+# integrity flags, business hours per hall and the working-day calendar's corrections, assessment weights.
+# Every stored rating is queued (in its own transaction, by Store.insert_rating) for the supervisor, which
+# opens its case, raises its alerts and flags and dequeues it in one transaction: exactly once.
+SUPERVISION = """
+CREATE TABLE supervision_queue (
+    rating BIGINT PRIMARY KEY,               -- ratings.id stored and not yet looked at by the supervisor
+    queued_ms BIGINT NOT NULL
+);
+CREATE TABLE hall_hours (                    -- 统一营业时间; a hall without a row has the default hours
+    hall TEXT PRIMARY KEY,
+    days TEXT NOT NULL,                      -- "mon-sat", "mon,tue,..."; working-day calendar applied on top
+    open TEXT NOT NULL, close TEXT NOT NULL, -- "08:30", "17:30", the province's zone
+    changed_ms BIGINT NOT NULL, changed_by TEXT NOT NULL
+);
+CREATE TABLE calendar_days (                 -- corrections to chinese-calendar, or years it has no data for
+    day TEXT PRIMARY KEY,                    -- YYYY-MM-DD
+    workday BIGINT NOT NULL,                 -- 1: a working day (调休 make-up day), 0: a holiday
+    name TEXT NOT NULL, changed_ms BIGINT NOT NULL, changed_by TEXT NOT NULL
+);
+CREATE TABLE alert_rules (
+    kind TEXT PRIMARY KEY,                   -- dissatisfied, negative-share, offline, silent, stuck-key, ...
+    enabled BIGINT NOT NULL DEFAULT 1,
+    params TEXT NOT NULL,                    -- JSON, per kind (share, min_count, window_s, level, ...)
+    escalate_s BIGINT NOT NULL,              -- not acknowledged this long: escalated to the next level
+    changed_ms BIGINT NOT NULL, changed_by TEXT NOT NULL
+);
+CREATE TABLE alerts (
+    id {id},
+    kind TEXT NOT NULL, hall TEXT NOT NULL, device TEXT, "window" TEXT,
+    rating BIGINT,                           -- ratings.id, for an alert raised by one rating
+    dedup TEXT NOT NULL,                     -- one alert not cleared per key (kind, hall, subject)
+    state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'acked', 'cleared')),
+    detail TEXT NOT NULL,
+    raised_ms BIGINT NOT NULL, last_ms BIGINT NOT NULL, repeats BIGINT NOT NULL DEFAULT 0,
+    acked_ms BIGINT, acked_by TEXT, cleared_ms BIGINT,
+    level BIGINT NOT NULL DEFAULT 0,         -- 0 hall, 1 city, 2 province: raised by escalation
+    escalated_ms BIGINT
+);
+CREATE UNIQUE INDEX alerts_one_open ON alerts (dedup) WHERE state <> 'cleared';
+CREATE INDEX alerts_hall ON alerts (hall, state);
+CREATE TABLE alert_events (                  -- the durable queue the notification threads walk
+    id {id},
+    alert BIGINT NOT NULL, event TEXT NOT NULL CHECK (event IN ('raised', 'escalated', 'cleared')),
+    level BIGINT NOT NULL, ms BIGINT NOT NULL
+);
+CREATE TABLE notify_targets (
+    target TEXT PRIMARY KEY,                 -- sha256 of the apprise URL (never the URL: it holds secrets)
+    since_event BIGINT NOT NULL
+);
+CREATE TABLE notify_deliveries (
+    target TEXT NOT NULL, event BIGINT NOT NULL,
+    tries BIGINT NOT NULL, next_ms BIGINT, sent_ms BIGINT,
+    PRIMARY KEY (target, event)
+);
+CREATE TABLE cases (
+    id {id},
+    hall TEXT NOT NULL,
+    rating BIGINT UNIQUE,                    -- ratings.id of the dissatisfied rating; NULL: opened by hand
+    source TEXT NOT NULL CHECK (source IN ('rating', 'manual')),
+    title TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'notified'
+        CHECK (state IN ('notified', 'rectifying', 'review', 'closed')),
+    opened_ms BIGINT NOT NULL, opened_by TEXT NOT NULL,
+    deadline TEXT NOT NULL,                  -- YYYY-MM-DD: 15 working days after the day it was opened
+    callback_ms BIGINT, callback_by TEXT, callback_outcome TEXT,   -- 回访
+    cause TEXT, measures TEXT, submitted_ms BIGINT, submitted_by TEXT,
+    reviewed_ms BIGINT, reviewed_by TEXT, review_note TEXT,
+    closed_ms BIGINT, on_time BIGINT,        -- closed by the deadline (1) or after it (0)
+    overdue_ms BIGINT                        -- when it was found overdue and escalated
+);
+CREATE INDEX cases_hall ON cases (hall, state);
+CREATE TABLE case_events (
+    id {id},
+    case_id BIGINT NOT NULL, ms BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX case_events_case ON case_events (case_id);
+CREATE TABLE appeals (
+    id {id},
+    rating BIGINT NOT NULL, hall TEXT NOT NULL,
+    reason TEXT NOT NULL CHECK (reason IN ('misoperation', 'malicious', 'not-our-customer')),
+    evidence TEXT NOT NULL,
+    filed_ms BIGINT NOT NULL, filed_by TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'upheld', 'rejected')),
+    decided_ms BIGINT, decided_by TEXT, decision TEXT
+);
+CREATE UNIQUE INDEX appeals_one_open ON appeals (rating) WHERE state <> 'rejected';
+CREATE TABLE flags (
+    id {id},
+    kind TEXT NOT NULL,                      -- fast-press, invite-pattern, txn-reused, one-key
+    hall TEXT NOT NULL, device TEXT, clerk TEXT,
+    dedup TEXT NOT NULL UNIQUE,
+    why TEXT NOT NULL,
+    ratings TEXT NOT NULL,                   -- JSON list of ratings.id
+    raised_ms BIGINT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'dismissed', 'confirmed')),
+    reviewed_ms BIGINT, reviewed_by TEXT, note TEXT
+);
+CREATE TABLE assessment_weights (
+    version {id},
+    weights TEXT NOT NULL,                   -- JSON object: part name -> weight
+    min_sample BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL, created_by TEXT NOT NULL, note TEXT NOT NULL
+)
+"""
+
+
+def _no_delete(conn: Conn, _tz: ZoneInfo) -> None:
+    """A case, its history and a decided appeal are never deleted: refused by the database itself."""
+    for table in ("cases", "case_events", "appeals"):
+        if conn.dialect == "sqlite":
+            conn.execute(f"CREATE TRIGGER {table}_never_deleted BEFORE DELETE ON {table}"
+                         f" BEGIN SELECT RAISE(ABORT, '{table} rows are never deleted'); END")
+        else:
+            conn.execute(f"CREATE FUNCTION {table}_never_deleted() RETURNS trigger LANGUAGE plpgsql AS"
+                         f" $$BEGIN RAISE EXCEPTION '{table} rows are never deleted'; END$$")
+            conn.execute(f"CREATE TRIGGER {table}_never_deleted BEFORE DELETE ON {table}"
+                         f" FOR EACH ROW EXECUTE FUNCTION {table}_never_deleted()")
+
+
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ratings, prompts, batches, quarantine, alarms", BASE),
     Migration(2, "the provincial platform", PLATFORM, _backfill_days),
     Migration(3, "one outcome per prompt", python=_one_outcome_per_prompt),
+    Migration(4, "the supervision loop", SUPERVISION, _no_delete),
 )
 
 

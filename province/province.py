@@ -19,6 +19,7 @@ from .db import DatabaseError
 from .errors import StartError
 from .receiver import ReceiverStats, Worker
 from .registry import import_registry
+from .supervision import Supervisor
 
 
 class Province:
@@ -29,6 +30,7 @@ class Province:
         self._key = load_signing_key(config.signing_key_path)
         self._stats = ReceiverStats()
         self.workers: list[Worker] = []
+        self.supervisor = Supervisor(config.database, config.tz, config.now_ms)
 
     def registry(self) -> Keystore:
         with self._registry_lock:
@@ -58,7 +60,9 @@ class Province:
         except DatabaseError as exc:
             raise StartError(f"cannot open {self.config.database.display()}: {exc}") from exc
         self._import(self._registry)
-        self.workers = [Worker(n, self.config, self.registry, self._key, self._stats)
+        self.supervisor.start()
+        self.workers = [Worker(n, self.config, self.registry, self._key, self._stats,
+                               committed=self.supervisor.wake)
                         for n in range(1, self.config.workers + 1)]
         for w in self.workers:
             w.start()
@@ -73,6 +77,7 @@ class Province:
         for w in self.workers:
             w.stop()
         self.workers = []
+        self.supervisor.stop()
 
     def stats(self) -> dict[str, Any]:
         snap = self._stats.snapshot()

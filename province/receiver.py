@@ -353,9 +353,11 @@ class Worker:
     """One MQTT client on the shared subscription plus its processing thread."""
 
     def __init__(self, n: int, cfg: ProvinceConfig, registry: Callable[[], Keystore],
-                 province_key: Ed25519PrivateKey, stats: ReceiverStats) -> None:
+                 province_key: Ed25519PrivateKey, stats: ReceiverStats,
+                 committed: Callable[[], None] = lambda: None) -> None:
         self.name = cfg.worker_usernames()[n - 1]
         self.cfg, self._file_registry, self._key, self._stats = cfg, registry, province_key, stats
+        self._committed = committed      # the supervisor's wake-up: new ratings and reports are in
         self.subscribed = threading.Event()
         self.failed: str | None = None
         self._q: queue.Queue[_Item | None] = queue.Queue()   # None: stop
@@ -505,6 +507,7 @@ class Worker:
             quarantined.update(res.quarantined)
             held.update(res.held)
         self._stats.add(self.name, counts, rejected, quarantined, held)
+        self._committed()
         with self._gen_lock:
             gen = self._generation
         for it, res in zip(group, results, strict=True):

@@ -50,6 +50,10 @@ from . import (
     audit,
     export,
     migrations,
+    pages_alerts,
+    pages_appeals,
+    pages_assessment,
+    pages_cases,
     pages_dissatisfied,
     pages_drill,
     pages_enroll,
@@ -80,7 +84,8 @@ MAX_FORM_FIELD = 4096
 # The platform's page modules, each ``routes(web)``. A module another part of issue 12 adds is listed
 # here when it lands (never found by looking for it at run time).
 PAGE_MODULES: tuple[ModuleType, ...] = (pages_overview, pages_drill, pages_rankings, pages_trends,
-                                        pages_dissatisfied, pages_fleet, pages_reconcile, pages_enroll,
+                                        pages_dissatisfied, pages_alerts, pages_cases, pages_appeals,
+                                        pages_assessment, pages_fleet, pages_reconcile, pages_enroll,
                                         pages_users)
 API_PREFIX = "/api/v1"
 
@@ -91,6 +96,10 @@ NAV: dict[str, list[tuple[str, str, bool]]] = {
     "pages_rankings": [("/rankings", "排名 Rankings", False)],
     "pages_trends": [("/trends", "趋势 Trends", False)],
     "pages_dissatisfied": [("/dissatisfied", "不满意评价 Dissatisfied", False)],
+    "pages_alerts": [("/alerts", "告警 Alerts", False)],
+    "pages_cases": [("/cases", "整改工单 Cases", False)],
+    "pages_appeals": [("/appeals", "申诉 Appeals", False), ("/flags", "疑点 Flags", False)],
+    "pages_assessment": [("/assessment", "考核 Assessment", False)],
     "pages_fleet": [("/fleet", "评价器 Keypads", False)],
     "pages_reconcile": [("/reconcile", "对账 Reconciliation", False)],
     "pages_enroll": [("/enrollments", "设备登记 Enrollments", True), ("/held", "暂存评价 Held", False)],

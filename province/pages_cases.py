@@ -1,0 +1,13 @@
+"""(being written) The platform's cases pages."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from .webctx import Web
+
+__all__ = ["routes"]
+
+
+def routes(web: Web) -> list[BaseRoute]:
+    return []
