@@ -12,7 +12,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # chromium + chromium-driver: the hall page's tests drive Debian's own headless browser (no download);
 # systemd: systemd-analyze verifies the gateway unit (test_2d); postgresql: the province's database, the
 # tests start their own server from its binaries (tests/pg_helpers.py), as the postgres user.
-DEBS := mosquitto mosquitto-clients socat faketime chromium chromium-driver systemd postgresql
+DEBS := mosquitto mosquitto-clients socat faketime chromium chromium-driver systemd postgresql fonts-noto-cjk
 
 .PHONY: all deps debs venv xcheck test demo bench lint clean firmware mpy-stubs fuzz
 

@@ -137,3 +137,37 @@ def test_readme_data_path_table_names_real_code() -> None:
             assert found, f"README data path: {path} has no {name}"
             node = found[0]
             scope = node.body if isinstance(node, ast.ClassDef) else []
+
+
+def _readme_commands() -> list[list[str]]:
+    """The subcommand words of every ``countersign ...`` line in the README's code blocks (up to the first
+    option, placeholder or path)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = text.split("```")[1::2]
+    out: list[list[str]] = []
+    for block in blocks:
+        for line in block.splitlines():
+            words = line.strip().split()
+            if not words or words[0] != "countersign":
+                continue
+            sub = []
+            for w in words[1:]:
+                if not w.isascii() or not w.replace("-", "").isalpha() or not w.islower() or w.startswith("-"):
+                    break
+                sub.append(w)
+            if sub and sub not in out:
+                out.append(sub)
+    return out
+
+
+def test_every_command_the_readme_shows_exists() -> None:
+    """A command renamed or removed must take the README with it: each one shown answers ``--help``."""
+    from countersign.cli import build_parser
+
+    commands = _readme_commands()
+    assert ["province", "run"] in commands and ["province", "broker-config"] in commands
+    for sub in commands:
+        argv = [*sub, "--help"]
+        with pytest.raises(SystemExit) as done:
+            build_parser(argv).parse_args(argv)
+        assert done.value.code == 0, f"README: `countersign {' '.join(sub)}` is not a command"
