@@ -218,8 +218,10 @@ def _one_outcome_per_prompt(conn: Conn, _tz: ZoneInfo) -> None:
 
 # The supervision loop (issue 13): alerts and their deliveries, cases (通报 -> 整改 -> 复核 -> 关闭), appeals,
 # integrity flags, business hours per hall and the working-day calendar's corrections, assessment weights.
-# Every stored rating is queued (in its own transaction, by Store.insert_rating) for the supervisor, which
-# opens its case, raises its alerts and flags and dequeues it in one transaction: exactly once.
+# Every rating stored from now on is queued by a trigger (in its own transaction, whatever inserts it) for
+# the supervisor, which opens its case, raises its alerts and flags and dequeues it in one transaction:
+# exactly once. Ratings stored before this step are not queued: a case for last year's rating would be
+# overdue the moment it opened.
 SUPERVISION = """
 CREATE TABLE supervision_queue (
     rating BIGINT PRIMARY KEY,               -- ratings.id stored and not yet looked at by the supervisor
@@ -324,8 +326,18 @@ CREATE TABLE assessment_weights (
 """
 
 
-def _no_delete(conn: Conn, _tz: ZoneInfo) -> None:
-    """A case, its history and a decided appeal are never deleted: refused by the database itself."""
+def _supervision_triggers(conn: Conn, _tz: ZoneInfo) -> None:
+    """Triggers (their bodies hold ';', so not in the SQL text): each new rating queued for the supervisor;
+    a case, its history and an appeal never deleted, refused by the database itself."""
+    if conn.dialect == "sqlite":
+        conn.execute("CREATE TRIGGER ratings_supervised AFTER INSERT ON ratings BEGIN"
+                     " INSERT INTO supervision_queue (rating, queued_ms) VALUES (NEW.id, NEW.stored_ms); END")
+    else:
+        conn.execute("CREATE FUNCTION ratings_supervised() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN"
+                     " INSERT INTO supervision_queue (rating, queued_ms) VALUES (NEW.id, NEW.stored_ms);"
+                     " RETURN NULL; END$$")
+        conn.execute("CREATE TRIGGER ratings_supervised AFTER INSERT ON ratings"
+                     " FOR EACH ROW EXECUTE FUNCTION ratings_supervised()")
     for table in ("cases", "case_events", "appeals"):
         if conn.dialect == "sqlite":
             conn.execute(f"CREATE TRIGGER {table}_never_deleted BEFORE DELETE ON {table}"
@@ -342,7 +354,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ratings, prompts, batches, quarantine, alarms", BASE),
     Migration(2, "the provincial platform", PLATFORM, _backfill_days),
     Migration(3, "one outcome per prompt", python=_one_outcome_per_prompt),
-    Migration(4, "the supervision loop", SUPERVISION, _no_delete),
+    Migration(4, "the supervision loop", SUPERVISION, _supervision_triggers),
 )
 
 

@@ -157,10 +157,6 @@ class Store:
              r.hall, r.ctx.window, r.ctx.clerk, r.ctx.service, r.ctx.txn, r.ctx.prompt_ms, r.received_ms,
              self.now_ms, r.batch_hall, r.batch_id, r.cose, d, rating_day(r.press_s, r.received_ms, self.tz)))
         if cur.rowcount == 1:
-            # The supervisor's queue, in the same transaction: every stored rating is looked at once.
-            self.conn.execute("INSERT INTO supervision_queue (rating, queued_ms) SELECT id, ? FROM ratings"
-                              " WHERE device = ? AND epoch = ? AND seq = ?",
-                              (self.now_ms, r.device, r.epoch, r.seq))
             return Outcome.STORED
         row = self.conn.one("SELECT digest, hall, batch_hall, batch_id FROM ratings"
                             " WHERE device = ? AND epoch = ? AND seq = ?", (r.device, r.epoch, r.seq))

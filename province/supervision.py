@@ -1,8 +1,8 @@
 """The supervisor: every stored rating looked at once, and the platform's clocks (silence, escalation,
 overdue cases) looked at often, by one thread per receiver process.
 
-``Store.insert_rating`` queues each stored rating in ``supervision_queue`` in the rating's own
-transaction. A pass takes the queue in id order, gives the ratings to each step (cases, alerts, flags:
+A trigger on ``ratings`` (schema step 4) queues each stored rating in ``supervision_queue`` in the
+rating's own transaction, whichever code stored it (the receiver, an enrollment's release, a test). A pass takes the queue in id order, gives the ratings to each step (cases, alerts, flags:
 ``on_ratings``), dequeues them and then lets each step look at the time (``on_tick``), all in one
 transaction: a crash before the commit leaves the ratings queued, a commit leaves each one handled once.
 Receivers write on one database; on PostgreSQL a pass holds an advisory lock, so two receivers' passes
