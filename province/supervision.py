@@ -2,9 +2,10 @@
 overdue cases) looked at often, by one thread per receiver process.
 
 A trigger on ``ratings`` (schema step 4) queues each stored rating in ``supervision_queue`` in the
-rating's own transaction, whichever code stored it (the receiver, an enrollment's release, a test). A pass takes the queue in id order, gives the ratings to each step (cases, alerts, flags:
-``on_ratings``), dequeues them and then lets each step look at the time (``on_tick``), all in one
-transaction: a crash before the commit leaves the ratings queued, a commit leaves each one handled once.
+rating's own transaction, whichever code stored it (the receiver, an enrollment's release, a test). A
+pass takes the queue in id order, gives the ratings to each step (cases, alerts, flags: ``on_ratings``),
+dequeues them and then lets each step look at the time (``on_tick``), all in one transaction: a crash
+before the commit leaves the ratings queued, a commit leaves each one handled once.
 Receivers write on one database; on PostgreSQL a pass holds an advisory lock, so two receivers' passes
 never interleave (the second one skips), on SQLite the write transaction does the same.
 
@@ -124,8 +125,9 @@ class Supervisor:
     """The thread: a pass after each wake-up (a worker's commit) and at least every ``interval_s``."""
 
     def __init__(self, db: Database, tz: ZoneInfo, now_ms: Callable[[], int], *, interval_s: float = 15.0,
-                 after_pass: Callable[[], None] = lambda: None) -> None:
+                 after_pass: Callable[[], None] = lambda: None, steps: Sequence[Step] | None = None) -> None:
         self.db, self.tz, self.now_ms, self.interval_s = db, tz, now_ms, interval_s
+        self.steps = steps
         self.after_pass = after_pass
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -161,7 +163,7 @@ class Supervisor:
             if self._stop.is_set():
                 return
             try:
-                run_pass(self.db, self.tz, self.now_ms())
+                run_pass(self.db, self.tz, self.now_ms(), self.steps)
                 delay = 0.5
             except DatabaseError as exc:
                 # The database is down or busy: the queue waits in it; try again.
