@@ -33,16 +33,27 @@ class DemoPlatform:
     server: PlatformServer
     logins: list[tuple[str, str, str | None]]     # (user name, role, scope)
     password_file: Path
+    database: Database
 
     @property
     def url(self) -> str:
         return self.server.url + "/"
 
     def lines(self) -> list[str]:
-        """What the demo prints: the URL and the log-ins (passwords by their file, never printed)."""
+        """What the demo prints: the URL and the log-ins (passwords by their file, never printed), and
+        what the supervision loop made of the run's ratings so far."""
         who = ", ".join(f"{u} ({r}{' ' + s if s else ''})" for u, r, s in self.logins)
         return [f"platform: {self.url}  log-ins: {who}",
-                f"platform passwords: {self.password_file} (0600)"]
+                f"platform passwords: {self.password_file} (0600)",
+                self.supervision_line()]
+
+    def supervision_line(self) -> str:
+        with self.database.connect() as conn:
+            alerts = int(conn.scalar("SELECT COUNT(*) FROM alerts"))
+            cases = int(conn.scalar("SELECT COUNT(*) FROM cases"))
+            waiting = int(conn.scalar("SELECT COUNT(*) FROM supervision_queue"))
+        more = f" ({waiting} ratings still queued)" if waiting else ""
+        return (f"supervision: {alerts} alerts at {self.url}alerts, {cases} cases at {self.url}cases{more}")
 
     def stop(self) -> None:
         self.server.stop()
@@ -81,4 +92,4 @@ def serve_demo(database: Database | str | Path, folder: Path, *, timezone: str =
     password_file = folder / "platform-logins.txt"
     write_atomic(password_file, "\n".join(lines) + "\n", 0o600)
     server = PlatformServer(create_app(cfg, now_ms=now_ms, upgrade=False), bind, port).start()
-    return DemoPlatform(server, wanted, password_file)
+    return DemoPlatform(server, wanted, password_file, db)

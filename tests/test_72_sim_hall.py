@@ -199,6 +199,9 @@ def test_demo_serves_the_hall_page_with_the_runs_data_until_ctrl_c(tmp_path: Pat
         # The provincial platform over the run's province database, its log-ins by name only.
         pm = re.search(r"platform: (http://\S+)\s+log-ins: demo-province", text)
         assert pm is not None, text[-2000:]
+        # The run's own dissatisfied ratings became alerts and cases (the supervision loop, issue 13).
+        sm = re.search(r"supervision: (\d+) alerts at \S+/alerts, (\d+) cases at \S+/cases", text)
+        assert sm is not None and int(sm.group(1)) >= 1 and int(sm.group(2)) >= 1, text[-2000:]
         with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(pm.group(1) + "login",
                                                                                timeout=10) as r:
             assert r.status == 200 and "csrf" in r.read().decode()
