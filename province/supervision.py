@@ -54,17 +54,18 @@ class Step(Protocol):
 STEPS: tuple[ModuleType, ...] = (cases, alerts, flags)
 
 
-def run_pass(db: Database | Conn, tz: ZoneInfo, now_ms: int, steps: Sequence[Step] | None = None) -> int:
+def run_pass(db: Database | Conn, tz: ZoneInfo, now_ms: int, steps: Sequence[Step] | None = None, *,
+             tick: bool = True) -> int:
     """One pass (the thread's, or a test's with its own clock); returns the ratings handled, -1 when
-    another receiver's pass held the lock."""
+    another receiver's pass held the lock. ``tick=False``: the queued ratings only."""
     todo: Sequence[Step] = steps if steps is not None else STEPS
     if isinstance(db, Conn):
-        return _pass(db, tz, now_ms, todo)
+        return _pass(db, tz, now_ms, todo, tick)
     with db.connect() as conn:
-        return _pass(conn, tz, now_ms, todo)
+        return _pass(conn, tz, now_ms, todo, tick)
 
 
-def _pass(conn: Conn, tz: ZoneInfo, now_ms: int, steps: Sequence[Step]) -> int:
+def _pass(conn: Conn, tz: ZoneInfo, now_ms: int, steps: Sequence[Step], tick: bool) -> int:
     handled = 0
     while True:
         with conn.transaction():
@@ -78,7 +79,7 @@ def _pass(conn: Conn, tz: ZoneInfo, now_ms: int, steps: Sequence[Step]) -> int:
             if batch:
                 _ratings(conn, batch, p, steps)
             _dequeue(conn, ids)
-            if len(ids) < BATCH:
+            if tick and len(ids) < BATCH:
                 for step in steps:
                     step.on_tick(conn, p)
         handled += len(ids)
@@ -125,8 +126,13 @@ class Supervisor:
     """The thread: a pass after each wake-up (a worker's commit) and at least every ``interval_s``."""
 
     def __init__(self, db: Database, tz: ZoneInfo, now_ms: Callable[[], int], *, interval_s: float = 15.0,
-                 after_pass: Callable[[], None] = lambda: None, steps: Sequence[Step] | None = None) -> None:
+                 tick_s: float = 5.0, after_pass: Callable[[], None] = lambda: None,
+                 steps: Sequence[Step] | None = None) -> None:
         self.db, self.tz, self.now_ms, self.interval_s = db, tz, now_ms, interval_s
+        # The rules about time passing look at every keypad and case: at most every tick_s, however
+        # often commits wake the thread (a busy morning commits many times a second).
+        self.tick_ms = int(tick_s * 1000)
+        self._last_tick: int | None = None
         self.steps = steps
         self.after_pass = after_pass
         self._wake = threading.Event()
@@ -162,9 +168,13 @@ class Supervisor:
             self._wake.clear()
             if self._stop.is_set():
                 return
+            now = self.now_ms()
+            tick = self._last_tick is None or not 0 <= now - self._last_tick < self.tick_ms
             try:
-                run_pass(self.db, self.tz, self.now_ms(), self.steps)
+                run_pass(self.db, self.tz, now, self.steps, tick=tick)
                 delay = 0.5
+                if tick:
+                    self._last_tick = now
             except DatabaseError as exc:
                 # The database is down or busy: the queue waits in it; try again.
                 log.error("supervisor: pass failed (%s); retrying in %.1fs", exc, delay)
