@@ -24,6 +24,7 @@ from typing import Any
 
 from countersign.protocol.messages import SCORE_NAMES_ZH, is_satisfied
 
+from . import exclusions
 from .db import Conn
 from .scope import Scope
 
@@ -94,14 +95,23 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Filter:
-    """Which rows count: a scope, an inclusive day range, and equality on grouping columns."""
+    """Which rows count: a scope, an inclusive day range, and equality on grouping columns.
+
+    ``assessment=True`` gives the figures for assessment (考核): a rating an upheld appeal excludes
+    (exclusions.py) counts nowhere, and neither does the prompt record it answered, so an upheld appeal
+    takes the rating out of the satisfaction rate without lowering the participation rate. Every other
+    figure (the default) counts every stored rating, excluded or not."""
 
     scope: Scope = PROVINCE
     day_from: str | None = None      # 'YYYY-MM-DD', inclusive
     day_to: str | None = None        # inclusive
     equals: tuple[tuple[str, Any], ...] = ()
+    assessment: bool = False
 
-    def sql(self) -> tuple[str, list[Any]]:
+    def sql(self, table: str = "ratings") -> tuple[str, list[Any]]:
+        """The condition on ``table`` ("ratings" or "prompts": the assessment's exclusion differs)."""
+        if table not in ("ratings", "prompts"):
+            raise ValueError(f"figures count ratings or prompts, not {table!r}")
         where, args = self.scope.sql("hall")
         if self.day_from is not None:
             where += " AND day >= ?"
@@ -115,6 +125,12 @@ class Filter:
             else:
                 where += f" AND {_col(name)} = ?"
                 args.append(value)
+        if self.assessment:
+            if table == "ratings":
+                where += exclusions.included_sql("id")
+            else:
+                where += (" AND NOT EXISTS (SELECT 1 FROM ratings x WHERE x.hall = prompts.hall AND"
+                          f" x.prompt = prompts.prompt AND x.prompt <> 0{exclusions.excluded_sql('x.id')})")
         return where, args
 
     def describe(self) -> dict[str, str]:
@@ -124,6 +140,8 @@ class Filter:
             d["期间 Period"] = f"{self.day_from or '…'} ~ {self.day_to or '…'}"
         for name, value in self.equals:
             d[name] = "(空)" if value is None else str(value)
+        if self.assessment:
+            d["口径 Basis"] = "考核口径：不含申诉成立的评价 For assessment: without ratings of upheld appeals"
         return d
 
 
@@ -153,6 +171,7 @@ def figures_by(conn: Conn, group: Sequence[str], flt: Filter) -> dict[tuple[Any,
         else:
             f.dissatisfied += n
     group_by = f" GROUP BY {', '.join(cols)}" if cols else ""
+    where, args = flt.sql("prompts")
     for row in conn.all(f"SELECT {sel}COUNT(*) FROM prompts WHERE 1 = 1{where}{group_by}", args):
         if row[-1]:
             out.setdefault(tuple(row[:len(cols)]), Figures()).prompts += row[-1]
