@@ -383,7 +383,7 @@ def weights_meta(w: Weights) -> dict[str, str]:
     return {"权重版本 Weights version": w.label(),
             "权重 Weights": ", ".join(f"{PART_NAMES[p]} {w.parts[p]:g}" for p in PARTS),
             "最少评价数 Minimum sample": str(w.min_sample),
-            "公式 Formula": "max(0, Σ 权重×比率 weight×rate − 扣分×不满意数 penalty×dissatisfied);"
+            "公式 Formula": "max(0, Σ 权重×比率 weight×rate - 扣分×不满意数 penalty×dissatisfied);"
                             " 无分母的比率按满分 a rate without a denominator scores full marks",
             "剔除 Excluded": "申诉采信的评价不计入 ratings of upheld appeals are left out"}
 

@@ -29,7 +29,7 @@ from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from . import exclusions
-from .assessment import Assessment, Month, ScoreRow, Weights, assess, score_table, weights_meta
+from .assessment import PART_NAMES, Assessment, Month, ScoreRow, Weights, assess, score_table, weights_meta
 from .db import Conn
 from .export import Column
 from .export import Table as XTable
@@ -221,7 +221,7 @@ def to_pdf(b: Bulletin) -> bytes:
                             bottomMargin=14 * mm, title=b.title, author="Countersign",
                             subject=f"{b.scope_label} {b.month.key}")
     story: list[Any] = [Paragraph(b.title, st["title"]),
-                        Paragraph(f"{b.scope_label} · {b.month.day_from} ~ {b.month.day_to} · 生成 made"
+                        Paragraph(f"{b.scope_label} | {b.month.day_from} ~ {b.month.day_to} | 生成 made"
                                   f" {_fmt(b.made_ms, b.tz)} by {b.made_by}", st["small"]),
                         Paragraph("一、总体情况 Summary", st["h2"])]
     summary = b.summary()
@@ -237,8 +237,8 @@ def to_pdf(b: Bulletin) -> bytes:
                            str(f.dissatisfied)] for c, f, n in b.cities])]
     story += [Spacer(1, 3 * mm), _chart(b.halls.rows),
               Paragraph("二、营业厅考核排名 Hall ranking", st["h2"]),
-              Paragraph(f"得分 = max(0, Σ 权重×比率 − 扣分×不满意数); 权重 {b.weights.label()}: "
-                        + ", ".join(f"{k} {v:g}" for k, v in b.weights.parts.items())
+              Paragraph(f"得分 = max(0, Σ 权重×比率 - 扣分×不满意数); 权重 {b.weights.label()}: "
+                        + ", ".join(f"{PART_NAMES[k]} {v:g}" for k, v in b.weights.parts.items())
                         + f"; 评价数少于 {b.weights.min_sample} 的列为样本不足，不排名。", st["small"]),
               _table(_HEAD, _score_rows(b.halls.rows, False))]
     ranked = b.clerks.ranked

@@ -77,8 +77,8 @@ def test_a_new_version_changes_the_scores_and_the_old_one_reproduces_them(provin
     assert _scores(again) == pytest.approx(V1_SCORES)
     assert [v.version for v in assessment.versions(conn)] == [v2.version, v1.version]
     # Each version is in the audit log, with what it says.
-    audits = conn.all("SELECT actor, action, target, detail FROM audit_log WHERE action = 'assessment-weights'"
-                      " ORDER BY id")
+    audits = conn.all("SELECT actor, action, target, detail FROM audit_log"
+                      " WHERE action = 'assessment-weights' ORDER BY id")
     assert [(a, t) for a, _, t, _ in audits] == [("admin", f"v{v1.version}"), ("admin", f"v{v2.version}")]
     assert json.loads(audits[1][3])["note"] == "satisfaction only"
 

@@ -1,0 +1,198 @@
+"""The monthly 通报 over HTTP (the platform on uvicorn, SQLite and PostgreSQL): the PDF opens (pypdf),
+says the month, and prints the halls with the very figures the /assessment page shows; the Excel holds
+the same figures as numbers; a city office gets its own city's bulletin only, a hall manager none; the
+weights page makes a version only for a province user and refuses bad weights with a reason."""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import openpyxl
+import pypdf
+import pytest
+from assessment_helpers import appeal, case
+from platform_helpers import HALLS, Client, Clock, Filler, fill, start
+
+from countersign.province.db import Database
+from countersign.province.web import PlatformServer
+
+MONTH = "2026-12"          # the month of platform_helpers' NOW_MS
+NAMES = {h: n for h, n, _ in HALLS}
+WUHU = urllib.parse.quote("芜湖")
+
+
+@pytest.fixture
+def platform(tmp_path: Path, province_db: Database) -> Iterator[tuple[PlatformServer, Filler]]:
+    f = fill(province_db)
+    # hf01: 7 ratings, 6 satisfied; hf02: 3 ratings, 2 satisfied; wh01: its 不满意 excluded by an upheld
+    # appeal, 1 rating left, satisfied.
+    for _ in range(2):
+        f.rating("hf01", 1, "10001", 3)
+        f.rating("hf02", 1, "20001", 4)
+    with province_db.connect() as conn:
+        bad = conn.scalar("SELECT id FROM ratings WHERE hall = 'wh01' AND score = 1")
+        appeal(conn, "wh01", int(bad), "upheld", "2026-12-02")
+        hf01_bad = conn.scalar("SELECT id FROM ratings WHERE hall = 'hf01' AND score = 1")
+        case(conn, "hf01", int(hf01_bad), opened="2026-12-01", closed="2026-12-02", on_time=1)
+    server = start(tmp_path, province_db, Clock())
+    try:
+        yield server, f
+    finally:
+        server.stop()
+
+
+def logged_in(server: PlatformServer, name: str) -> Client:
+    c = Client(server.url)
+    assert c.log_in(name) == 303
+    return c
+
+
+def min_sample_1(admin: Client) -> None:
+    admin.get("/assessment/weights")
+    status, _, _ = admin.post("/assessment/weights", {
+        "csrf": admin.csrf, "w_satisfaction": "60", "w_participation": "20", "w_cases_on_time": "15",
+        "w_appeals_upheld": "5", "w_dissatisfied": "2", "min_sample": "1", "note": "bulletin test"})
+    assert status == 303
+
+
+def page_rows(text: str, table: str = "ranked") -> dict[str, dict[str, str]]:
+    """hall -> column -> the cell's text, as the page shows it."""
+    body = text.split(f'id="{table}"', 1)[1].split("</table>", 1)[0]
+    out = {}
+    for hall, cells in re.findall(r'<tr class="score-row" data-hall="([^"]+)"[^>]*>(.*?)</tr>', body, re.S):
+        out[hall] = {k: html.unescape(v.strip()) for k, v in re.findall(r'<td class="([^"]+)">(.*?)</td>',
+                                                                            cells, re.S)}
+    return out
+
+
+def pdf_text(body: bytes) -> tuple[int, str]:
+    r = pypdf.PdfReader(io.BytesIO(body))
+    return len(r.pages), "\n".join(p.extract_text() for p in r.pages)
+
+
+def test_the_pdf_and_the_excel_print_the_figures_the_page_shows(platform: tuple[PlatformServer, Filler]
+                                                                 ) -> None:
+    server, _ = platform
+    admin = logged_in(server, "admin")
+    min_sample_1(admin)
+    status, text, _ = admin.get(f"/assessment?month={MONTH}")
+    assert status == 200
+    rows = page_rows(text)
+    assert set(rows) == {"hf01", "hf02", "wh01"}
+    assert rows["hf01"]["satisfaction"] == "85.7%"          # 6 of 7
+    assert rows["hf02"]["satisfaction"] == "66.7%"          # 2 of 3
+    assert rows["wh01"]["satisfaction"] == "100.0%"         # its 不满意 excluded by the upheld appeal
+    assert rows["wh01"]["excluded"] == "1"
+
+    status, body, headers = admin.raw(f"/assessment/bulletin.pdf?month={MONTH}")
+    assert status == 200 and {k.lower(): v for k, v in headers.items()}["content-type"] == "application/pdf"
+    pages, ptext = pdf_text(body)
+    assert pages > 0
+    assert "2026年12月 窗口服务满意度评价通报" in ptext
+    assert "全省 Province" in ptext
+    for hall, r in rows.items():
+        # The hall's row as printed: rank, hall, name, score, ratings, satisfaction, participation.
+        printed = "\n".join([r["rank"], hall, NAMES[hall], r["score"], r["ratings"], r["satisfaction"],
+                             r["participation"]])
+        assert printed in ptext, (printed, ptext[:3000])
+    assert "各营业厅满意率" in ptext                           # the chart's title
+    assert "误评 misoperation" in ptext                        # the upheld appeal listed
+
+    status, body, _ = admin.raw(f"/assessment/bulletin.xlsx?month={MONTH}")
+    assert status == 200
+    wb = openpyxl.load_workbook(io.BytesIO(body))
+    assert wb.sheetnames[0] == "汇总 Summary"
+    ws = wb["营业厅考核 Hall assessment"]
+    grid = [list(r) for r in ws.iter_rows(values_only=True)]
+    head_at = next(i for i, r in enumerate(grid) if r and r[0] == "名次 Rank")
+    head = grid[head_at]
+    by_hall = {r[head.index("营业厅 Hall")]: dict(zip(head, r, strict=True)) for r in grid[head_at + 1:]}
+    for hall, r in rows.items():
+        x = by_hall[hall]
+        assert f"{x['满意率 Satisfaction'] * 100:.1f}%" == r["satisfaction"]
+        assert f"{x['得分 Score']:.2f}" == r["score"]
+        assert str(x["评价数 Ratings"]) == r["ratings"]
+    summary = {r[0]: r[1] for r in wb["汇总 Summary"].iter_rows(values_only=True) if r[0]}
+    assert summary["评价数 Ratings"] == 11
+    assert summary["按期整改 Closed on time"] == 1
+    assert summary["申诉采信 Appeals upheld"] == 1
+
+
+def test_a_city_office_gets_its_own_city_only_and_a_hall_manager_no_bulletin(
+        platform: tuple[PlatformServer, Filler]) -> None:
+    server, _ = platform
+    min_sample_1(logged_in(server, "admin"))
+    hefei = logged_in(server, "hefei")
+    status, body, _ = hefei.raw(f"/assessment/bulletin.pdf?month={MONTH}")
+    assert status == 200
+    _, ptext = pdf_text(body)
+    assert "hf01" in ptext and "hf02" in ptext
+    assert "wh01" not in ptext and NAMES["wh01"] not in ptext
+    for path in ("bulletin.pdf", "bulletin.xlsx"):
+        status, body, _ = hefei.raw(f"/assessment/{path}?month={MONTH}&city={WUHU}")
+        assert status == 404
+        assert b"wh01" not in body
+    mgr = logged_in(server, "mgr-hf01")
+    assert mgr.raw(f"/assessment/bulletin.pdf?month={MONTH}")[0] == 403
+    assert mgr.raw(f"/assessment/bulletin.xlsx?month={MONTH}")[0] == 403
+    admin = logged_in(server, "admin")
+    status, body, _ = admin.raw(f"/assessment/bulletin.pdf?month={MONTH}&city={WUHU}")
+    assert status == 200
+    _, ptext = pdf_text(body)
+    assert "wh01" in ptext and "hf01" not in ptext
+    assert admin.raw(f"/assessment/bulletin.pdf?month={MONTH}&city=nowhere")[0] == 404
+    assert admin.raw("/assessment/bulletin.pdf?month=2026-13")[0] == 400
+
+
+def test_the_assessment_page_is_scoped_and_exports(platform: tuple[PlatformServer, Filler]) -> None:
+    server, _ = platform
+    min_sample_1(logged_in(server, "admin"))
+    mgr = logged_in(server, "mgr-hf01")
+    status, text, _ = mgr.get(f"/assessment?month={MONTH}&level=clerk")
+    assert status == 200
+    assert {r for r in re.findall(r'data-hall="([^"]+)"', text)} == {"hf01"}
+    assert "bulletin-pdf" not in text
+    assert mgr.get(f"/assessment?month={MONTH}&city={WUHU}")[0] == 404
+    status, body, _ = mgr.raw(f"/assessment?month={MONTH}&format=xlsx")
+    assert status == 200
+    ws = openpyxl.load_workbook(io.BytesIO(body)).active
+    assert ws is not None
+    halls = {r[1] for r in ws.iter_rows(values_only=True) if r[1] in ("hf01", "hf02", "wh01")}
+    assert halls == {"hf01"}
+    hefei = logged_in(server, "hefei")
+    status, text, _ = hefei.get(f"/assessment?month={MONTH}")
+    assert set(page_rows(text)) == {"hf01", "hf02"}
+    for bad in ("month=2026-00", "level=city", "version=abc", "version=99"):
+        assert hefei.get(f"/assessment?{bad}")[0] == 400, bad
+
+
+def test_only_a_province_user_makes_weights_and_bad_ones_are_refused(platform: tuple[PlatformServer, Filler]
+                                                                     ) -> None:
+    server, f = platform
+    hefei = logged_in(server, "hefei")
+    status, text, _ = hefei.get("/assessment/weights")
+    assert status == 200 and 'id="new-weights"' not in text
+    status, _, _ = hefei.post("/assessment/weights", {
+        "csrf": hefei.csrf, "w_satisfaction": "100", "w_participation": "0", "w_cases_on_time": "0",
+        "w_appeals_upheld": "0", "w_dissatisfied": "0", "min_sample": "1", "note": "mine"})
+    assert status == 403
+    admin = logged_in(server, "admin")
+    admin.get("/assessment/weights")
+    status, text, _ = admin.post("/assessment/weights", {
+        "csrf": admin.csrf, "w_satisfaction": "90", "w_participation": "20", "w_cases_on_time": "0",
+        "w_appeals_upheld": "0", "w_dissatisfied": "0", "min_sample": "1", "note": "too much"})
+    assert status == 400 and "must sum to 100" in text
+    status, _, _ = admin.post("/assessment/weights", {"w_satisfaction": "100", "note": "no csrf"})
+    assert status == 403
+    with f.db.connect() as conn:
+        assert conn.scalar("SELECT COUNT(*) FROM assessment_weights") == 0
+    min_sample_1(admin)
+    status, text, _ = admin.get("/assessment/weights")
+    assert "bulletin test" in text and 'id="version-1"' in text
+    status, text, _ = admin.get("/audit?action=assessment-weights")
+    assert "bulletin test" in html.unescape(text)
