@@ -60,6 +60,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-persistence", action="store_true")
     p.set_defaults(func=cmd_broker_config)
 
+    p = sub.add_parser("bulletin", help="the monthly 通报 of the province or a city, as PDF or Excel")
+    p.add_argument("--config", required=True, type=Path, help="province TOML config (database, timezone)")
+    p.add_argument("--month", required=True, metavar="YYYY-MM",
+                   help="the month (days in the province's zone)")
+    p.add_argument("--city", default="", help="one city's bulletin (halls.city); default: the province's")
+    p.add_argument("--version", type=int, default=None, help="assessment weights version (default: newest)")
+    p.add_argument("--out", required=True, type=Path, help="the file to write: .pdf, or .xlsx for Excel")
+    p.set_defaults(func=cmd_bulletin)
+
     # The platform's commands, each module adding its own (halls, enrollments, web and accounts, API).
     from . import api_cli, enroll_cli, halls, web_cli
 
@@ -135,6 +144,53 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(report, ensure_ascii=False, indent=1))
     else:
         print(render_text(report), end="")
+    return 0
+
+
+def cmd_bulletin(args: argparse.Namespace) -> int:
+    import getpass
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from countersign.common.clock import wall_ms
+
+    from . import assessment, bulletin
+    from .config import database_and_zone, read_toml
+    from .db import DatabaseError
+    from .errors import ProvinceError
+    from .migrations import MIGRATIONS
+    from .scope import Scope
+
+    suffix = args.out.suffix.lower()
+    if suffix not in (".pdf", ".xlsx"):
+        print("province bulletin: --out must end in .pdf or .xlsx", file=sys.stderr)
+        return 2
+    try:
+        db, zone = database_and_zone(*read_toml(args.config))
+        tz = ZoneInfo(zone)
+        month = assessment.parse_month(args.month, tz)
+        if db.dialect == "sqlite" and not db.path.exists():
+            print(f"province bulletin: no database at {db.display()}", file=sys.stderr)
+            return 2
+        with db.connect() as conn:
+            if (have := _schema(conn)) < MIGRATIONS[-1].version:
+                print(f"province bulletin: {db.display()} is at schema {have}, older than this program's"
+                      f" {MIGRATIONS[-1].version}: start the receiver once (it upgrades the database)",
+                      file=sys.stderr)
+                return 1
+            if args.city and conn.scalar("SELECT 1 FROM halls WHERE city = ?", (args.city,)) is None:
+                print(f"province bulletin: no hall in a city {args.city!r}", file=sys.stderr)
+                return 2
+            scope, label = ((Scope("city", args.city), f"{args.city} 市 City") if args.city
+                            else (Scope("province"), "全省 Province"))
+            b = bulletin.build(conn, month, scope, label, tz=tz, made_ms=wall_ms(),
+                               made_by=f"cli:{getpass.getuser()}",
+                               weights=assessment.version(conn, args.version))
+    except (ProvinceError, ZoneInfoNotFoundError, *DatabaseError) as exc:
+        print(f"province bulletin: {exc}", file=sys.stderr)
+        return 1
+    # A document to hand on, not a secret: readable like any report.
+    write_atomic(args.out, bulletin.to_pdf(b) if suffix == ".pdf" else bulletin.to_xlsx(b), 0o644)
+    print(args.out)
     return 0
 
 

@@ -15,9 +15,11 @@ from pathlib import Path
 import openpyxl
 import pypdf
 import pytest
-from assessment_helpers import appeal, case
+from assessment_helpers import V1, V1_SCORES, appeal, case, ms, november
 from platform_helpers import HALLS, Client, Clock, Filler, fill, start
 
+from countersign.cli import main as countersign_main
+from countersign.province import assessment
 from countersign.province.db import Database
 from countersign.province.web import PlatformServer
 
@@ -196,3 +198,33 @@ def test_only_a_province_user_makes_weights_and_bad_ones_are_refused(platform: t
     assert "bulletin test" in text and 'id="version-1"' in text
     status, text, _ = admin.get("/audit?action=assessment-weights")
     assert "bulletin test" in html.unescape(text)
+
+
+def test_the_command_line_writes_the_same_bulletin(tmp_path: Path, province_db: Database,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    conn = november(province_db)
+    assessment.add_version(conn, V1, "5", "cli test", actor="admin", now_ms=ms("2026-12-02"))
+    conn.close()
+    cfg = tmp_path / "province.toml"
+    cfg.write_text(f'database = "{province_db.url}"\ntimezone = "Asia/Shanghai"\n', encoding="utf-8")
+    out = tmp_path / "out" / "bulletin-2026-11.pdf"
+    assert countersign_main(["province", "bulletin", "--config", str(cfg), "--month", "2026-11",
+                             "--out", str(out)]) == 0
+    _, ptext = pdf_text(out.read_bytes())
+    assert "2026年11月 窗口服务满意度评价通报" in ptext
+    # hf01: 12 of 14 satisfied, score 77.43 (assessment_helpers, by hand).
+    assert "\n".join(["1", "hf01", "合肥庐阳营业厅", f"{V1_SCORES['hf01']:.2f}", "14", "85.7%"]) in ptext
+    xlsx = tmp_path / "hefei.xlsx"
+    assert countersign_main(["province", "bulletin", "--config", str(cfg), "--month", "2026-11",
+                             "--city", "合肥", "--out", str(xlsx)]) == 0
+    wb = openpyxl.load_workbook(xlsx)
+    halls = {r[1] for r in wb["营业厅考核 Hall assessment"].iter_rows(values_only=True)}
+    assert {"hf01", "hf02"} <= halls and "wh01" not in halls
+    capsys.readouterr()
+    assert countersign_main(["province", "bulletin", "--config", str(cfg), "--month", "2026-13",
+                             "--out", str(out)]) == 1
+    assert "month must be YYYY-MM" in capsys.readouterr().err
+    assert countersign_main(["province", "bulletin", "--config", str(cfg), "--month", "2026-11",
+                             "--city", "nowhere", "--out", str(out)]) == 2
+    assert countersign_main(["province", "bulletin", "--config", str(cfg), "--month", "2026-11",
+                             "--out", str(tmp_path / "b.doc")]) == 2
