@@ -160,6 +160,7 @@ def cmd_bulletin(args: argparse.Namespace) -> int:
     from .migrations import MIGRATIONS
     from .scope import Scope
 
+    failures: tuple[type[Exception], ...] = (ProvinceError, ZoneInfoNotFoundError, *DatabaseError)
     suffix = args.out.suffix.lower()
     if suffix not in (".pdf", ".xlsx"):
         print("province bulletin: --out must end in .pdf or .xlsx", file=sys.stderr)
@@ -185,7 +186,7 @@ def cmd_bulletin(args: argparse.Namespace) -> int:
             b = bulletin.build(conn, month, scope, label, tz=tz, made_ms=wall_ms(),
                                made_by=f"cli:{getpass.getuser()}",
                                weights=assessment.version(conn, args.version))
-    except (ProvinceError, ZoneInfoNotFoundError, *DatabaseError) as exc:
+    except failures as exc:
         print(f"province bulletin: {exc}", file=sys.stderr)
         return 1
     # A document to hand on, not a secret: readable like any report.
