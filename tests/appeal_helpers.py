@@ -1,6 +1,6 @@
 """Helpers of the appeals and flags tests (test_4c_*): platform users as the pages see them, ratings at a
-chosen local time with a chosen key delay, queued for the supervisor as the receiver's Store queues
-them, and the flags the database holds."""
+chosen local time with a chosen key delay (queued for the supervisor by the ratings table's trigger,
+whatever writes them), and the flags the database holds."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def rate(rows: Rows, hall: str, score: int | None, day: str, *, at: str = "12:00
          invite: bool = False, window: str = "1", clerk: str | None = "10001", scale: int = 4,
          txn: str | None = None) -> int:
     """One rating written by analytics_helpers.Rows, then moved to ``at`` (local time of ``day``) with the
-    keypad's key delay, and queued for the supervisor (as Store.insert_rating does)."""
+    keypad's key delay (the database's trigger queued it for the supervisor)."""
     rid = rows.rating(hall, clerk, score, day, window=window, invite=invite, scale=scale)
     ms = local_ms(day, at)
     sets: list[Any] = [ms // 1000, ms + 500, delay_ms, rating_day(ms // 1000, ms + 500, TZ)]
@@ -40,7 +40,6 @@ def rate(rows: Rows, hall: str, score: int | None, day: str, *, at: str = "12:00
         sets.append(txn)
     rows.conn.execute(f"UPDATE ratings SET press_s = ?, received_ms = ?, delay_ms = ?, day = ?{extra}"
                       " WHERE id = ?", [*sets, rid])
-    rows.conn.execute("INSERT INTO supervision_queue (rating, queued_ms) VALUES (?, ?)", (rid, ms + 600))
     return rid
 
 
