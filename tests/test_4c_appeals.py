@@ -22,9 +22,10 @@ from platform_helpers import NOW_MS, TZ, Client, Clock, Filler, fill, start
 
 from countersign.province import appeals
 from countersign.province.appeals import AppealConflict, AppealError, AppealForbidden, AppealNotFound
+from countersign.province.assessment import assessed_figures
 from countersign.province.custody import custody
 from countersign.province.db import Conn, Database, IntegrityError
-from countersign.province.figures import Figures, Filter, total
+from countersign.province.figures import Figures, Filter, figures_by, total
 from countersign.province.scope import Scope
 from countersign.province.web import PlatformServer
 
@@ -98,6 +99,11 @@ def test_an_upheld_appeal_changes_the_assessment_figures_not_the_rating(filled: 
     assert report["hf01"].assessed.dissatisfied == 0
     assert report["wh01"].excluded == 0
     assert report["wh01"].assessed.as_json() == report["wh01"].stored.as_json()
+    # the assessment (part D) counts the same figures as figures.py's assessment option
+    by_hall = figures_by(conn, ("hall",), Filter(Scope("province"), TODAY, TODAY, assessment=True))
+    theirs, excluded = assessed_figures(conn, ("hall",), Filter(Scope("province"), TODAY, TODAY))
+    assert {k: v.as_json() for k, v in theirs.items()} == {k: v.as_json() for k, v in by_hall.items()}
+    assert excluded == {("hf01",): 1}
     # each step is in the audit log, with who did it
     acts = audit_actions(conn)
     assert [(actor, action) for actor, action, _ in acts] == [("mgr-hf01", "appeal.file"),
