@@ -13,6 +13,7 @@ import io
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
 from openpyxl import Workbook
@@ -214,6 +215,8 @@ _HEAD = ["名次\nRank", "营业厅\nHall", "名称\nName", "得分\nScore", "�
 
 
 def to_pdf(b: Bulletin) -> bytes:
+    """Every text a person typed (names, decisions) goes into a Paragraph escaped: reportlab reads
+    Paragraph text as markup, and a decision with "<" in it must print, not fail."""
     _font()
     st = _styles()
     out = io.BytesIO()
@@ -221,8 +224,8 @@ def to_pdf(b: Bulletin) -> bytes:
                             bottomMargin=14 * mm, title=b.title, author="Countersign",
                             subject=f"{b.scope_label} {b.month.key}")
     story: list[Any] = [Paragraph(b.title, st["title"]),
-                        Paragraph(f"{b.scope_label} | {b.month.day_from} ~ {b.month.day_to} | 生成 made"
-                                  f" {_fmt(b.made_ms, b.tz)} by {b.made_by}", st["small"]),
+                        Paragraph(escape(f"{b.scope_label} | {b.month.day_from} ~ {b.month.day_to} | 生成"
+                                         f" made {_fmt(b.made_ms, b.tz)} by {b.made_by}"), st["small"]),
                         Paragraph("一、总体情况 Summary", st["h2"])]
     summary = b.summary()
     half = (len(summary) + 1) // 2
@@ -268,7 +271,7 @@ def to_pdf(b: Bulletin) -> bytes:
         story.append(_table(["申诉 Appeal", "评价 Rating", "营业厅 Hall", "理由 Reason", "决定时间 Decided",
                              "决定人 By", "意见 Decision"],
                             [[str(a["id"]), str(a["rating"]), a["hall"], a["reason"], a["decided"],
-                              a["decided_by"] or "", Paragraph(a["decision"][:300], st["small"])]
+                              a["decided_by"] or "", Paragraph(escape(a["decision"][:300]), st["small"])]
                              for a in b.appeals]))
     else:
         story.append(Paragraph("本月无采信的申诉 none this month.", st["body"]))

@@ -32,11 +32,12 @@ def case(conn: Conn, hall: str, rating: int | None, *, opened: str, closed: str 
          ms(closed) if closed else None, on_time, ms(overdue) if overdue else None)))
 
 
-def appeal(conn: Conn, hall: str, rating: int, state: str, decided: str) -> int:
+def appeal(conn: Conn, hall: str, rating: int, state: str, decided: str, decision: str | None = None) -> int:
     return int(conn.scalar(
         "INSERT INTO appeals (rating, hall, reason, evidence, filed_ms, filed_by, state, decided_ms,"
         " decided_by, decision) VALUES (?, ?, 'misoperation', 'video', ?, 'mgr', ?, ?, 'admin', ?)"
-        " RETURNING id", (rating, hall, ms(decided) - 86_400_000, state, ms(decided), f"test {state}")))
+        " RETURNING id", (rating, hall, ms(decided) - 86_400_000, state, ms(decided),
+                          decision or f"test {state}")))
 
 
 def november(db: Database) -> Conn:

@@ -16,7 +16,9 @@ import openpyxl
 import pypdf
 import pytest
 from assessment_helpers import V1, V1_SCORES, appeal, case, ms, november
-from platform_helpers import HALLS, Client, Clock, Filler, fill, start
+from browser_helpers import chromium, click, wait_text
+from platform_helpers import HALLS, PASSWORD, Client, Clock, Filler, fill, start
+from selenium.webdriver.common.by import By
 
 from countersign.cli import main as countersign_main
 from countersign.province import assessment
@@ -26,6 +28,8 @@ from countersign.province.web import PlatformServer
 MONTH = "2026-12"          # the month of platform_helpers' NOW_MS
 NAMES = {h: n for h, n, _ in HALLS}
 WUHU = urllib.parse.quote("芜湖")
+# reportlab reads Paragraph text as markup: a decision must print as typed.
+DECISION = "误按 <b>确认</b> & 录像为证"
 
 
 @pytest.fixture
@@ -38,7 +42,7 @@ def platform(tmp_path: Path, province_db: Database) -> Iterator[tuple[PlatformSe
         f.rating("hf02", 1, "20001", 4)
     with province_db.connect() as conn:
         bad = conn.scalar("SELECT id FROM ratings WHERE hall = 'wh01' AND score = 1")
-        appeal(conn, "wh01", int(bad), "upheld", "2026-12-02")
+        appeal(conn, "wh01", int(bad), "upheld", "2026-12-02", DECISION)
         hf01_bad = conn.scalar("SELECT id FROM ratings WHERE hall = 'hf01' AND score = 1")
         case(conn, "hf01", int(hf01_bad), opened="2026-12-01", closed="2026-12-02", on_time=1)
     server = start(tmp_path, province_db, Clock())
@@ -104,6 +108,7 @@ def test_the_pdf_and_the_excel_print_the_figures_the_page_shows(platform: tuple[
         assert printed in ptext, (printed, ptext[:3000])
     assert "各营业厅满意率" in ptext                           # the chart's title
     assert "误评 misoperation" in ptext                        # the upheld appeal listed
+    assert DECISION in " ".join(ptext.split())        # wrapped in its cell: lines joined
 
     status, body, _ = admin.raw(f"/assessment/bulletin.xlsx?month={MONTH}")
     assert status == 200
@@ -228,3 +233,41 @@ def test_the_command_line_writes_the_same_bulletin(tmp_path: Path, province_db: 
                              "--city", "nowhere", "--out", str(out)]) == 2
     assert countersign_main(["province", "bulletin", "--config", str(cfg), "--month", "2026-11",
                              "--out", str(tmp_path / "b.doc")]) == 2
+
+
+def test_in_the_browser_new_weights_and_an_upheld_appeal_change_the_scores_not_the_rating(
+        platform: tuple[PlatformServer, Filler], tmp_path: Path) -> None:
+    server, f = platform
+    with chromium(tmp_path) as d:
+        d.get(server.url + "/login")
+        d.find_element(By.ID, "name").send_keys("admin")
+        d.find_element(By.ID, "password").send_keys(PASSWORD)
+        d.find_element(By.ID, "login").click()
+        wait_text(d, "#who", bool)
+        d.get(server.url + "/assessment/weights")
+        for part, value in (("satisfaction", "100"), ("participation", "0"), ("cases_on_time", "0"),
+                            ("appeals_upheld", "0"), ("dissatisfied", "0")):
+            box = d.find_element(By.ID, f"w-{part}")
+            box.clear()
+            box.send_keys(value)
+        box = d.find_element(By.ID, "min-sample")
+        box.clear()
+        box.send_keys("1")
+        d.find_element(By.ID, "note").send_keys("只看满意率 satisfaction only")
+        click(d, "#save-weights")
+        wait_text(d, "#versions", lambda t: "satisfaction only" in t)
+        d.get(server.url + f"/assessment?month={MONTH}")
+        hf02 = 'tr[data-hall="hf02"]'
+        assert wait_text(d, f"#ranked {hf02} td.score", bool) == "66.67"          # 2 of 3 satisfied
+        assert "satisfaction only" in d.find_element(By.ID, "version").text
+        with f.db.connect() as conn:
+            bad = int(conn.scalar("SELECT id FROM ratings WHERE hall = 'hf02' AND score = 1"))
+            stored = conn.one("SELECT score, cose, digest FROM ratings WHERE id = ?", (bad,))
+            # The appeal as the province's decision leaves it (the appeals page is another part's).
+            appeal(conn, "hf02", bad, "upheld", "2026-12-02")
+        d.refresh()
+        assert wait_text(d, f"#ranked {hf02} td.score", lambda t: t != "66.67") == "100.00"
+        assert d.find_element(By.CSS_SELECTOR, f"#ranked {hf02} td.excluded").text == "1"
+        assert d.find_element(By.CSS_SELECTOR, f"#ranked {hf02} td.ratings").text == "2"
+        with f.db.connect() as conn:
+            assert conn.one("SELECT score, cose, digest FROM ratings WHERE id = ?", (bad,)) == stored
