@@ -9,8 +9,8 @@ month's closed cases with ``on_time = 1`` over the month's closed cases) and app
 upheld over decided in the month), whose weights sum to 100, and a penalty per dissatisfied rating. A
 rate with no denominator (no case closed, no appeal decided) scores its full weight: a hall with nothing
 to rectify has not rectified late. Ratings an upheld appeal excludes (exclusions.py) count nowhere here,
-neither as a rating nor as an opened prompt: the appeal says the press should not have been one. They
-stay stored and signed, and the excluded count is shown beside each row.
+neither as a rating nor as the prompt it answered (figures.py's ``Filter(assessment=True)``, the one
+definition). They stay stored and signed, and the excluded count is shown beside each row.
 
 The minimum-sample rule is the rankings' (rankings.py): fewer ratings than ``min_sample`` and a hall or
 clerk is listed apart as 样本不足 insufficient sample, not ranked. Weights are versions in
@@ -25,12 +25,10 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
-
-from countersign.protocol.messages import SCORE_NAMES_ZH, is_satisfied
 
 from . import audit, exclusions, rankings
 from .db import Conn
@@ -184,32 +182,16 @@ def parse_month(raw: str, tz: ZoneInfo) -> Month:
 
 def assessed_figures(conn: Conn, group: tuple[str, ...], flt: Filter) -> tuple[
         dict[tuple[Any, ...], Figures], dict[tuple[Any, ...], int]]:
-    """figures.py's figures per group without the ratings an upheld appeal excludes (each takes its
-    opened prompt with it), and how many were excluded per group."""
-    out = figures_by(conn, group, flt)
+    """figures.py's figures for assessment (``Filter(assessment=True)``: without the ratings an upheld
+    appeal excludes, nor the prompts they answered) per group, and how many were excluded per group."""
+    out = figures_by(conn, group, replace(flt, assessment=True))
     cols = ['"window"' if c == "window" else c for c in group]
     sel = "".join(f"{c}, " for c in cols)
-    where, args = flt.sql()
-    excluded: dict[tuple[Any, ...], int] = {}
-    rows = conn.all(f"SELECT {sel}kind, scale, score, COUNT(*) FROM ratings WHERE 1 = 1{where}"
-                    f"{exclusions.excluded_sql()} GROUP BY {sel}kind, scale, score", args)
-    for row in rows:
-        key = tuple(row[:len(cols)])
-        kind, scale, score, n = row[len(cols):]
-        f = out.get(key)
-        if f is None:
-            continue
-        excluded[key] = excluded.get(key, 0) + int(n)
-        f.prompts -= n
-        if kind == "no-rating":
-            f.no_ratings -= n
-            continue
-        f.ratings -= n
-        f.scores[str(scale)][SCORE_NAMES_ZH[scale][score]] -= n
-        if is_satisfied(score, scale):
-            f.satisfied -= n
-        else:
-            f.dissatisfied -= n
+    where, args = replace(flt, assessment=False).sql()
+    group_by = f" GROUP BY {', '.join(cols)}" if cols else ""
+    excluded = {tuple(row[:len(cols)]): int(row[-1]) for row in conn.all(
+        f"SELECT {sel}COUNT(*) FROM ratings WHERE 1 = 1{where}{exclusions.excluded_sql()}{group_by}", args)
+        if row[-1]}
     return out, excluded
 
 
@@ -335,7 +317,8 @@ def assess(conn: Conn, month: Month, scope: Scope, level: str = "hall",
     halls = {str(h): (str(n), str(c)) for h, n, c in conn.all(
         f"SELECT hall, name, city FROM halls WHERE 1 = 1{where}", args)}
     rows: list[ScoreRow] = []
-    for key in sorted(set(figs) | set(counts), key=lambda k: tuple("" if x is None else str(x) for x in k)):
+    keys = set(figs) | set(excluded) | set(counts)
+    for key in sorted(keys, key=lambda k: tuple("" if x is None else str(x) for x in k)):
         if lvl == "clerk" and key[1] is None:
             continue     # served with no clerk signed in: nobody to assess (the hall's score counts them)
         hall = str(key[0])
