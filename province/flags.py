@@ -12,17 +12,20 @@ adds its new ratings to the same flag instead of raising another):
   top scores in a row at one keypad (one flag per run, keyed by its first rating), or pressed while the
   hall is closed (``hours.for_hall`` with the working-day calendar; one flag per hall and day; a rating
   whose keypad clock was unknown has no press time and is not judged).
-- ``txn-reused``: one transaction id on ratings (with a score) of different prompts in one hall: one
-  transaction rated twice. One flag per hall and transaction.
+- ``txn-reused``: one transaction id on ratings (with a score) of different prompts in one hall within
+  ``TXN_DAYS`` days: one transaction rated twice. One flag per hall and transaction.
 - ``one-key``: a keypad whose last ``ONE_KEY_N`` or more ratings are all the same key. One flag per run.
 
-Every query is bounded (``LOOKBACK``), so a pass over a batch costs a few indexed reads per keypad.
+"In a row" is the keypad's own order (epoch, seq). Every query is bounded (``LOOKBACK`` rows, one day,
+``TXN_DAYS``) and runs on an index of the ratings table (device-epoch-seq, day-hall), so a pass over a
+batch costs a few indexed reads per keypad, however many ratings the province holds.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +47,7 @@ FAST_MS = 300            # below a person's reaction time to a prompt they have 
 FAST_N = 3
 STREAK_N = 5
 ONE_KEY_N = 20
+TXN_DAYS = 7             # a transaction id is looked for on ratings this many days either side
 LOOKBACK = 500           # ratings looked at per keypad for a run; a flag lists at most this many
 ACTOR = "supervisor"
 MAX_NOTE = 2000
@@ -108,19 +112,18 @@ def on_ratings(conn: Conn, ratings: Sequence[Rated], p: Pass) -> None:
     devices = sorted({r.device for r in ratings if r.kind == "rating"})
     for device in devices:
         mine = [r for r in ratings if r.device == device]
-        for day in sorted({r.day for r in mine if _fast(r)}):
-            _fast_press(conn, device, day, p)
+        for hall, day in sorted({(r.hall, r.day) for r in mine if _fast(r)}):
+            _fast_press(conn, hall, device, day, p)
         if any(_invite_top(r) for r in mine):
             _streak(conn, device, p)
-        last = max((r for r in mine if r.kind == "rating"), key=lambda r: r.id)
-        _one_key(conn, device, last, p)
+        _one_key(conn, device, p)
     known: dict[str, hours.Hours] = {}
     closed = {(r.hall, r.day) for r in ratings
               if r.prompt == 0 and r.press_s is not None and not _open(conn, r, p, known)}
     for hall, day in sorted(closed):
         _after_hours(conn, hall, day, p, known)
-    for hall, txn in sorted({(r.hall, r.txn) for r in ratings if r.kind == "rating" and r.txn}):
-        _txn_reused(conn, hall, txn, p)
+    for hall, txn, day in sorted({(r.hall, r.txn, r.day) for r in ratings if r.kind == "rating" and r.txn}):
+        _txn_reused(conn, hall, txn, day, p)
 
 
 def on_tick(conn: Conn, p: Pass) -> None:
@@ -169,9 +172,9 @@ def _raise(conn: Conn, kind: str, dedup: str, rs: Sequence[Rated], why: str, p: 
                      (why, ids, _clerk(rs), have[0]))
 
 
-def _fast_press(conn: Conn, device: str, day: str, p: Pass) -> None:
-    rs = rated.where(conn, "device = ? AND day = ? AND kind = 'rating' AND delay_ms < ?",
-                     (device, day, FAST_MS), LOOKBACK)
+def _fast_press(conn: Conn, hall: str, device: str, day: str, p: Pass) -> None:
+    rs = rated.where(conn, "day = ? AND hall = ? AND device = ? AND kind = 'rating' AND delay_ms < ?",
+                     (day, hall, device, FAST_MS), LOOKBACK)
     if len(rs) < FAST_N:
         return
     quickest = min(r.delay_ms or 0 for r in rs)
@@ -182,20 +185,40 @@ def _fast_press(conn: Conn, device: str, day: str, p: Pass) -> None:
     _raise(conn, "fast-press", f"fast-press:{device}:{day}", rs, why, p, device=device)
 
 
-def _run(conn: Conn, device: str, breaks: str, args: Sequence[object]) -> tuple[int, list[Rated]]:
-    """The keypad's outcomes after the last one matching ``breaks`` (SQL), the run going on (its newest
-    ``LOOKBACK``), and the id it started after: the run's name, the same however long it grows."""
-    last_break = conn.scalar(f"SELECT MAX(id) FROM ratings WHERE device = ? AND ({breaks})", [device, *args])
-    start = int(last_break) if last_break is not None else 0
-    ids = [int(r[0]) for r in conn.all("SELECT id FROM ratings WHERE device = ? AND id > ? ORDER BY id DESC"
-                                       " LIMIT ?", (device, start, LOOKBACK))]
-    return start, rated.load(conn, ids)
+def _run(conn: Conn, device: str, member: Callable[[Sequence[Any]], bool], breaks: str,
+         args: Sequence[object], need: int, *,
+         skip_no_ratings: bool = False) -> tuple[int, list[Rated]] | None:
+    """The run going on at a keypad: its newest outcomes (in the keypad's own order, epoch and seq, read
+    backwards on the table's unique index) while ``member`` holds for (id, kind, score, scale, prompt),
+    if at least ``need`` long; with the id of the outcome that broke it before, the run's name, the same
+    however long it grows. Only a run longer than ``LOOKBACK`` looks for that break with ``breaks`` (SQL,
+    a scan of the keypad's rows), once it is flagged anyway."""
+    rows = conn.all("SELECT id, kind, score, scale, prompt FROM ratings WHERE device = ?"
+                    " ORDER BY epoch DESC, seq DESC LIMIT ?", (device, LOOKBACK))
+    run: list[int] = []
+    start: int | None = None
+    for r in rows:
+        if skip_no_ratings and r[1] != "rating":
+            continue
+        if not member(r):
+            start = int(r[0])
+            break
+        run.append(int(r[0]))
+    if len(run) < need:
+        return None
+    if start is None:
+        found = (conn.scalar(f"SELECT MAX(id) FROM ratings WHERE device = ? AND ({breaks})", [device, *args])
+                 if len(rows) == LOOKBACK else None)
+        start = 0 if found is None else int(found)
+    return start, rated.load(conn, run)
 
 
 def _streak(conn: Conn, device: str, p: Pass) -> None:
-    start, rs = _run(conn, device, "kind <> 'rating' OR prompt <> 0 OR score <> scale", ())
-    if len(rs) < STREAK_N:
+    got = _run(conn, device, lambda r: r[1] == "rating" and r[4] == 0 and r[2] == r[3],
+               "kind <> 'rating' OR prompt <> 0 OR score <> scale", (), STREAK_N)
+    if got is None:
         return
+    start, rs = got
     r0 = rs[0]
     why = (f"窗口 {r0.window}（评价器 {device}）连续 {len(rs)} 次由工作人员邀评键开启且均为最高分"
            f"“{_score(r0)}”。 Window {r0.window} (keypad {device}): {len(rs)} ratings in a row opened by the"
@@ -220,8 +243,11 @@ def _after_hours(conn: Conn, hall: str, day: str, p: Pass, known: dict[str, hour
            device=rs[0].device if len({r.device for r in rs}) == 1 else None)
 
 
-def _txn_reused(conn: Conn, hall: str, txn: str, p: Pass) -> None:
-    rs = rated.where(conn, "hall = ? AND txn = ? AND kind = 'rating'", (hall, txn), LOOKBACK)
+def _txn_reused(conn: Conn, hall: str, txn: str, day: str, p: Pass) -> None:
+    d = dt.date.fromisoformat(day)
+    span = ((d - dt.timedelta(days=TXN_DAYS)).isoformat(), (d + dt.timedelta(days=TXN_DAYS)).isoformat())
+    rs = rated.where(conn, "day >= ? AND day <= ? AND hall = ? AND txn = ? AND kind = 'rating'",
+                     (*span, hall, txn), LOOKBACK)
     prompts = {r.prompt for r in rs}
     if len(prompts) < 2:
         return
@@ -232,17 +258,20 @@ def _txn_reused(conn: Conn, hall: str, txn: str, p: Pass) -> None:
            device=rs[0].device if len({r.device for r in rs}) == 1 else None)
 
 
-def _one_key(conn: Conn, device: str, last: Rated, p: Pass) -> None:
-    if last.score is None:
+def _one_key(conn: Conn, device: str, p: Pass) -> None:
+    newest = conn.one("SELECT score, scale FROM ratings WHERE device = ? AND kind = 'rating'"
+                      " ORDER BY epoch DESC, seq DESC LIMIT 1", (device,))
+    if newest is None:
         return
+    key = (int(newest[0]), int(newest[1]))
     # No-ratings are not a key pressed: they neither extend nor break the run.
-    start, run = _run(conn, device, "kind = 'rating' AND (score <> ? OR scale <> ?)",
-                      (last.score, last.scale))
-    rs = [r for r in run if r.kind == "rating"]
-    if len(rs) < ONE_KEY_N:
+    got = _run(conn, device, lambda r: (r[2], r[3]) == key, "kind = 'rating' AND (score <> ? OR scale <> ?)",
+               key, ONE_KEY_N, skip_no_ratings=True)
+    if got is None:
         return
-    why = (f"评价器 {device} 最近 {len(rs)} 次评价全部为同一键“{_score(last)}”。 Keypad {device}: its last"
-           f" {len(rs)} ratings are all the same key ({last.score} of {last.scale}).")
+    start, rs = got
+    why = (f"评价器 {device} 最近 {len(rs)} 次评价全部为同一键“{_score(rs[-1])}”。 Keypad {device}: its last"
+           f" {len(rs)} ratings are all the same key ({key[0]} of {key[1]}).")
     _raise(conn, "one-key", f"one-key:{device}:{start}", rs, why, p, device=device)
 
 

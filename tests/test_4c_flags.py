@@ -168,6 +168,21 @@ def test_a_keypad_of_one_key_is_flagged_once_per_run(rows: Rows, province_db: Da
     assert [f["ratings"] for f in flags_of(conn, "one-key")] == [run, again]
 
 
+def test_a_run_longer_than_the_look_back_stays_one_flag(rows: Rows, province_db: Database,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a short look-back instead of 500 ratings: the run outgrows it and is still the same run
+    monkeypatch.setattr(flags, "LOOKBACK", 25)
+    rate(rows, "hf02", 1, DAY, at="08:40", clerk="20001")
+    first = [rate(rows, "hf02", 3, DAY, at=f"09:{i:02d}", clerk="20001") for i in range(20)]
+    run_pass(province_db, TZ, NOW)
+    [flag] = flags_of(rows.conn, "one-key")
+    assert flag["ratings"] == first
+    later = [rate(rows, "hf02", 3, DAY, at=f"10:{i:02d}", clerk="20001") for i in range(15)]
+    run_pass(province_db, TZ, NOW)
+    [again] = flags_of(rows.conn, "one-key")
+    assert again["dedup"] == flag["dedup"] and again["ratings"] == (first + later)[-25:]
+
+
 def raised(rows: Rows, province_db: Database) -> tuple[int, int]:
     """A flag in hf01 (合肥) and one in wh01 (芜湖): a fast-pressing keypad in each."""
     for hall, clerk in (("hf01", "10001"), ("wh01", "30001")):
