@@ -184,15 +184,22 @@ def assessed_figures(conn: Conn, group: tuple[str, ...], flt: Filter) -> tuple[
         dict[tuple[Any, ...], Figures], dict[tuple[Any, ...], int]]:
     """figures.py's figures for assessment (``Filter(assessment=True)``: without the ratings an upheld
     appeal excludes, nor the prompts they answered) per group, and how many were excluded per group."""
-    out = figures_by(conn, group, replace(flt, assessment=True))
+    return figures_by(conn, group, replace(flt, assessment=True)), excluded_by(conn, group, flt)
+
+
+def excluded_by(conn: Conn, group: tuple[str, ...], flt: Filter) -> dict[tuple[Any, ...], int]:
+    """Ratings under ``flt`` an upheld appeal excludes, per group."""
     cols = ['"window"' if c == "window" else c for c in group]
     sel = "".join(f"{c}, " for c in cols)
     where, args = replace(flt, assessment=False).sql()
     group_by = f" GROUP BY {', '.join(cols)}" if cols else ""
-    excluded = {tuple(row[:len(cols)]): int(row[-1]) for row in conn.all(
+    return {tuple(row[:len(cols)]): int(row[-1]) for row in conn.all(
         f"SELECT {sel}COUNT(*) FROM ratings WHERE 1 = 1{where}{exclusions.excluded_sql()}{group_by}", args)
         if row[-1]}
-    return out, excluded
+
+
+def _key(hall: str, clerk: str | None, lvl: Level) -> tuple[Any, ...]:
+    return (hall,) if lvl == "hall" else (hall, clerk)
 
 
 @dataclass
@@ -311,25 +318,28 @@ def assess(conn: Conn, month: Month, scope: Scope, level: str = "hall",
     lvl: Level = "hall" if level == "hall" else "clerk"
     w = w or version(conn)
     group = ("hall",) if lvl == "hall" else ("hall", "clerk")
-    figs, excluded = assessed_figures(conn, group, Filter(scope, month.day_from, month.day_to))
+    flt = Filter(scope, month.day_from, month.day_to)
+    # The rankings' minimum-sample rule, applied by rankings.ranking itself over the assessment's
+    # figures: a group it does not rank is listed apart here too.
+    split = rankings.ranking(conn, lvl, replace(flt, assessment=True), w.min_sample)
+    figs = {_key(x.hall, x.clerk, lvl): x.figures for x in split.ranked + split.too_few}
+    sampled = {_key(x.hall, x.clerk, lvl) for x in split.ranked}
+    excluded = excluded_by(conn, group, flt)
     counts = _counts(conn, lvl, scope, month)
     where, args = scope.sql("hall")
     halls = {str(h): (str(n), str(c)) for h, n, c in conn.all(
         f"SELECT hall, name, city FROM halls WHERE 1 = 1{where}", args)}
-    rows: list[ScoreRow] = []
+    ranked: list[ScoreRow] = []
+    too_few: list[ScoreRow] = []
     keys = set(figs) | set(excluded) | set(counts)
     for key in sorted(keys, key=lambda k: tuple("" if x is None else str(x) for x in k)):
         if lvl == "clerk" and key[1] is None:
             continue     # served with no clerk signed in: nobody to assess (the hall's score counts them)
         hall = str(key[0])
         name, city = halls.get(hall, (hall, ""))
-        rows.append(ScoreRow(hall, name, city, None if lvl == "hall" else str(key[1]),
-                             figs.get(key, Figures()), excluded.get(key, 0), counts.get(key, Counts())))
-    ranked: list[ScoreRow] = []
-    too_few: list[ScoreRow] = []
-    for r in rows:
-        # The rankings' minimum-sample rule (rankings.ranking): fewer ratings, no rank, listed apart.
-        if r.figures.ratings >= w.min_sample:
+        r = ScoreRow(hall, name, city, None if lvl == "hall" else str(key[1]), figs.get(key, Figures()),
+                     excluded.get(key, 0), counts.get(key, Counts()))
+        if key in sampled:
             score(r, w)
             ranked.append(r)
         else:
