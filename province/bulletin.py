@@ -29,6 +29,7 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
+from . import appeals as appeal_rules
 from . import exclusions
 from .assessment import PART_NAMES, Assessment, Month, ScoreRow, Weights, assess, score_table, weights_meta
 from .db import Conn
@@ -43,8 +44,6 @@ __all__ = ["Bulletin", "build", "pct", "to_pdf", "to_xlsx"]
 FONT = "STSong-Light"
 TOP = 10                       # clerks shown at the top and at the bottom of the ranking
 MAX_LISTED = 200               # dissatisfied ratings listed in the PDF (the workbook has all of them)
-REASONS = {"misoperation": "误评 misoperation", "malicious": "恶意差评 malicious",
-           "not-our-customer": "非本厅客户 not our customer"}
 
 
 def pct(x: float | None) -> str:
@@ -114,7 +113,7 @@ def build(conn: Conn, month: Month, scope: Scope, scope_label: str, *, tz: ZoneI
                    " SUM(CASE WHEN overdue_ms >= ? AND overdue_ms < ? THEN 1 ELSE 0 END)"
                    f" FROM cases WHERE 1 = 1{where}", [a, b, a, b, a, b, a, b, *args])
     cases = dict(zip(("opened", "closed", "on_time", "overdue"), (int(x or 0) for x in row), strict=True))
-    appeals = [{"id": int(i), "rating": int(r), "hall": h, "reason": REASONS.get(reason, reason),
+    appeals = [{"id": int(i), "rating": int(r), "hall": h, "reason": appeal_rules.REASONS.get(reason, reason),
                 "decided": _fmt(d, tz), "decided_by": by, "decision": dec or ""}
                for i, r, h, reason, d, by, dec in conn.all(
                    "SELECT id, rating, hall, reason, decided_ms, decided_by, decision FROM appeals"

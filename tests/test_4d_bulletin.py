@@ -107,7 +107,7 @@ def test_the_pdf_and_the_excel_print_the_figures_the_page_shows(platform: tuple[
                              r["participation"]])
         assert printed in ptext, (printed, ptext[:3000])
     assert "各营业厅满意率" in ptext                           # the chart's title
-    assert "误评 misoperation" in ptext                        # the upheld appeal listed
+    assert "误操作 Misoperation" in ptext                       # the upheld appeal listed
     assert DECISION in " ".join(ptext.split())        # wrapped in its cell: lines joined
 
     status, body, _ = admin.raw(f"/assessment/bulletin.xlsx?month={MONTH}")
