@@ -16,6 +16,7 @@ flag is "not found" whatever the URL says. Each change is audited in its transac
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 from . import appeals, export, flags
 from .appeals import AppealConflict, AppealError, AppealForbidden, AppealNotFound
 from .db import Conn
+from .figures import Figures
 from .flags import FlagError, FlagForbidden, FlagNotFound
 from .ratings_list import dissatisfied_sql, rating_rows
 from .scope import User
@@ -169,17 +171,23 @@ def routes(web: Web) -> list[BaseRoute]:
         period = web.period(request)
         with web.db.connect() as conn:
             halls = appeals.compare(conn, user.scope, period.day_from, period.day_to)
+        total = appeals.Compared("total", "合计 Total", "", Figures(), Figures(), 0)
+        for c in halls:
+            total.stored.add(c.stored)
+            total.assessed.add(c.assessed)
+        total = dataclasses.replace(total, excluded=sum(c.excluded for c in halls))
         table = export.Table("appeals-report", "申诉剔除前后对比 Figures with and without excluded ratings",
                              REPORT_COLUMNS, [
             {"hall": c.hall, "name": c.name, "city": c.city, "ratings": c.stored.ratings,
              "satisfaction": c.stored.satisfaction_rate, "participation": c.stored.participation_rate,
              "dissatisfied": c.stored.dissatisfied, "excluded": c.excluded, "a_ratings": c.assessed.ratings,
              "a_satisfaction": c.assessed.satisfaction_rate, "a_participation": c.assessed.participation_rate,
-             "a_dissatisfied": c.assessed.dissatisfied} for c in halls], {"期间 Period": period.label})
+             "a_dissatisfied": c.assessed.dissatisfied} for c in [*halls, total]],
+                             {"期间 Period": period.label})
         got = web.export(request, table)
         if got is not None:
             return got
-        return web.render(request, "appeal_report.html", halls=halls, period=period)
+        return web.render(request, "appeal_report.html", halls=halls, total=total, period=period)
 
     def flag_list(request: Request) -> Response:
         user = web.user(request)

@@ -290,6 +290,8 @@ def test_the_pages_file_decide_and_report_in_scope(served: tuple[PlatformServer,
     lines = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
     hf01 = next(r for r in lines if r and r[0] == "hf01")
     assert hf01[3] == "5" and hf01[7] == "1" and hf01[8] == "4" and hf01[9] == "100.0%"
+    every = next(r for r in lines if r and r[0] == "total")
+    assert every[3:11] == ["8", "62.5%", "88.9%", "3", "1", "7", "71.4%", "87.5%"]
     # the hall manager's report is their own hall only
     status, page, _ = mgr.get("/appeals/report?period=today")
     assert 'id="report-hf01"' in page and "report-hf02" not in page and "report-wh01" not in page
