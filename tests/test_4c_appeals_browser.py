@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 from browser_helpers import chromium, click, wait_text
-from platform_helpers import PASSWORD, Clock, Filler, fill, start
+from platform_helpers import NOW_MS, PASSWORD, TZ, Clock, Filler, fill, start
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
 from countersign.province.db import Database
+from countersign.province.supervision import run_pass
 from countersign.province.web import PlatformServer
 
 
@@ -42,6 +43,13 @@ def log_in(driver: WebDriver, base: str, name: str) -> None:
     driver.find_element(By.ID, "password").send_keys(PASSWORD)
     driver.find_element(By.ID, "login").click()
     wait_text(driver, "#who", bool)
+
+
+def no_horizontal_scroll(driver: WebDriver) -> None:
+    width = driver.execute_script("return window.innerWidth;")
+    assert width <= 400, f"the window is {width} px wide, not a phone's"
+    scroll = driver.execute_script("return document.documentElement.scrollWidth;")
+    assert scroll <= width, f"{driver.current_url} is {scroll} px wide in a {width} px window"
 
 
 def report_cells(driver: WebDriver, hall: str) -> dict[str, str]:
@@ -102,3 +110,23 @@ def test_a_hall_appeals_the_province_upholds_the_report_shows_it(platform: tuple
     assert wh01["excluded"] == "0" and wh01["satisfaction"] == wh01["a-satisfaction"] == "50.0%"
     with province_db.connect() as conn:
         assert tuple(conn.one("SELECT cose, score, day FROM ratings WHERE id = ?", (rid,))) == tuple(before)
+
+
+def test_the_appeal_and_flag_pages_fit_a_phone(platform: tuple[PlatformServer, Filler], browser: WebDriver,
+                                               province_db: Database) -> None:
+    server, filler = platform
+    with province_db.connect() as conn:
+        rid = int(conn.scalar("SELECT id FROM ratings WHERE hall = 'hf01' AND score = 1"))
+    # a flag to show: six invite-key top scores in a row
+    for i in range(6):
+        filler.rating("hf01", 2, "10002", 4, invite=True, press_s=NOW_MS // 1000 - 3000 + i * 60)
+    run_pass(province_db, TZ, NOW_MS)
+    # the city office: the appeal form and the flag's review form are on its pages
+    log_in(browser, server.url, "hefei")
+    browser.set_window_size(375, 800)
+    for path in ("/appeals?period=today", f"/appeals/rating/{rid}", "/appeals/report?period=today", "/flags",
+                 "/flags/1"):
+        browser.get(server.url + path)
+        wait_text(browser, "h1", bool)
+        no_horizontal_scroll(browser)
+    assert browser.find_elements(By.ID, "review")
