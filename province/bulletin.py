@@ -42,6 +42,7 @@ from .scope import Scope
 __all__ = ["Bulletin", "build", "pct", "to_pdf", "to_xlsx"]
 
 FONT = "STSong-Light"
+CHART_BARS = 30                # bars that fit the page's width with their labels
 TOP = 10                       # clerks shown at the top and at the bottom of the ranking
 MAX_LISTED = 200               # dissatisfied ratings listed in the PDF (the workbook has all of them)
 
@@ -171,10 +172,14 @@ def _table(head: list[str], rows: list[list[str]], widths: list[float] | None = 
 
 def _chart(rows: list[ScoreRow]) -> Drawing:
     """满意率 per hall (halls with ratings), best first."""
-    shown = sorted((r for r in rows if r.figures.satisfaction_rate is not None),
-                   key=lambda r: -(r.figures.satisfaction_rate or 0.0))[:30]
+    rated = sorted((r for r in rows if r.figures.satisfaction_rate is not None),
+                   key=lambda r: (-(r.figures.satisfaction_rate or 0.0), r.hall))
+    shown = rated[:CHART_BARS]
     d = Drawing(170 * mm, 70 * mm)
-    d.add(String(0, 66 * mm, "各营业厅满意率 Satisfaction per hall (%)", fontName=FONT, fontSize=9))
+    title = "各营业厅满意率 Satisfaction per hall (%)"
+    if len(rated) > CHART_BARS:
+        title += f": 前 {CHART_BARS} 个 the best {CHART_BARS} of {len(rated)} (全部见下表 all in the table)"
+    d.add(String(0, 66 * mm, title, fontName=FONT, fontSize=9))
     if not shown:
         d.add(String(0, 30 * mm, "无评价 no ratings", fontName=FONT, fontSize=9))
         return d

@@ -15,14 +15,16 @@ from pathlib import Path
 import openpyxl
 import pypdf
 import pytest
+from analytics_helpers import TZ, Rows, prepared
 from assessment_helpers import V1, V1_SCORES, appeal, case, ms, november
 from browser_helpers import chromium, click, wait_text
 from platform_helpers import HALLS, PASSWORD, Client, Clock, Filler, fill, start
 from selenium.webdriver.common.by import By
 
 from countersign.cli import main as countersign_main
-from countersign.province import assessment
+from countersign.province import assessment, bulletin
 from countersign.province.db import Database
+from countersign.province.scope import Scope
 from countersign.province.web import PlatformServer
 
 MONTH = "2026-12"          # the month of platform_helpers' NOW_MS
@@ -171,6 +173,9 @@ def test_the_assessment_page_is_scoped_and_exports(platform: tuple[PlatformServe
     assert ws is not None
     halls = {r[1] for r in ws.iter_rows(values_only=True) if r[1] in ("hf01", "hf02", "wh01")}
     assert halls == {"hf01"}
+    status, body, _ = mgr.raw(f"/assessment?month={MONTH}&format=csv")
+    csv_text = body.decode("utf-8-sig")
+    assert "权重版本 Weights version,v1" in csv_text and "最少评价数 Minimum sample,1" in csv_text
     hefei = logged_in(server, "hefei")
     status, text, _ = hefei.get(f"/assessment?month={MONTH}")
     assert set(page_rows(text)) == {"hf01", "hf02"}
@@ -271,3 +276,23 @@ def test_in_the_browser_new_weights_and_an_upheld_appeal_change_the_scores_not_t
         assert d.find_element(By.CSS_SELECTOR, f"#ranked {hf02} td.ratings").text == "2"
         with f.db.connect() as conn:
             assert conn.one("SELECT score, cose, digest FROM ratings WHERE id = ?", (bad,)) == stored
+
+
+def test_a_province_of_many_halls_charts_the_best_30_and_tables_them_all(province_db: Database) -> None:
+    conn = prepared(province_db)
+    rows = Rows(conn)
+    for i in range(35):
+        hall = f"x{i:02d}"
+        conn.execute("INSERT INTO halls (hall, name, city) VALUES (?, ?, '宣城')", (hall, f"宣城{i}号厅"))
+        rows.many(hall, f"9{i:02d}", 10 + i % 7, i % 3, "2026-11-08")
+    assessment.add_version(conn, V1, "1", "many halls", actor="admin", now_ms=ms("2026-12-02"))
+    b = bulletin.build(conn, assessment.parse_month("2026-11", TZ), Scope("province"), "全省 Province",
+                       tz=TZ, made_ms=ms("2026-12-02"), made_by="test")
+    pages, ptext = pdf_text(bulletin.to_pdf(b))
+    assert pages >= 2
+    assert "the best 30 of 35" in ptext
+    for i in range(35):
+        assert f"宣城{i}号厅" in ptext
+    city_row = "\n".join(["宣城", "35", str(sum(10 + i % 7 + i % 3 for i in range(35)))])
+    assert city_row in ptext                                  # the cities' table: halls, ratings
+    conn.close()
