@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from appeal_helpers import user
+from jinja2 import Environment, FileSystemLoader
 from platform_helpers import NOW_MS, TZ, Client, Clock, Filler, fill, start
 
 from countersign.province import appeals
@@ -299,3 +300,19 @@ def test_the_pages_file_decide_and_report_in_scope(served: tuple[PlatformServer,
     with province_db.connect() as conn:
         assert [(a, act) for a, act, _ in audit_actions(conn)] == [("mgr-hf01", "appeal.file"),
                                                                    ("admin", "appeal.decide")]
+
+
+def test_the_appeal_marker_other_pages_include(filled: tuple[Filler, Conn]) -> None:
+    """templates/appeal_marker.html, for a page of one rating (the custody page) given appeal_of()."""
+    _, conn = filled
+    rid = bad_rating(conn, "hf01")
+    env = Environment(loader=FileSystemLoader(Path(appeals.__file__).parent / "templates"), autoescape=True)
+    env.filters["time"] = lambda ms: "—" if ms is None else str(ms)
+    marker = env.get_template("appeal_marker.html")
+    assert "appeal-marker" not in marker.render(appeal=appeals.appeal_of(conn, rid))
+    with conn.transaction():
+        a = appeals.file(conn, user(conn, "mgr-hf01"), rid, "malicious", "<b>rude</b> customer", NOW_MS)
+        appeals.decide(conn, user(conn, "admin"), a.id, "upheld", "录像证实 shown on video", NOW_MS)
+    html = marker.render(appeal=appeals.appeal_of(conn, rid))
+    assert 'id="appeal-marker"' in html and "申诉成立" in html and "不计入考核" in html and "录像证实" in html
+    assert f'href="/appeals/rating/{rid}"' in html
