@@ -18,6 +18,15 @@ Example::
     username = "province"              # worker n logs in as "<username>-<n>" (see brokerconf.py)
     password_file = "province.pass"    # or: password = "..."
 
+    [[notify]]                         # alerts pushed through apprise (see notify.py); one table per target
+    url = "json://host:8080/alerts"    # or mailto://..., wecombot://..., dingtalk://...
+                                       # or: url_file = "wecom.url" (the URL, a secret, in a 0600 file)
+    scope = "hall:hf01"                # or "city:合肥" or "province": which halls' alerts it receives
+    levels = [0, 1, 2]                 # which escalation levels (0 hall, 1 city, 2 province) it receives
+
+    notify_retry_s = 5                 # first retry of an undelivered alert, doubling ...
+    notify_retry_max_s = 600           # ... up to this
+
 Relative paths are taken from the config file's folder, so a config folder can be moved as a whole.
 """
 
@@ -35,8 +44,10 @@ from countersign.common.clock import wall_ms
 from .db import Database
 from .errors import ConfigError
 from .period import DEFAULT_TZ
+from .scope import Scope
 
-__all__ = ["ConfigError", "ProvinceConfig", "database_and_zone", "read_toml", "worker_username"]
+__all__ = ["ConfigError", "NotifyTarget", "ProvinceConfig", "database_and_zone", "parse_notify", "read_toml",
+           "worker_username"]
 
 
 def read_toml(path: str | Path) -> tuple[dict[str, Any], Path]:
@@ -70,6 +81,71 @@ def worker_username(base: str, n: int) -> str:
     return f"{base}-{n}"
 
 
+LEVELS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """One apprise URL and whose alerts it receives. ``url`` holds secrets: never log it (notify.safe_url)."""
+
+    url: str = field(repr=False)
+    scope: Scope = field(default_factory=lambda: Scope("province"))
+    levels: tuple[int, ...] = LEVELS
+
+
+def _scope(text: object, where: str) -> Scope:
+    if not isinstance(text, str):
+        raise ConfigError(f"{where}: scope must be text: \"province\", \"city:<城市>\" or \"hall:<hall id>\"")
+    if text == "province":
+        return Scope("province")
+    role, _, value = text.partition(":")
+    if role not in ("city", "hall") or not value.strip():
+        raise ConfigError(f"{where}: scope must be \"province\", \"city:<城市>\" or \"hall:<hall id>\","
+                          f" not {text[:60]!r}")
+    return Scope(role, value.strip())  # type: ignore[arg-type]
+
+
+def parse_notify(items: object, base: Path = Path(".")) -> tuple[NotifyTarget, ...]:
+    """The ``[[notify]]`` tables, checked: a URL apprise-shaped (scheme://...), read from ``url_file`` if
+    given (a file only its owner may read, since the URL carries tokens), a scope, levels of 0..2."""
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise ConfigError("notify must be a list of tables: [[notify]] url = \"json://host/path\" ...")
+    got: list[NotifyTarget] = []
+    for n, item in enumerate(items, 1):
+        where = f"[[notify]] #{n}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where} must be a table")
+        unknown = set(item) - {"url", "url_file", "scope", "levels"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (url, url_file, scope, levels)")
+        if ("url" in item) == ("url_file" in item):
+            raise ConfigError(f"{where} needs exactly one of url and url_file")
+        if "url_file" in item:
+            path = base / str(item["url_file"])
+            try:
+                mode = path.stat().st_mode
+                url = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"{where}: cannot read url_file {path}: {exc.strerror}") from exc
+            if mode & 0o077:
+                raise ConfigError(f"{where}: url_file {path} must be readable by its owner only (chmod 600)")
+        else:
+            url = item["url"]
+        if not isinstance(url, str) or "://" not in url or url.split("://", 1)[0] == "":
+            raise ConfigError(f"{where}: url must be an apprise URL like \"json://host:port/path\"")
+        levels = item.get("levels", list(LEVELS))
+        if (not isinstance(levels, list) or not levels
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v in LEVELS for v in levels)):
+            raise ConfigError(f"{where}: levels must be a non-empty list of 0 (hall), 1 (city), 2 (province)")
+        target = NotifyTarget(url, _scope(item.get("scope", "province"), where), tuple(sorted(set(levels))))
+        if any(t.url == url for t in got):
+            raise ConfigError(f"{where}: the same URL is configured twice")
+        got.append(target)
+    return tuple(got)
+
+
 @dataclass
 class ProvinceConfig:
     database: Database
@@ -85,6 +161,9 @@ class ProvinceConfig:
     max_group: int = 32
     timezone: str = DEFAULT_TZ
     now_ms: Callable[[], int] = field(default=wall_ms)
+    notify: tuple[NotifyTarget, ...] = ()
+    notify_retry_s: float = 5.0
+    notify_retry_max_s: float = 600.0
     tz: ZoneInfo = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +178,8 @@ class ProvinceConfig:
             raise ConfigError(f"first_worker must be 1..1000, got {self.first_worker}")
         if not 1 <= self.max_group <= 1000:
             raise ConfigError(f"max_group must be 1..1000, got {self.max_group}")
+        if not 0 < self.notify_retry_s <= self.notify_retry_max_s <= 86_400:
+            raise ConfigError("notify_retry_s must be > 0 and <= notify_retry_max_s (at most 86400)")
 
     @property
     def db_path(self) -> Path:
@@ -123,6 +204,7 @@ class ProvinceConfig:
             return base / v
 
         database, tz = database_and_zone(data, base)
+        notify = parse_notify(data.get("notify"), base)
 
         broker = data.get("broker", {})
         if not isinstance(broker, dict):
@@ -143,7 +225,9 @@ class ProvinceConfig:
                        username=str(broker.get("username", "province")), password=password,
                        workers=int(data.get("workers", 2)), first_worker=int(data.get("first_worker", 1)),
                        max_group=int(data.get("max_group", 32)),
-                       timezone=tz)
+                       timezone=tz, notify=notify,
+                       notify_retry_s=float(data.get("notify_retry_s", 5.0)),
+                       notify_retry_max_s=float(data.get("notify_retry_max_s", 600.0)))
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):
                 raise

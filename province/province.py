@@ -17,6 +17,7 @@ from . import migrations
 from .config import ProvinceConfig
 from .db import DatabaseError
 from .errors import StartError
+from .notify import Notifier
 from .receiver import ReceiverStats, Worker
 from .registry import import_registry
 from .supervision import Supervisor
@@ -30,7 +31,10 @@ class Province:
         self._key = load_signing_key(config.signing_key_path)
         self._stats = ReceiverStats()
         self.workers: list[Worker] = []
-        self.supervisor = Supervisor(config.database, config.tz, config.now_ms)
+        # Alerts are pushed as soon as the pass that raised them commits.
+        self.notifier = Notifier(config.database, config.notify, config.tz, retry_s=config.notify_retry_s,
+                                 retry_max_s=config.notify_retry_max_s)
+        self.supervisor = Supervisor(config.database, config.tz, config.now_ms, after_pass=self.notifier.wake)
 
     def registry(self) -> Keystore:
         with self._registry_lock:
@@ -60,6 +64,10 @@ class Province:
         except DatabaseError as exc:
             raise StartError(f"cannot open {self.config.database.display()}: {exc}") from exc
         self._import(self._registry)
+        try:
+            self.notifier.start()
+        except DatabaseError as exc:
+            raise StartError(f"cannot register the notification targets: {exc}") from exc
         self.supervisor.start()
         self.workers = [Worker(n, self.config, self.registry, self._key, self._stats,
                                committed=self.supervisor.wake)
@@ -78,6 +86,7 @@ class Province:
             w.stop()
         self.workers = []
         self.supervisor.stop()
+        self.notifier.stop()
 
     def stats(self) -> dict[str, Any]:
         snap = self._stats.snapshot()

@@ -1,0 +1,278 @@
+"""Alerts (issue 13, Deliver 1): each rule raises and clears by the supervisor's passes with the test's
+clock, deduplicated, within business hours (统一营业时间 with the working-day calendar), escalated when
+nobody acknowledges; rules edited with validation and audit; and every raise/escalation/clear delivered
+through apprise to a REAL local HTTP receiver and a REAL SMTP server, retried while they are down, never
+twice. On both databases (``province_db``: SQLite and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import pytest
+from alert_helpers import (
+    alerts_of,
+    events_of,
+    gateway,
+    keypad,
+    open_kinds,
+)
+from analytics_helpers import TZ, Rows, noon_ms, prepared
+
+from countersign.province import alerts, hours
+from countersign.province.db import Conn, Database
+from countersign.province.scope import Scope
+from countersign.province.supervision import run_pass
+
+DAY = "2026-12-02"             # a Wednesday
+NOON = noon_ms(DAY)
+MIN = 60_000
+
+
+def at(day: str, hh: int, mm: int = 0) -> int:
+    d = dt.date.fromisoformat(day)
+    return int(dt.datetime(d.year, d.month, d.day, hh, mm, tzinfo=TZ).timestamp() * 1000)
+
+
+@pytest.fixture
+def conn(province_db: Database) -> Iterator[Conn]:
+    c = prepared(province_db)
+    yield c
+    c.close()
+
+
+def only_rules(conn: Conn, *kinds: str) -> None:
+    """Switch every other rule off, so a test sees the alerts of the rule it is about."""
+    for kind, rule in alerts.rules(conn).items():
+        if kind not in kinds:
+            alerts.set_rule(conn, alerts.Rule(kind, False, rule.params, rule.escalate_s), "test", NOON)
+
+
+# --- the rules --------------------------------------------------------------------------------------------
+
+def test_a_dissatisfied_rating_raises_one_alert_naming_its_rating(province_db: Database, conn: Conn) -> None:
+    only_rules(conn, "dissatisfied")
+    rows = Rows(conn)
+    good = rows.rating("hf01", "c001", 4, DAY)
+    bad = rows.rating("hf01", "c001", 1, DAY, window="3")
+    very_bad = rows.rating("wh01", "c009", 1, DAY, scale=5)
+    assert run_pass(province_db, TZ, NOON + MIN) == 3
+    got = alerts_of(province_db)
+    assert [(a["kind"], a["hall"], a["rating"], a["dedup"]) for a in got] == [
+        ("dissatisfied", "hf01", bad, f"dissatisfied:{bad}"),
+        ("dissatisfied", "wh01", very_bad, f"dissatisfied:{very_bad}")]
+    assert good not in [a["rating"] for a in got]
+    assert "不满意" in got[0]["detail"] and "window 3" in got[0]["detail"] and "c001" in got[0]["detail"]
+    assert "非常不满意" in got[1]["detail"]
+    assert events_of(province_db) == [(got[0]["id"], "raised", 0), (got[1]["id"], "raised", 0)]
+    # Another pass does not raise them again.
+    run_pass(province_db, TZ, NOON + 2 * MIN)
+    assert len(alerts_of(province_db)) == 2 and len(events_of(province_db)) == 2
+
+
+def test_the_alert_names_the_case_opened_for_its_rating(province_db: Database, conn: Conn) -> None:
+    only_rules(conn, "dissatisfied")
+    bad = Rows(conn).rating("hf01", "c001", 1, DAY)
+    run_pass(province_db, TZ, NOON + MIN)
+    case = conn.scalar("SELECT id FROM cases WHERE rating = ?", (bad,))
+    (alert,) = alerts_of(province_db)
+    if case is not None:         # the cases step (part B) ran before the alerts step in the same pass
+        assert f"case #{case}" in alert["detail"]
+        (a,) = alerts.inbox(conn, Scope("hall", "hf01"))
+        assert a.case == case
+
+
+def test_negative_share_at_window_and_hall_deduplicated_and_cleared(province_db: Database,
+                                                                     conn: Conn) -> None:
+    only_rules(conn, "negative-share")
+    rows = Rows(conn)
+    for s in (4, 1, 3):
+        rows.rating("hf01", "c001", s, DAY, window="1")
+    run_pass(province_db, TZ, NOON + MIN)
+    assert open_kinds(province_db) == []           # 1 of 3: below the minimum count and the share
+    rows.rating("hf01", "c001", 1, DAY, window="1")    # 2 of 4 = 50 %
+    run_pass(province_db, TZ, NOON + MIN)
+    assert open_kinds(province_db) == [("negative-share", "negative-share:hall:hf01"),
+                                       ("negative-share", "negative-share:window:hf01:1")]
+    # A third dissatisfied rating in the window: the same two alerts, counted again, not a third.
+    rows.rating("hf01", "c001", 1, DAY, window="1")
+    run_pass(province_db, TZ, NOON + MIN)
+    got = alerts_of(province_db, "negative-share")
+    assert len(got) == 2 and all(a["repeats"] == 1 for a in got)
+    assert len(events_of(province_db)) == 2
+    assert "3/5" in got[0]["detail"]
+    # Another window's ratings are that window's: window 2 has none bad, the hall's share falls.
+    for _ in range(4):
+        rows.rating("hf01", "c002", 4, DAY, window="2")
+    run_pass(province_db, TZ, NOON + 2 * MIN)       # 3 of 9 at the hall: below 50 %: cleared
+    assert open_kinds(province_db) == [("negative-share", "negative-share:window:hf01:1")]
+    # The window's share is still high until its ratings leave the 15-minute window.
+    run_pass(province_db, TZ, NOON + 16 * MIN)
+    assert open_kinds(province_db) == []
+    assert [e for _a, e, _l in events_of(province_db)] == ["raised", "raised", "cleared", "cleared"]
+    # A new burst later raises a new alert for the same key.
+    for _ in range(4):
+        rows.rating("hf01", "c001", 1, "2026-12-03", window="1")
+    run_pass(province_db, TZ, noon_ms("2026-12-03") + MIN)
+    assert len(alerts_of(province_db, "negative-share")) == 4
+
+
+def test_keypad_offline_stuck_outbox_raise_and_clear(province_db: Database, conn: Conn) -> None:
+    only_rules(conn, "offline", "stuck-key", "outbox-full")
+    keypad(conn, "hf01-w01", "hf01", NOON)
+    keypad(conn, "hf01-w02", "hf01", NOON, online=False)
+    keypad(conn, "wh01-w01", "wh01", NOON, stuck="2", outbox=8500)
+    run_pass(province_db, TZ, NOON + MIN)
+    assert open_kinds(province_db) == [("offline", "offline:hf01-w02"),
+                                       ("outbox-full", "outbox-full:wh01-w01"), ("stuck-key", "stuck-key:wh01-w01")]
+    # hf01-w01 stops reporting: offline once its last report is older than after_s (600 s).
+    run_pass(province_db, TZ, NOON + 9 * MIN)
+    assert ("offline", "offline:hf01-w01") not in open_kinds(province_db)
+    run_pass(province_db, TZ, NOON + 11 * MIN)
+    assert ("offline", "offline:hf01-w01") in open_kinds(province_db)
+    assert ("offline", "offline:wh01-w01") in open_kinds(province_db)       # it stopped reporting too
+    run_pass(province_db, TZ, NOON + 12 * MIN)
+    assert len(alerts_of(province_db, "offline")) == 3       # raised once, however many passes
+    # Everything recovers: each alert cleared, with a cleared event.
+    now = NOON + 13 * MIN
+    keypad(conn, "hf01-w01", "hf01", now)
+    keypad(conn, "hf01-w02", "hf01", now)
+    keypad(conn, "wh01-w01", "wh01", now, stuck="", outbox=3)
+    run_pass(province_db, TZ, now + 1000)
+    assert open_kinds(province_db) == []
+    assert sorted(e for _a, e, _l in events_of(province_db)) == ["cleared"] * 5 + ["raised"] * 5
+
+
+def test_gateway_backlog_and_silence(province_db: Database, conn: Conn) -> None:
+    only_rules(conn, "backlog", "gateway-silent")
+    gateway(conn, "hf01", 6000, NOON)
+    gateway(conn, "wh01", 10, NOON)
+    run_pass(province_db, TZ, NOON + MIN)
+    assert open_kinds(province_db) == [("backlog", "backlog:hf01")]
+    run_pass(province_db, TZ, NOON + 16 * MIN)     # neither gateway heard for 16 min (rule: 15)
+    assert open_kinds(province_db) == [("backlog", "backlog:hf01"), ("gateway-silent", "gateway-silent:hf01"),
+                                       ("gateway-silent", "gateway-silent:wh01")]
+    gateway(conn, "hf01", 0, NOON + 17 * MIN)
+    run_pass(province_db, TZ, NOON + 17 * MIN)
+    assert open_kinds(province_db) == [("gateway-silent", "gateway-silent:wh01")]
+
+
+def test_a_keypad_silent_with_prompts_and_without(province_db: Database, conn: Conn) -> None:
+    only_rules(conn, "silent")
+    rows = Rows(conn)
+    now = NOON + 30 * MIN
+    keypad(conn, "hf01-w01", "hf01", now)         # prompts opened, no rating in 60 minutes
+    keypad(conn, "hf01-w02", "hf01", now)         # no prompt at all
+    keypad(conn, "wh01-w01", "wh01", now)         # rated: not silent
+    for _ in range(3):
+        rows.rating("hf01", "c001", None, DAY, window="1")   # no-ratings (timed out prompts)
+    rows.rating("wh01", "c009", 4, DAY)
+    run_pass(province_db, TZ, now)
+    got = {a["device"]: a["detail"] for a in alerts_of(province_db, "silent")}
+    assert set(got) == {"hf01-w01", "hf01-w02"}
+    assert "3 prompts" in got["hf01-w01"] and "no prompt" in got["hf01-w02"]
+    # A rating ends hf01-w01's silence; at closing time the hall is meant to be silent: all cleared.
+    rows.rating("hf01", "c001", 4, DAY, window="1")
+    run_pass(province_db, TZ, now + MIN)
+    assert open_kinds(province_db) == [("silent", "silent:hf01-w02")]
+    run_pass(province_db, TZ, at(DAY, 18))
+    assert open_kinds(province_db) == []
+
+
+def test_silence_counts_only_business_hours(province_db: Database, conn: Conn) -> None:
+    """At 09:00 the hall (open 08:30) has not been open for the rule's 60 minutes: no silence yet."""
+    only_rules(conn, "silent")
+    keypad(conn, "hf01-w01", "hf01", at(DAY, 9))
+    run_pass(province_db, TZ, at(DAY, 9))
+    assert open_kinds(province_db) == []
+    keypad(conn, "hf01-w01", "hf01", at(DAY, 9, 31))     # online (an offline keypad is not also silent)
+    run_pass(province_db, TZ, at(DAY, 9, 31))
+    assert open_kinds(province_db) == [("silent", "silent:hf01-w01")]
+
+
+def test_business_hours_sunday_and_a_makeup_saturday(province_db: Database, conn: Conn) -> None:
+    """Monday-Friday hours: a keypad offline on a Sunday raises nothing; on 2026-10-10, a Saturday that
+    chinese-calendar makes a working day (National Day 调休), it does; an administrator's calendar entry
+    makes an ordinary Saturday one too."""
+    only_rules(conn, "offline")
+    hours.set_hours(conn, "hf01", hours.Hours.parse("mon-fri", "08:30", "17:30"), "admin", NOON)
+    keypad(conn, "hf01-w01", "hf01", 0, online=False)
+    run_pass(province_db, TZ, at("2026-10-11", 10))          # Sunday
+    run_pass(province_db, TZ, at("2026-12-05", 10))          # an ordinary Saturday
+    run_pass(province_db, TZ, at("2026-12-02", 20))          # a Wednesday evening
+    assert open_kinds(province_db) == []
+    run_pass(province_db, TZ, at("2026-10-10", 10))          # the 调休 Saturday
+    assert open_kinds(province_db) == [("offline", "offline:hf01-w01")]
+    keypad(conn, "hf01-w01", "hf01", at("2026-10-10", 11))
+    run_pass(province_db, TZ, at("2026-10-10", 11))
+    assert open_kinds(province_db) == []
+    keypad(conn, "hf01-w01", "hf01", 0, online=False)
+    alerts.set_calendar_day(conn, "2026-12-05", True, "调休 test", "admin", NOON)
+    run_pass(province_db, TZ, at("2026-12-05", 10))
+    assert open_kinds(province_db) == [("offline", "offline:hf01-w01")]
+    assert conn.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'calendar.set'") == 1
+
+
+def test_escalation_after_escalate_s_and_acknowledgement_stops_it(province_db: Database, conn: Conn) -> None:
+    only_rules(conn, "dissatisfied")
+    rule = alerts.rules(conn)["dissatisfied"]
+    alerts.set_rule(conn, alerts.Rule("dissatisfied", True, rule.params, 600), "admin", NOON)
+    rows = Rows(conn)
+    a1, a2 = rows.rating("hf01", "c001", 1, DAY), rows.rating("wh01", "c009", 1, DAY)
+    run_pass(province_db, TZ, NOON)
+    (x, y) = alerts_of(province_db)
+    run_pass(province_db, TZ, NOON + 9 * MIN)
+    assert [a["level"] for a in alerts_of(province_db)] == [0, 0]
+    # The hall manager of wh01 acknowledges theirs; hf01's is not acknowledged and goes to the city.
+    alerts.ack(conn, Scope("hall", "wh01"), y["id"], "mgr-wh01", NOON + 9 * MIN)
+    run_pass(province_db, TZ, NOON + 10 * MIN)
+    assert [a["level"] for a in alerts_of(province_db)] == [1, 0]
+    run_pass(province_db, TZ, NOON + 15 * MIN)
+    assert [a["level"] for a in alerts_of(province_db)] == [1, 0]
+    run_pass(province_db, TZ, NOON + 20 * MIN)
+    run_pass(province_db, TZ, NOON + 60 * MIN)
+    assert [a["level"] for a in alerts_of(province_db)] == [2, 0]         # the province is the last level
+    assert events_of(province_db) == [(x["id"], "raised", 0), (y["id"], "raised", 0),
+                                      (x["id"], "escalated", 1), (x["id"], "escalated", 2)]
+    assert alerts_of(province_db)[1]["acked_by"] == "mgr-wh01"
+    assert conn.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'alert.ack'"
+                       " AND actor = 'mgr-wh01'") == 1
+    assert (a1, a2) == (x["rating"], y["rating"])
+
+
+def test_ack_is_scoped_and_once(province_db: Database, conn: Conn) -> None:
+    only_rules(conn, "dissatisfied")
+    Rows(conn).rating("hf01", "c001", 1, DAY)
+    run_pass(province_db, TZ, NOON)
+    (a,) = alerts_of(province_db)
+    with pytest.raises(LookupError):
+        alerts.ack(conn, Scope("hall", "wh01"), a["id"], "mgr-wh01", NOON)
+    with pytest.raises(LookupError):
+        alerts.ack(conn, Scope("city", "芜湖"), a["id"], "wuhu", NOON)
+    assert alerts.inbox(conn, Scope("hall", "wh01")) == []
+    assert alerts.unacked(conn, Scope("city", "芜湖")) == 0
+    assert alerts.unacked(conn, Scope("city", "合肥")) == 1
+    alerts.ack(conn, Scope("city", "合肥"), a["id"], "hefei", NOON)
+    with pytest.raises(alerts.AlertError, match="already acknowledged"):
+        alerts.ack(conn, Scope("province"), a["id"], "admin", NOON)
+    assert alerts.unacked(conn, Scope("province")) == 0
+    assert alerts.inbox(conn, Scope("hall", "hf01"))[0].acked_by == "hefei"
+
+
+def test_rules_validated_and_audited(province_db: Database, conn: Conn) -> None:
+    good = alerts.check_rule("negative-share", True, {"share": "0.3", "min_count": "6", "window_s": "600"},
+                             "900")
+    alerts.set_rule(conn, good, "admin", NOON)
+    assert alerts.rules(conn)["negative-share"].params == {"share": 0.3, "min_count": 6, "window_s": 600}
+    bad = [("negative-share", {"share": "1.5", "min_count": "6", "window_s": "600"}, "900", "share"),
+           ("negative-share", {"share": "x", "min_count": "6", "window_s": "600"}, "900", "number"),
+           ("negative-share", {"share": "0.5", "min_count": "2.5", "window_s": "600"}, "900", "whole"),
+           ("negative-share", {"share": "nan", "min_count": "6", "window_s": "600"}, "900", "between"),
+           ("offline", {"after_s": "600"}, "30", "escalate_s"),
+           ("offline", {"after_s": "600", "evil": "1"}, "600", "no parameter"),
+           ("nope", {}, "600", "no alert rule")]
+    for kind, params, esc, why in bad:
+        with pytest.raises(alerts.AlertError, match=why):
+            alerts.check_rule(kind, True, params, esc)
+    assert conn.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'alert.rule'") == 1
