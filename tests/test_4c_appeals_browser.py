@@ -130,3 +130,32 @@ def test_the_appeal_and_flag_pages_fit_a_phone(platform: tuple[PlatformServer, F
         wait_text(browser, "h1", bool)
         no_horizontal_scroll(browser)
     assert browser.find_elements(By.ID, "review")
+
+
+def test_a_self_rating_pattern_is_flagged_and_reviewed_in_the_browser(platform: tuple[PlatformServer, Filler],
+                                                                      browser: WebDriver,
+                                                                      province_db: Database) -> None:
+    server, filler = platform
+    # the clerk at window 2 rates himself with his invite key after closing: 18:00 onwards, yesterday
+    evening = NOW_MS // 1000 - 16 * 3600
+    mine = [filler.rating("hf01", 2, "10002", 4, invite=True, press_s=evening + i * 120) for i in range(6)]
+    run_pass(province_db, TZ, NOW_MS)
+    log_in(browser, server.url, "hefei")
+    browser.find_element(By.LINK_TEXT, "疑点 Flags").click()
+    wait_text(browser, "h1", lambda t: "疑点" in t)
+    flags_shown = browser.find_elements(By.CSS_SELECTOR, "div.flag")
+    texts = " ".join(f.text for f in flags_shown)
+    assert len(flags_shown) == 2 and "连续 6 次" in texts and "非营业时间" in texts and "18:00" in texts
+    streak = next(f for f in flags_shown if "连续" in f.text)
+    links = [a.get_attribute("href") or "" for a in streak.find_elements(By.CSS_SELECTOR, ".ratings a")]
+    assert [int(h.rsplit("/", 1)[1]) for h in links] == mine
+    streak.find_element(By.CSS_SELECTOR, "h3 a").click()
+    wait_text(browser, "#why", lambda t: "invite key" in t)
+    assert {e.get_attribute("id") for e in browser.find_elements(By.CSS_SELECTOR, "#ratings tr.rating")} == {
+        f"rating-{i}" for i in mine}
+    browser.find_element(By.ID, "note-text").send_keys("已约谈该员工 the clerk was spoken to")
+    click(browser, "#confirm")
+    assert "已确认" in wait_text(browser, "#done", bool)
+    assert "hefei" in browser.find_element(By.ID, "state").text
+    browser.get(server.url + "/flags")
+    wait_text(browser, "#flag-count", lambda t: t == "1")
