@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import export
+from . import appeals, export
 from .custody import custody
 from .db import Conn
 from .figures import Figures, Filter, figures_by
@@ -180,7 +180,8 @@ def routes(web: Web) -> list[BaseRoute]:
                 raise NotFound(str(rid))
             chain: dict[str, Any] = custody(conn, int(found), web.tz)
             crumbs = _crumbs(conn, user, hall=chain["hall"], window=chain["window"])
-        return web.render(request, "rating.html", c=chain, crumbs=crumbs)
+            appeal = appeals.appeal_of(conn, int(found))
+        return web.render(request, "rating.html", c=chain, crumbs=crumbs, appeal=appeal)
 
     return [
         Route("/drill", province, methods=["GET"]),

@@ -98,6 +98,9 @@ def test_a_hall_appeals_the_province_upholds_the_report_shows_it(platform: tuple
     wait_text(browser, "#mac", bool)
     assert "ok" in (browser.find_element(By.ID, "mac").get_attribute("class") or "")
     assert browser.find_element(By.ID, "score").text == "不满意"
+    # ... and says the appeal's decision beside it
+    assert "申诉成立" in wait_text(browser, "#appeal-marker-state", bool)
+    assert "回访录音" in browser.find_element(By.ID, "appeal-marker").text
 
     # the report: hf01's figures as stored and for assessment, side by side
     browser.get(server.url + "/appeals/report?period=today")
