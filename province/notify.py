@@ -23,6 +23,7 @@ a target by a digest of its URL.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -79,7 +80,8 @@ class Event:
         if self.event == "raised":
             title, kind = f"{where} 告警 Alert：{what}", apprise.NotifyType.FAILURE
         elif self.event == "escalated":
-            title = f"{where} 告警升级至{LEVEL_ZH.get(self.level, self.level)} Escalated (not acknowledged)：{what}"
+            to = LEVEL_ZH.get(self.level, str(self.level))
+            title = f"{where} 告警升级至{to} Escalated (not acknowledged)：{what}"
             kind = apprise.NotifyType.WARNING
         else:
             title, kind = f"{where} 已恢复 Cleared：{what}", apprise.NotifyType.SUCCESS
@@ -117,7 +119,8 @@ class Notifier:
     are about real time passing (a receiver coming back), shared by every process on the database."""
 
     def __init__(self, db: Database, targets: Sequence[NotifyTarget], tz: ZoneInfo, *,
-                 now_ms: Callable[[], int] = wall_ms, retry_s: float = 5.0, retry_max_s: float = 600.0) -> None:
+                 now_ms: Callable[[], int] = wall_ms, retry_s: float = 5.0,
+                 retry_max_s: float = 600.0) -> None:
         self.db, self.targets, self.tz, self.now_ms = db, tuple(targets), tz, now_ms
         self.retry_ms, self.retry_max_ms = max(1, int(retry_s * 1000)), int(retry_max_s * 1000)
         self._stop = threading.Event()
@@ -217,10 +220,8 @@ class Notifier:
                 log.error("alerts.notify %s: database error (%s); retrying in %.1fs", shown,
                           type(exc).__name__, delay)
                 if conn is not None:
-                    try:
+                    with contextlib.suppress(*DatabaseError):
                         conn.close()
-                    except DatabaseError:
-                        pass
                     conn = None
                 self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)

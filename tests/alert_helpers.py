@@ -24,8 +24,9 @@ def keypad(conn: Conn, device: str, hall: str, seen_ms: int, *, online: bool = T
            stuck: str | None = "") -> None:
     """keypad_status as hallreports.store_keypad_status leaves it (the latest report)."""
     conn.execute("INSERT INTO keypad_status (device, hall, seen_ms, online, outbox, stuck_keys, reported_ms)"
-                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device) DO UPDATE SET seen_ms = excluded.seen_ms,"
-                 " online = excluded.online, outbox = excluded.outbox, stuck_keys = excluded.stuck_keys,"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device) DO UPDATE"
+                 " SET seen_ms = excluded.seen_ms, online = excluded.online, outbox = excluded.outbox,"
+                 " stuck_keys = excluded.stuck_keys,"
                  " reported_ms = excluded.reported_ms",
                  (device, hall, seen_ms, int(online), outbox, stuck, seen_ms))
 
@@ -42,8 +43,8 @@ def alerts_of(db: Database, kind: str | None = None) -> list[dict[str, Any]]:
             "level", "acked_by", "raised_ms", "cleared_ms")
     cond, args = ("WHERE kind = ?", (kind,)) if kind else ("", ())
     with db.connect() as conn:
-        rows = conn.all('SELECT id, kind, hall, device, "window", rating, dedup, state, detail, repeats, level,'
-                        f" acked_by, raised_ms, cleared_ms FROM alerts {cond} ORDER BY id", args)
+        rows = conn.all('SELECT id, kind, hall, device, "window", rating, dedup, state, detail, repeats,'
+                        f" level, acked_by, raised_ms, cleared_ms FROM alerts {cond} ORDER BY id", args)
     return [dict(zip(cols, r, strict=True)) for r in rows]
 
 
@@ -164,7 +165,8 @@ class SmtpReceiver:
                     me.refused += 1
                     RECEIVED.notify()
                     return "451 try again later"
-                raw = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
+                content = envelope.content
+                raw = content if isinstance(content, bytes) else str(content).encode()
                 me.messages.append(message_from_bytes(raw, policy=policy.default))
                 RECEIVED.notify()
                 return "250 OK"

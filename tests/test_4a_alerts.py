@@ -8,20 +8,28 @@ twice. On both databases (``province_db``: SQLite and PostgreSQL).
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from alert_helpers import (
+    HttpReceiver,
+    SmtpReceiver,
     alerts_of,
     events_of,
     gateway,
     keypad,
     open_kinds,
+    wait_until,
 )
 from analytics_helpers import TZ, Rows, noon_ms, prepared
 
 from countersign.province import alerts, hours
+from countersign.province.config import ConfigError, NotifyTarget, parse_notify
 from countersign.province.db import Conn, Database
+from countersign.province.notify import Notifier, target_id
 from countersign.province.scope import Scope
 from countersign.province.supervision import run_pass
 
@@ -125,7 +133,8 @@ def test_keypad_offline_stuck_outbox_raise_and_clear(province_db: Database, conn
     keypad(conn, "wh01-w01", "wh01", NOON, stuck="2", outbox=8500)
     run_pass(province_db, TZ, NOON + MIN)
     assert open_kinds(province_db) == [("offline", "offline:hf01-w02"),
-                                       ("outbox-full", "outbox-full:wh01-w01"), ("stuck-key", "stuck-key:wh01-w01")]
+                                       ("outbox-full", "outbox-full:wh01-w01"),
+                                       ("stuck-key", "stuck-key:wh01-w01")]
     # hf01-w01 stops reporting: offline once its last report is older than after_s (600 s).
     run_pass(province_db, TZ, NOON + 9 * MIN)
     assert ("offline", "offline:hf01-w01") not in open_kinds(province_db)
@@ -276,3 +285,163 @@ def test_rules_validated_and_audited(province_db: Database, conn: Conn) -> None:
         with pytest.raises(alerts.AlertError, match=why):
             alerts.check_rule(kind, True, params, esc)
     assert conn.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'alert.rule'") == 1
+
+
+# --- delivery -----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def http() -> Iterator[HttpReceiver]:
+    r = HttpReceiver()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpReceiver]:
+    r = SmtpReceiver()
+    yield r
+    r.stop()
+
+
+def notifier(db: Database, *targets: NotifyTarget) -> Notifier:
+    return Notifier(db, targets, TZ, retry_s=0.1, retry_max_s=0.4).start()
+
+
+def test_delivered_to_a_real_http_receiver_and_smtp_server(
+        province_db: Database, conn: Conn, http: HttpReceiver, smtp: SmtpReceiver,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    only_rules(conn, "dissatisfied")
+    n = notifier(province_db, NotifyTarget(http.url()), NotifyTarget(smtp.url()))
+    try:
+        bad = Rows(conn).rating("hf01", "c001", 1, DAY, window="2")
+        run_pass(province_db, TZ, NOON)
+        n.wake()
+        assert wait_until(lambda: len(http.posts) == 1 and len(smtp.messages) == 1)
+        post = http.posts[0]
+        assert "合肥庐阳营业厅" in post["title"] and "不满意评价" in post["title"] and "告警" in post["title"]
+        assert f"rating #{bad}" in post["message"] and "window 2" in post["message"]
+        mail = smtp.messages[0]
+        assert "不满意评价" in str(mail["subject"]) and mail["to"] == "hall-manager@example.com"
+        assert f"rating #{bad}" in mail.get_body().get_content()
+        assert n.wait_idle(10) and n.pending() == 0
+        sent = conn.all("SELECT target, tries, sent_ms FROM notify_deliveries ORDER BY target")
+        assert sorted(t for t, _n, _s in sent) == sorted([target_id(http.url()), target_id(smtp.url())])
+        assert all(tries == 1 and s is not None for _t, tries, s in sent)
+    finally:
+        n.stop()
+    # The URLs' secrets are never logged (scheme://host only).
+    assert SmtpReceiver.PASSWORD not in caplog.text and "mailto://127.0.0.1" in caplog.text
+
+
+def test_retried_while_the_receivers_are_down_then_delivered_once(
+        province_db: Database, conn: Conn, http: HttpReceiver, smtp: SmtpReceiver) -> None:
+    only_rules(conn, "dissatisfied")
+    http.down = smtp.down = True
+    n = notifier(province_db, NotifyTarget(http.url()), NotifyTarget(smtp.url()))
+    try:
+        rows = Rows(conn)
+        rows.rating("hf01", "c001", 1, DAY)
+        rows.rating("wh01", "c009", 1, DAY)
+        run_pass(province_db, TZ, NOON)
+        n.wake()
+        assert wait_until(lambda: http.refused >= 3 and smtp.refused >= 2, 30)
+        assert http.posts == [] and smtp.messages == [] and n.pending() == 4
+        tries = conn.scalar("SELECT MAX(tries) FROM notify_deliveries WHERE sent_ms IS NULL")
+        assert tries >= 2
+        http.down = smtp.down = False
+        # apprise spaces its e-mails 5.5 s apart (its own throttle): a minute is plenty.
+        assert wait_until(lambda: len(http.posts) == 2 and len(smtp.messages) == 2, 60)
+        assert n.wait_idle(30) and n.pending() == 0
+        # In order: the first alert's event first, even though it was the one retried.
+        assert "合肥庐阳营业厅" in http.posts[0]["title"] and "芜湖" in http.posts[1]["title"]
+        # A second receiver process on the same database (its own notifier) sends nothing again.
+        other = notifier(province_db, NotifyTarget(http.url()), NotifyTarget(smtp.url()))
+        try:
+            assert other.wait_idle(30) and other.sent == 0
+        finally:
+            other.stop()
+        assert len(http.posts) == 2 and len(smtp.messages) == 2
+    finally:
+        n.stop()
+    # A restart delivers nothing twice either: the deliveries are in the database.
+    again = notifier(province_db, NotifyTarget(http.url()))
+    try:
+        assert again.wait_idle(10) and again.sent == 0 and len(http.posts) == 2
+    finally:
+        again.stop()
+
+
+def test_each_target_gets_its_halls_and_levels(province_db: Database, conn: Conn, http: HttpReceiver) -> None:
+    """A hall's manager (level 0 of hf01), the 合肥 city office (level 1 only) and the province (level 2):
+    an alert not acknowledged goes up, and its clearing reaches whoever was told of it."""
+    only_rules(conn, "offline")
+    rule = alerts.rules(conn)["offline"]
+    alerts.set_rule(conn, alerts.Rule("offline", True, rule.params, 600), "admin", NOON)
+    targets = (NotifyTarget(http.url("/hf01"), Scope("hall", "hf01"), (0,)),
+               NotifyTarget(http.url("/hefei"), Scope("city", "合肥"), (1,)),
+               NotifyTarget(http.url("/province"), Scope("province"), (2,)))
+    n = notifier(province_db, *targets)
+    try:
+        keypad(conn, "hf01-w01", "hf01", NOON, online=False)
+        keypad(conn, "wh01-w01", "wh01", NOON, online=False)
+        run_pass(province_db, TZ, NOON)
+        assert n.wait_idle(10)
+        assert http.paths == ["/hf01"] and "hf01-w01" in http.posts[0]["title"]
+        run_pass(province_db, TZ, NOON + 10 * MIN)             # both escalated to the cities
+        assert n.wait_idle(10)
+        assert http.paths == ["/hf01", "/hefei"] and "升级" in http.posts[1]["title"]
+        assert "hf01-w01" in http.posts[1]["title"]             # wh01 (芜湖) is not 合肥's
+        run_pass(province_db, TZ, NOON + 20 * MIN)             # ... and to the province
+        assert n.wait_idle(10)
+        assert sorted(http.paths[2:]) == ["/province", "/province"]
+        keypad(conn, "hf01-w01", "hf01", NOON + 21 * MIN)
+        run_pass(province_db, TZ, NOON + 21 * MIN)
+        assert n.wait_idle(10)
+        cleared = sorted(p for p, post in zip(http.paths, http.posts, strict=True)
+                         if "已恢复" in post["title"])
+        assert cleared == ["/hefei", "/hf01", "/province"]     # everyone who was told of it
+    finally:
+        n.stop()
+
+
+def test_a_new_target_starts_after_the_events_already_queued(province_db: Database, conn: Conn,
+                                                             http: HttpReceiver) -> None:
+    only_rules(conn, "dissatisfied")
+    rows = Rows(conn)
+    rows.rating("hf01", "c001", 1, DAY)
+    run_pass(province_db, TZ, NOON)
+    n = notifier(province_db, NotifyTarget(http.url()))
+    try:
+        assert n.wait_idle(10) and http.posts == []
+        rows.rating("hf01", "c001", 1, DAY)
+        run_pass(province_db, TZ, NOON)
+        n.wake()
+        assert wait_until(lambda: len(http.posts) == 1)
+    finally:
+        n.stop()
+
+
+def test_notify_config_checked(tmp_path: Path) -> None:
+    got = parse_notify([{"url": "json://127.0.0.1:9/x", "scope": "city:合肥", "levels": [1]},
+                        {"url": "mailto://u:p@h", "scope": "hall:hf01"}])
+    assert got[0].scope == Scope("city", "合肥") and got[0].levels == (1,)
+    assert got[1].scope == Scope("hall", "hf01") and got[1].levels == (0, 1, 2)
+    assert "p@h" not in repr(got[1])
+    secret = tmp_path / "wecom.url"
+    secret.write_text("wecombot://SECRETKEY\n")
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        parse_notify([{"url_file": "wecom.url"}], tmp_path)
+    os.chmod(secret, 0o600)
+    assert parse_notify([{"url_file": "wecom.url"}], tmp_path)[0].url == "wecombot://SECRETKEY"
+    for bad, why in (([{"url": "nope"}], "apprise URL"), ([{}], "exactly one"),
+                     ([{"url": "json://h", "scope": "town:x"}], "scope"),
+                     ([{"url": "json://h", "levels": [3]}], "levels"),
+                     ([{"url": "json://h", "levels": []}], "levels"),
+                     ([{"url": "json://h", "to": "x"}], "unknown key"),
+                     ({"url": "json://h"}, "list of tables"),
+                     ([{"url": "json://h"}, {"url": "json://h"}], "twice"),
+                     ([{"url_file": "missing.url"}], "cannot read")):
+        with pytest.raises(ConfigError, match=why):
+            parse_notify(bad, tmp_path)
