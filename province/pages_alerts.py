@@ -1,13 +1,180 @@
-"""(being written) The platform's alerts pages."""
+"""``/alerts``: the platform's own inbox of alerts, the always-on channel (whatever apprise delivers or
+not): the open and acknowledged alerts of the user's scope, newest first, refreshed by htmx, the count
+not yet acknowledged, and an acknowledge button (who and when, audited). ``?state=cleared`` lists the
+cleared ones.
+
+Administrators (province users) also edit the alert rules (``/alerts/rules``), each hall's business hours
+and the working-day calendar's corrections (``/alerts/hours``). Every change is a form POST with the
+session's CSRF token, checked (a bad value: 400 with the reason, nothing changed) and written with its
+audit row in one transaction.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import datetime as dt
+from typing import Any
 
-from .webctx import Web
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from . import alerts, hours, workdays
+from .scope import User
+from .webctx import NotFound, Web
+from .webperiod import BadRequest
 
 __all__ = ["routes"]
 
+REFRESH = "every 15s"
+STATES = {"open": "未关闭 Open", "cleared": "已恢复 Cleared"}
+
 
 def routes(web: Web) -> list[BaseRoute]:
-    return []
+    def inbox_context(request: Request, user: User) -> dict[str, Any]:
+        state = request.query_params.get("state") or "open"
+        if state not in STATES:
+            raise BadRequest("state must be open or cleared")
+        with web.db.connect() as conn:
+            items = alerts.inbox(conn, user.scope, cleared=state == "cleared")
+            unacked = alerts.unacked(conn, user.scope)
+        return {"items": items, "unacked": unacked, "state": state, "states": STATES, "refresh": REFRESH}
+
+    def page(request: Request, status: int = 200, error: str | None = None) -> Response:
+        user = web.user(request)
+        return web.render(request, "alerts.html", status, error=error, **inbox_context(request, user))
+
+    def fragment(request: Request) -> Response:
+        user = web.user(request)
+        return web.render(request, "alerts_list.html", **inbox_context(request, user))
+
+    async def ack(request: Request) -> Response:
+        user = web.user(request)
+        await web.form(request)                    # the CSRF check, before anything changes
+        alert_id = int(request.path_params["alert_id"])
+
+        def do() -> None:
+            with web.db.connect() as conn, conn.transaction():
+                alerts.ack(conn, user.scope, alert_id, user.username, web.now_ms())
+
+        try:
+            await run_in_threadpool(do)
+        except LookupError:
+            raise NotFound(str(alert_id)) from None
+        except alerts.AlertError as exc:
+            return await run_in_threadpool(page, request, 400, str(exc))
+        return RedirectResponse("/alerts", 303)
+
+    # --- rules ----------------------------------------------------------------------------------------------
+
+    def rules_page(request: Request, status: int = 200, error: str | None = None,
+                   failed: str | None = None, form: dict[str, str] | None = None) -> Response:
+        web.require_admin(request)
+        with web.db.connect() as conn:
+            rs = alerts.rules(conn)
+        return web.render(request, "alerts_rules.html", status, rules=[rs[k] for k in alerts.KINDS],
+                          params=alerts.PARAMS, kind_zh=alerts.KIND_ZH, error=error, failed=failed,
+                          form=form or {})
+
+    async def set_rule(request: Request) -> Response:
+        admin = web.require_admin(request)
+        form = await web.form(request)
+        kind = request.path_params["kind"]
+        if kind not in alerts.PARAMS:
+            raise NotFound(kind)
+        params = {k.removeprefix("p_"): v for k, v in form.items() if k.startswith("p_")}
+        try:
+            rule = alerts.check_rule(kind, form.get("enabled") == "1", params, form.get("escalate_s", ""))
+        except alerts.AlertError as exc:
+            return await run_in_threadpool(rules_page, request, 400, str(exc), kind, form)
+
+        def do() -> None:
+            with web.db.connect() as conn, conn.transaction():
+                alerts.set_rule(conn, rule, admin.username, web.now_ms())
+
+        await run_in_threadpool(do)
+        return RedirectResponse("/alerts/rules", 303)
+
+    # --- business hours and the calendar --------------------------------------------------------------------
+
+    def hours_page(request: Request, status: int = 200, error: str | None = None) -> Response:
+        web.require_admin(request)
+        year = hours.local(web.now_ms(), web.tz).year
+        with web.db.connect() as conn:
+            halls = [(str(h), str(n), str(c), hours.for_hall(conn, str(h)),
+                      conn.scalar("SELECT 1 FROM hall_hours WHERE hall = ?", (h,)) is not None)
+                     for h, n, c in conn.all("SELECT hall, name, city FROM halls ORDER BY city, hall")]
+            days = conn.all("SELECT day, workday, name, changed_ms, changed_by FROM calendar_days"
+                            " ORDER BY day")
+            unknown = workdays.load(conn).unknown_years(range(year, year + 2))
+        return web.render(request, "alerts_hours.html", status, halls=halls, days=days, unknown=unknown,
+                          default=hours.DEFAULT, error=error)
+
+    async def set_hours(request: Request) -> Response:
+        admin = web.require_admin(request)
+        form = await web.form(request)
+        hall = request.path_params["hall"]
+        try:
+            h = hours.Hours.parse(form.get("days", "").strip(), form.get("open", "").strip(),
+                                  form.get("close", "").strip())
+        except ValueError as exc:
+            return await run_in_threadpool(hours_page, request, 400, f"{hall}: {exc}")
+
+        def do() -> bool:
+            with web.db.connect() as conn, conn.transaction():
+                if conn.scalar("SELECT 1 FROM halls WHERE hall = ?", (hall,)) is None:
+                    return False
+                hours.set_hours(conn, hall, h, admin.username, web.now_ms())
+                return True
+
+        if not await run_in_threadpool(do):
+            raise NotFound(hall)
+        return RedirectResponse("/alerts/hours", 303)
+
+    async def set_day(request: Request) -> Response:
+        admin = web.require_admin(request)
+        form = await web.form(request)
+        workday = form.get("workday", "")
+        if workday not in ("0", "1"):
+            return await run_in_threadpool(hours_page, request, 400,
+                                           "choose 工作日 (a working day) or 休息日 (a holiday)")
+
+        def do() -> None:
+            with web.db.connect() as conn, conn.transaction():
+                alerts.set_calendar_day(conn, form.get("day", ""), workday == "1", form.get("name", ""),
+                                        admin.username, web.now_ms())
+
+        try:
+            await run_in_threadpool(do)
+        except alerts.AlertError as exc:
+            return await run_in_threadpool(hours_page, request, 400, str(exc))
+        return RedirectResponse("/alerts/hours", 303)
+
+    async def remove_day(request: Request) -> Response:
+        admin = web.require_admin(request)
+        await web.form(request)
+        day = request.path_params["day"]
+        try:
+            dt.date.fromisoformat(day)
+        except ValueError:
+            raise NotFound(day) from None
+
+        def do() -> None:
+            with web.db.connect() as conn, conn.transaction():
+                alerts.remove_calendar_day(conn, day, admin.username, web.now_ms())
+
+        try:
+            await run_in_threadpool(do)
+        except alerts.AlertError:
+            raise NotFound(day) from None
+        return RedirectResponse("/alerts/hours", 303)
+
+    return [Route("/alerts", page, methods=["GET"]),
+            Route("/alerts/list", fragment, methods=["GET"]),
+            Route("/alerts/{alert_id:int}/ack", ack, methods=["POST"]),
+            Route("/alerts/rules", rules_page, methods=["GET"]),
+            Route("/alerts/rules/{kind}", set_rule, methods=["POST"]),
+            Route("/alerts/hours", hours_page, methods=["GET"]),
+            Route("/alerts/hours/{hall}", set_hours, methods=["POST"]),
+            Route("/alerts/calendar", set_day, methods=["POST"]),
+            Route("/alerts/calendar/{day}/remove", remove_day, methods=["POST"])]
