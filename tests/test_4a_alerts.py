@@ -7,6 +7,7 @@ twice. On both databases (``province_db``: SQLite and PostgreSQL).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -26,11 +27,14 @@ from alert_helpers import (
 )
 from analytics_helpers import TZ, Rows, noon_ms, prepared
 from platform_helpers import NOW_MS, Client, Clock, fill, iter_ids, start
+from province_helpers import entry, make_world, signed_batch
+from province_helpers import rating as pr_rating
 
 from countersign.province import alerts, hours
 from countersign.province.config import ConfigError, NotifyTarget, parse_notify
 from countersign.province.db import Conn, Database
 from countersign.province.notify import Notifier, target_id
+from countersign.province.province import Province
 from countersign.province.scope import Scope
 from countersign.province.supervision import run_pass
 
@@ -533,3 +537,30 @@ def test_admin_edits_rules_hours_and_calendar(platform: tuple[str, Database]) ->
     assert actions == ["alert.rule", "hall.hours", "calendar.set"]
     assert admin.post("/alerts/calendar/2027-02-06/remove", {"csrf": admin.csrf})[0] == 303
     assert admin.post("/alerts/calendar/2027-02-06/remove", {"csrf": admin.csrf})[0] == 404
+
+
+# --- end to end ---------------------------------------------------------------------------------------
+
+def test_a_dissatisfied_rating_through_a_real_province_reaches_the_http_receiver(
+        tmp_path: Path, province_db: Database, http: HttpReceiver) -> None:
+    """A hall gateway publishes a signed batch with a 不满意 rating to a real mosquitto; the province's
+    worker stores it, its supervisor raises the alert and its notifier posts it within seconds."""
+    world = make_world(tmp_path / "world", workers=1)
+    try:
+        cfg = dataclasses.replace(world.config(province_db), notify=(NotifyTarget(http.url("/e2e")),))
+        p = Province(cfg).start()
+        world.provinces.append(p)
+        hall = world.hall_client("hf01")
+        k = world.device_key("hf01-w02")
+        hall.publish("hf01", signed_batch(world.gateway_keys["hf01"], "hf01", 1, [
+            entry(pr_rating(k, "hf01-w02", 1, 1), window="2", clerk="c002", txn="t-bad"),
+            entry(pr_rating(k, "hf01-w02", 2, 4), window="2", clerk="c002", txn="t-good")]))
+        hall.wait_acks(1)
+        assert wait_until(lambda: any("不满意评价" in t for t in http.titles()), 15)
+        (post,) = [x for x in http.posts if "不满意评价" in x["title"]]
+        with province_db.connect() as conn:
+            rid = conn.scalar("SELECT id FROM ratings WHERE txn = 't-bad'")
+        assert f"rating #{rid}" in post["message"] and "c002" in post["message"] and http.paths[0] == "/e2e"
+        assert [a["rating"] for a in alerts_of(province_db, "dissatisfied")] == [rid]
+    finally:
+        world.close()
