@@ -34,6 +34,7 @@ from countersign.protocol.messages import SCORE_NAMES_ZH
 from . import audit, hours
 from .db import Conn
 from .errors import ProvinceError
+from .period import day_of
 from .rated import Rated
 from .scope import Scope
 
@@ -299,9 +300,14 @@ def _dissatisfied(conn: Conn, r: Rated, p: Pass) -> None:
                 window=r.window, rating=r.id)
 
 
-def _share(conn: Conn, hall: str, window: str | None, start_ms: int, end_ms: int) -> tuple[int, int]:
-    """(ratings, dissatisfied) of the hall (or one window) with their time in [start_ms, end_ms]."""
-    cond, args = f"hall = ? AND kind = 'rating' AND {_AT} BETWEEN ? AND ?", [hall, start_ms, end_ms]
+def _share(conn: Conn, hall: str, window: str | None, start_ms: int, end_ms: int, p: Pass) -> tuple[int, int]:
+    """(ratings, dissatisfied) of the hall (or one window) with their time in [start_ms, end_ms]. The
+    window is at most a day: its days (a rating's day is the day of its time) keep the look-back on the
+    (day, hall) index instead of every rating the hall ever had."""
+    days = sorted({day_of(start_ms, p.tz), day_of(end_ms, p.tz)})
+    cond = (f"day IN ({','.join('?' for _ in days)}) AND hall = ? AND kind = 'rating'"
+            f" AND {_AT} BETWEEN ? AND ?")
+    args: list[object] = [*days, hall, start_ms, end_ms]
     if window is not None:
         cond += ' AND "window" = ?'
         args.append(window)
@@ -317,7 +323,7 @@ def _share_dedup(hall: str, window: str | None) -> str:
 def _negative_share(conn: Conn, r: Rated, rule: Rule, p: Pass) -> None:
     span = rule.whole("window_s") * 1000
     for window in (r.window, None):
-        n, bad = _share(conn, r.hall, window, r.at_ms - span, r.at_ms)
+        n, bad = _share(conn, r.hall, window, r.at_ms - span, r.at_ms, p)
         if n >= rule.whole("min_count") and bad >= rule.num("share") * n:
             where = f"窗口 window {window}" if window is not None else "全厅 whole hall"
             detail = (f"{where}: {bad}/{n} 不满意 dissatisfied ({bad / n:.0%}) in {span // 60000} min"
@@ -332,6 +338,7 @@ def on_tick(conn: Conn, p: Pass) -> None:
     """The time: after each pass's ratings, and every interval."""
     rs = rules(conn)
     _clear_shares(conn, rs["negative-share"], p)
+    _clear_closed_cases(conn, p)
     opened: dict[str, bool] = {}
 
     def is_open(hall: str) -> bool:
@@ -348,9 +355,18 @@ def _clear_shares(conn: Conn, rule: Rule, p: Pass) -> None:
     span = rule.whole("window_s") * 1000
     for dedup, hall in _open_dedups(conn, "negative-share").items():
         window = dedup.split(":", 3)[3] if dedup.startswith("negative-share:window:") else None
-        n, bad = _share(conn, hall, window, p.now_ms - span, p.now_ms)
+        n, bad = _share(conn, hall, window, p.now_ms - span, p.now_ms, p)
         if not rule.enabled or n == 0 or bad < rule.num("share") * n:
             clear_alert(conn, dedup, p.now_ms, f"{bad}/{n} in the last {span // 60000} min")
+
+
+def _clear_closed_cases(conn: Conn, p: Pass) -> None:
+    """A 不满意 alert ends when the case opened for its rating is closed (整改 done and reviewed): until
+    then it stays in the inbox, acknowledged or not."""
+    for (dedup,) in conn.all("SELECT a.dedup FROM alerts a JOIN cases c ON c.rating = a.rating"
+                             " WHERE a.kind = 'dissatisfied' AND a.state <> 'cleared'"
+                             " AND c.state = 'closed'"):
+        clear_alert(conn, str(dedup), p.now_ms, "case closed")
 
 
 def _settle(conn: Conn, kind: str, rule: Rule, found: dict[str, tuple[str, str | None, str]], p: Pass,
@@ -404,18 +420,28 @@ def _silent(conn: Conn, rule: Rule, p: Pass, down: set[str]) -> dict[str, tuple[
     found: dict[str, tuple[str, str | None, str]] = {}
     keypads = conn.all("SELECT device, hall FROM devices WHERE revoked = 0 UNION"
                        " SELECT device, hall FROM keypad_status")
+    # Silence is counted within today's hours only (_open_since), so today's rows are all it needs: two
+    # queries on the day indexes per tick, not two per keypad.
+    today = day_of(p.now_ms, p.tz)
+    opened = {str(d): int(n) for d, n in conn.all(
+        "SELECT device, COUNT(*) FROM prompts WHERE day = ? AND opened_ms >= ? GROUP BY device",
+        (today, since))}
+    rated_now = {str(d) for (d,) in conn.all(
+        "SELECT DISTINCT device FROM ratings WHERE day = ? AND kind = 'rating' AND received_ms >= ?",
+        (today, since))}
+    open_since: dict[str, bool] = {}
     for device, hall in keypads:
         device, hall = str(device), str(hall)
-        if device in down or not _open_since(conn, hall, since, p):
+        if hall not in open_since:
+            open_since[hall] = _open_since(conn, hall, since, p)
+        if device in down or not open_since[hall]:
             continue
-        prompts = int(conn.scalar("SELECT COUNT(*) FROM prompts WHERE device = ? AND opened_ms >= ?",
-                                  (device, since)))
-        rated = conn.scalar("SELECT 1 FROM ratings WHERE device = ? AND kind = 'rating' AND received_ms >= ?"
-                            " LIMIT 1", (device, since))
+        prompts = opened.get(device, 0)
+        rated = device in rated_now
         if prompts == 0:
             found[f"silent:{device}"] = (hall, device, f"评价器 keypad {device}: 无邀评 no prompt at all"
                                          f" in {minutes} min of business hours")
-        elif prompts >= rule.whole("min_prompts") and rated is None:
+        elif prompts >= rule.whole("min_prompts") and not rated:
             found[f"silent:{device}"] = (hall, device, f"评价器 keypad {device}: {prompts} prompts opened,"
                                          f" 无评价 no rating in {minutes} min")
     return found

@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -31,12 +31,14 @@ from province_helpers import entry, make_world, signed_batch
 from province_helpers import rating as pr_rating
 
 from countersign.province import alerts, hours
+from countersign.province import cases as cases_step
 from countersign.province.config import ConfigError, NotifyTarget, parse_notify
 from countersign.province.db import Conn, Database
 from countersign.province.notify import Notifier, target_id
 from countersign.province.province import Province
+from countersign.province.rated import Rated
 from countersign.province.scope import Scope
-from countersign.province.supervision import run_pass
+from countersign.province.supervision import Pass, run_pass
 
 DAY = "2026-12-02"             # a Wednesday
 NOON = noon_ms(DAY)
@@ -84,16 +86,39 @@ def test_a_dissatisfied_rating_raises_one_alert_naming_its_rating(province_db: D
     assert len(alerts_of(province_db)) == 2 and len(events_of(province_db)) == 2
 
 
-def test_the_alert_names_the_case_opened_for_its_rating(province_db: Database, conn: Conn) -> None:
+class OpenCases:
+    """Stands in for the cases step (part B) where it opened no case (not written yet): what supervision.py
+    promises the alerts step is a ``cases`` row for each dissatisfied rating, written earlier in the pass."""
+
+    def on_ratings(self, conn: Conn, ratings: Sequence[Rated], p: Pass) -> None:
+        for r in ratings:
+            if r.dissatisfied and conn.scalar("SELECT id FROM cases WHERE rating = ?", (r.id,)) is None:
+                conn.execute("INSERT INTO cases (hall, rating, source, title, opened_ms, opened_by, deadline)"
+                             " VALUES (?, ?, 'rating', 'test', ?, 'supervisor', '2026-12-23')",
+                             (r.hall, r.id, p.now_ms))
+
+    def on_tick(self, conn: Conn, p: Pass) -> None:
+        pass
+
+
+def test_the_alert_names_its_case_and_ends_when_the_case_closes(province_db: Database, conn: Conn) -> None:
     only_rules(conn, "dissatisfied")
     bad = Rows(conn).rating("hf01", "c001", 1, DAY)
-    run_pass(province_db, TZ, NOON + MIN)
+    # The real cases step, then the stand-in (only where the real one opened nothing), then alerts.
+    steps = [cases_step, OpenCases(), alerts]
+    run_pass(province_db, TZ, NOON + MIN, steps)
     case = conn.scalar("SELECT id FROM cases WHERE rating = ?", (bad,))
     (alert,) = alerts_of(province_db)
-    if case is not None:         # the cases step (part B) ran before the alerts step in the same pass
-        assert f"case #{case}" in alert["detail"]
-        (a,) = alerts.inbox(conn, Scope("hall", "hf01"))
-        assert a.case == case
+    assert f"case #{case}" in alert["detail"]
+    (a,) = alerts.inbox(conn, Scope("hall", "hf01"))
+    assert a.case == case and a.state == "open"
+    run_pass(province_db, TZ, NOON + 2 * MIN, steps)
+    assert alerts_of(province_db)[0]["state"] == "open"
+    conn.execute("UPDATE cases SET state = 'closed', closed_ms = ? WHERE id = ?", (NOON, case))
+    run_pass(province_db, TZ, NOON + 3 * MIN, steps)
+    (alert,) = alerts_of(province_db)
+    assert alert["state"] == "cleared" and "case closed" in alert["detail"]
+    assert [e for _a, e, _l in events_of(province_db)] == ["raised", "cleared"]
 
 
 def test_negative_share_at_window_and_hall_deduplicated_and_cleared(province_db: Database,
