@@ -391,7 +391,9 @@ def _keypads(conn: Conn, rs: dict[str, Rule], p: Pass, is_open: Any) -> None:
     outbox: dict[str, tuple[str, str | None, str]] = {}
     after_ms = rs["offline"].whole("after_s") * 1000
     full = rs["outbox-full"].whole("outbox")
-    rows = conn.all("SELECT device, hall, seen_ms, online, outbox, stuck_keys FROM keypad_status")
+    # A revoked keypad is off the fleet: its last status is history, not an alert.
+    rows = conn.all("SELECT device, hall, seen_ms, online, outbox, stuck_keys FROM keypad_status WHERE device"
+                    " NOT IN (SELECT device FROM devices WHERE revoked <> 0)")
     down: set[str] = set()
     for device, hall, seen_ms, online, box, keys in rows:
         device, hall = str(device), str(hall)
@@ -418,8 +420,9 @@ def _silent(conn: Conn, rule: Rule, p: Pass, down: set[str]) -> dict[str, tuple[
     minutes = rule.whole("minutes")
     since = p.now_ms - minutes * 60_000
     found: dict[str, tuple[str, str | None, str]] = {}
-    keypads = conn.all("SELECT device, hall FROM devices WHERE revoked = 0 UNION"
-                       " SELECT device, hall FROM keypad_status")
+    keypads = conn.all("SELECT device, hall FROM devices WHERE revoked = 0 UNION SELECT device, hall"
+                       " FROM keypad_status WHERE device NOT IN"
+                       " (SELECT device FROM devices WHERE revoked <> 0)")
     # Silence is counted within today's hours only (_open_since), so today's rows are all it needs: two
     # queries on the day indexes per tick, not two per keypad.
     today = day_of(p.now_ms, p.tz)

@@ -32,7 +32,7 @@ from province_helpers import rating as pr_rating
 
 from countersign.province import alerts, hours
 from countersign.province import cases as cases_step
-from countersign.province.config import ConfigError, NotifyTarget, parse_notify
+from countersign.province.config import ConfigError, NotifyTarget, ProvinceConfig, parse_notify
 from countersign.province.db import Conn, Database
 from countersign.province.notify import Notifier, target_id
 from countersign.province.province import Province
@@ -181,6 +181,12 @@ def test_keypad_offline_stuck_outbox_raise_and_clear(province_db: Database, conn
     run_pass(province_db, TZ, now + 1000)
     assert open_kinds(province_db) == []
     assert sorted(e for _a, e, _l in events_of(province_db)) == ["cleared"] * 5 + ["raised"] * 5
+    # A revoked keypad's last status is history: no alert for it.
+    conn.execute('INSERT INTO devices (device, hall, key, epoch, "window", scale, revoked, source,'
+                 " changed_ms) VALUES ('hf01-w09', 'hf01', ?, 1, '9', 4, 1, 'registry', ?)", (b"k" * 32, now))
+    keypad(conn, "hf01-w09", "hf01", 0, online=False, stuck="1")
+    run_pass(province_db, TZ, now + 2000)
+    assert open_kinds(province_db) == []
 
 
 def test_gateway_backlog_and_silence(province_db: Database, conn: Conn) -> None:
@@ -589,3 +595,21 @@ def test_a_dissatisfied_rating_through_a_real_province_reaches_the_http_receiver
         assert [a["rating"] for a in alerts_of(province_db, "dissatisfied")] == [rid]
     finally:
         world.close()
+
+
+def test_the_province_toml_takes_notify_tables(tmp_path: Path) -> None:
+    (tmp_path / "mail.url").write_text("mailto://u:secret@127.0.0.1:2525?mode=insecure&to=a@example.com")
+    os.chmod(tmp_path / "mail.url", 0o600)
+    (tmp_path / "province.toml").write_text(
+        'database = "p.db"\nregistry = "r.json"\nsigning_key = "k"\nnotify_retry_s = 2\n'
+        '[[notify]]\nurl = "json://127.0.0.1:8080/hf01"\nscope = "hall:hf01"\nlevels = [0]\n'
+        '[[notify]]\nurl_file = "mail.url"\nscope = "city:合肥"\nlevels = [1, 2]\n', encoding="utf-8")
+    cfg = ProvinceConfig.load(tmp_path / "province.toml")
+    assert [(t.scope, t.levels) for t in cfg.notify] == [(Scope("hall", "hf01"), (0,)),
+                                                          (Scope("city", "合肥"), (1, 2))]
+    assert cfg.notify[1].url.startswith("mailto://u:secret@") and cfg.notify_retry_s == 2
+    assert "secret" not in repr(cfg)
+    (tmp_path / "bad.toml").write_text('database = "p.db"\nregistry = "r.json"\nsigning_key = "k"\n'
+                                       '[[notify]]\nurl = "json://h"\nscope = "everyone"\n')
+    with pytest.raises(ConfigError, match="scope"):
+        ProvinceConfig.load(tmp_path / "bad.toml")
