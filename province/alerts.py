@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from .scope import Scope
 
 if TYPE_CHECKING:
     from .supervision import Pass
+
+log = logging.getLogger("countersign.province.alerts")
 
 __all__ = [
     "DEFAULTS",
@@ -145,8 +148,14 @@ def rules(conn: Conn) -> dict[str, Rule]:
             "SELECT kind, enabled, params, escalate_s, changed_ms, changed_by FROM alert_rules"):
         if kind not in DEFAULTS:
             continue
-        stored = json.loads(str(params))
-        merged = {k: float(stored.get(k, v)) for k, v in DEFAULTS[kind].params.items()}
+        try:
+            stored = json.loads(str(params))
+            merged = {k: float(stored.get(k, v)) for k, v in DEFAULTS[kind].params.items()}
+        except (ValueError, TypeError, AttributeError):
+            # A row not written by set_rule (edited by hand): the default, loudly, rather than no alerts
+            # at all (an exception here would stop the supervisor's pass).
+            log.error("alert rule %s: stored parameters %r unreadable; using the defaults", kind, params)
+            merged = dict(DEFAULTS[kind].params)
         got[kind] = Rule(kind, bool(enabled), merged, int(escalate_s), int(changed_ms), str(changed_by))
     return got
 
@@ -343,7 +352,7 @@ def on_tick(conn: Conn, p: Pass) -> None:
 
     def is_open(hall: str) -> bool:
         if hall not in opened:
-            opened[hall] = hours.for_hall(conn, hall).is_open(hours.local(p.now_ms, p.tz), p.cal)
+            opened[hall] = _hours(conn, hall).is_open(hours.local(p.now_ms, p.tz), p.cal)
         return opened[hall]
 
     _keypads(conn, rs, p, is_open)
@@ -358,6 +367,14 @@ def _clear_shares(conn: Conn, rule: Rule, p: Pass) -> None:
         n, bad = _share(conn, hall, window, p.now_ms - span, p.now_ms, p)
         if not rule.enabled or n == 0 or bad < rule.num("share") * n:
             clear_alert(conn, dedup, p.now_ms, f"{bad}/{n} in the last {span // 60000} min")
+
+
+def _hours(conn: Conn, hall: str) -> hours.Hours:
+    try:
+        return hours.for_hall(conn, hall)
+    except ValueError as exc:        # a hall_hours row not written by set_hours
+        log.error("hall %s: business hours unreadable (%s); using the default hours", hall, exc)
+        return hours.DEFAULT
 
 
 def _clear_closed_cases(conn: Conn, p: Pass) -> None:
@@ -453,7 +470,7 @@ def _silent(conn: Conn, rule: Rule, p: Pass, down: set[str]) -> dict[str, tuple[
 def _open_since(conn: Conn, hall: str, since_ms: int, p: Pass) -> bool:
     """The hall was open at ``since_ms`` and is open now (the same day's hours: silence before opening
     is not silence)."""
-    h = hours.for_hall(conn, hall)
+    h = _hours(conn, hall)
     start, now = hours.local(since_ms, p.tz), hours.local(p.now_ms, p.tz)
     return start.date() == now.date() and h.is_open(start, p.cal) and h.is_open(now, p.cal)
 
@@ -525,10 +542,18 @@ def _alert(r: Sequence[Any]) -> Alert:
                  str(r[9]), int(r[10]), int(r[11]), int(r[12]), oi(r[13]), r[14], oi(r[15]), int(r[16]))
 
 
-def inbox(conn: Conn, scope: Scope, *, cleared: bool = False, limit: int = 200) -> list[Alert]:
-    """The scope's alerts, newest first: open and acknowledged ones, or (``cleared``) the cleared ones."""
+def inbox(conn: Conn, scope: Scope, *, cleared: bool = False, hall: str | None = None,
+          kind: str | None = None, limit: int = 200) -> list[Alert]:
+    """The scope's alerts, newest first: open and acknowledged ones, or (``cleared``) the cleared ones;
+    optionally of one hall (within the scope) and one kind."""
     where, args = scope.sql("a.hall")
     state = "a.state = 'cleared'" if cleared else "a.state <> 'cleared'"
+    if hall is not None:
+        where += " AND a.hall = ?"
+        args.append(hall)
+    if kind is not None:
+        where += " AND a.kind = ?"
+        args.append(kind)
     return [_alert(r) for r in conn.all(
         f"SELECT {_ALERT_COLS} FROM alerts a LEFT JOIN halls h ON h.hall = a.hall WHERE {state}{where}"
         " ORDER BY a.raised_ms DESC, a.id DESC LIMIT ?", [*args, limit])]

@@ -12,6 +12,7 @@ audit row in one transaction.
 from __future__ import annotations
 
 import datetime as dt
+import urllib.parse
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from . import alerts, hours, workdays
+from .export import Column, Table
 from .scope import User
 from .webctx import NotFound, Web
 from .webperiod import BadRequest
@@ -30,19 +32,58 @@ REFRESH = "every 15s"
 STATES = {"open": "未关闭 Open", "cleared": "已恢复 Cleared"}
 
 
+def _table(items: list[alerts.Alert], web: Web, ctx: dict[str, Any]) -> Table:
+    def fmt(ms: int | None) -> str | None:
+        return None if ms is None else hours.local(ms, web.tz).strftime("%Y-%m-%d %H:%M:%S")
+
+    cols = [Column("id", "编号 Alert"), Column("kind", "类型 Kind"), Column("hall", "营业厅 Hall"),
+            Column("device", "评价器 Keypad"), Column("state", "状态 State"), Column("level", "级别 Level"),
+            Column("raised", "产生 Raised"), Column("acked_by", "确认人 Acknowledged by"),
+            Column("acked", "确认 Acknowledged"), Column("cleared", "恢复 Cleared"),
+            Column("rating", "评价 Rating"), Column("case", "工单 Case"), Column("detail", "说明 Detail")]
+    rows = [{"id": a.id, "kind": a.kind_zh, "hall": f"{a.hall_name} ({a.hall})", "device": a.device,
+             "state": a.state, "level": a.level_zh, "raised": fmt(a.raised_ms), "acked_by": a.acked_by,
+             "acked": fmt(a.acked_ms), "cleared": fmt(a.cleared_ms), "rating": a.rating, "case": a.case,
+             "detail": a.detail} for a in items]
+    meta = {"状态 State": STATES[ctx["state"]]}
+    if ctx["hall"]:
+        meta["营业厅 Hall"] = ctx["hall"]
+    if ctx["kind"]:
+        meta["类型 Kind"] = alerts.KIND_ZH[ctx["kind"]]
+    return Table("alerts", "告警 Alerts", cols, rows, meta)
+
+
 def routes(web: Web) -> list[BaseRoute]:
     def inbox_context(request: Request, user: User) -> dict[str, Any]:
-        state = request.query_params.get("state") or "open"
+        q = request.query_params
+        state = q.get("state") or "open"
+        hall = (q.get("hall") or "").strip() or None
+        kind = q.get("kind") or None
         if state not in STATES:
             raise BadRequest("state must be open or cleared")
+        if kind is not None and kind not in alerts.KIND_ZH:
+            raise BadRequest(f"kind must be one of {', '.join(alerts.KINDS)}")
+        if hall is not None and len(hall) > 64:
+            raise BadRequest("hall is at most 64 characters")
+        where, args = user.scope.sql("hall")
         with web.db.connect() as conn:
-            items = alerts.inbox(conn, user.scope, cleared=state == "cleared")
+            if hall is not None and not user.scope.allows_hall(conn, hall):
+                raise NotFound(hall)
+            items = alerts.inbox(conn, user.scope, cleared=state == "cleared", hall=hall, kind=kind)
             unacked = alerts.unacked(conn, user.scope)
-        return {"items": items, "unacked": unacked, "state": state, "states": STATES, "refresh": REFRESH}
+            halls = conn.all(f"SELECT hall, name FROM halls WHERE 1 = 1{where} ORDER BY hall", args)
+        query = "&".join(f"{k}={v}" for k, v in (("state", state), ("hall", hall), ("kind", kind)) if v)
+        return {"items": items, "unacked": unacked, "state": state, "states": STATES, "refresh": REFRESH,
+                "hall": hall, "kind": kind, "halls": halls, "kinds": alerts.KIND_ZH,
+                "query": urllib.parse.quote(query, safe="=&")}
 
     def page(request: Request, status: int = 200, error: str | None = None) -> Response:
         user = web.user(request)
-        return web.render(request, "alerts.html", status, error=error, **inbox_context(request, user))
+        ctx = inbox_context(request, user)
+        got = web.export(request, _table(ctx["items"], web, ctx))
+        if got is not None:
+            return got
+        return web.render(request, "alerts.html", status, error=error, **ctx)
 
     def fragment(request: Request) -> Response:
         user = web.user(request)

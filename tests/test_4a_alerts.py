@@ -305,6 +305,21 @@ def test_ack_is_scoped_and_once(province_db: Database, conn: Conn) -> None:
     assert alerts.inbox(conn, Scope("hall", "hf01"))[0].acked_by == "hefei"
 
 
+def test_a_rule_row_edited_by_hand_falls_back_to_the_default(province_db: Database, conn: Conn) -> None:
+    conn.execute("INSERT INTO alert_rules (kind, enabled, params, escalate_s, changed_ms, changed_by)"
+                 " VALUES ('negative-share', 1, 'not json', 60, 0, 'psql')")
+    conn.execute("INSERT INTO hall_hours (hall, days, open, close, changed_ms, changed_by)"
+                 " VALUES ('hf01', 'someday', '25:00', 'x', 0, 'psql')")
+    assert alerts.rules(conn)["negative-share"].params == alerts.DEFAULTS["negative-share"].params
+    keypad(conn, "hf01-w01", "hf01", 0, online=False)
+    rows = Rows(conn)
+    for _ in range(4):
+        rows.rating("hf01", "c001", 1, DAY)
+    assert run_pass(province_db, TZ, NOON) == 4                 # the pass goes on, with the defaults
+    assert ("negative-share", "negative-share:hall:hf01") in open_kinds(province_db)
+    assert ("offline", "offline:hf01-w01") in open_kinds(province_db)   # the default hours: open at noon
+
+
 def test_rules_validated_and_audited(province_db: Database, conn: Conn) -> None:
     good = alerts.check_rule("negative-share", True, {"share": "0.3", "min_count": "6", "window_s": "600"},
                              "900")
@@ -522,7 +537,16 @@ def test_the_inbox_is_scoped_and_acknowledges(platform: tuple[str, Database]) ->
     assert sorted(iter_ids(city.get("/alerts")[1], "alert")) == ids("hf01", "hf02")
     assert str(wh01) not in ids("hf01", "hf02")
     assert mgr.get("/alerts/rules")[0] == 403 and mgr.get("/alerts/hours")[0] == 403
-    assert mgr.get("/alerts?state=nope")[0] == 400
+    assert mgr.get("/alerts?state=nope")[0] == 400 and mgr.get("/alerts?kind=nope")[0] == 400
+    assert mgr.get("/alerts?hall=wh01")[0] == 404                           # not theirs, by a hand-made URL
+    status, body, headers = mgr.raw("/alerts?format=csv")
+    csv_text = body.decode("utf-8-sig")
+    assert status == 200 and "text/csv" in headers["content-type"] and "合肥东营业厅" in csv_text
+    assert "wh01" not in csv_text and "mgr-hf01" in csv_text
+    # Filters: the city office picks one hall and one kind.
+    text = city.get("/alerts?hall=hf02&kind=dissatisfied")[1]
+    assert list(iter_ids(text, "alert")) == [str(by_hall["hf02"]["id"])]
+    assert city.get("/alerts?hall=wh01")[0] == 404
     with db.connect() as conn:
         assert conn.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'alert.ack'") == 1
 
