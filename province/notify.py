@@ -12,7 +12,8 @@ starts with the events after it was added (not the whole history).
 Several receiver processes share one database, and each runs these threads: before sending, a thread
 claims the event (an upsert that succeeds for one of them only, leaving a lease in ``next_ms``), so an
 alert reaches a target once, not once per process. A process that dies mid-send leaves a lease that
-expires and the event is sent again (at least once, never lost).
+expires and the event is sent again (at least once, never lost). After each delivery the target's
+``since_event`` moves up to it (the events before it are all done), so the look-up stays short.
 
 Which events a target receives: a raise or an escalation at one of its levels, and the clearing of an
 alert that reached one of its levels (a city office that was told of an escalated alert is told it ended).
@@ -258,6 +259,10 @@ class Notifier:
         conn.execute("UPDATE notify_deliveries SET tries = ?, next_ms = ?, sent_ms = ? WHERE target = ?"
                      " AND event = ?", (tries, next_ms, sent, target_id(t.url), ev.id))
         if ok:
+            # The events are walked in order, so every one up to this is done for this target: the next
+            # look starts after it, not at the first event the target ever had (a year of them).
+            conn.execute("UPDATE notify_targets SET since_event = ? WHERE target = ? AND since_event < ?",
+                         (ev.id, target_id(t.url), ev.id))
             with self._cond:
                 self.sent += 1
                 self._cond.notify_all()

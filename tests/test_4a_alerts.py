@@ -379,6 +379,10 @@ def test_delivered_to_a_real_http_receiver_and_smtp_server(
         sent = conn.all("SELECT target, tries, sent_ms FROM notify_deliveries ORDER BY target")
         assert sorted(t for t, _n, _s in sent) == sorted([target_id(http.url()), target_id(smtp.url())])
         assert all(tries == 1 and s is not None for _t, tries, s in sent)
+        # Each target's next look starts after what it has delivered.
+        last = conn.scalar("SELECT MAX(id) FROM alert_events")
+        assert conn.scalar("SELECT since_event FROM notify_targets WHERE target = ?",
+                           (target_id(http.url()),)) == last
     finally:
         n.stop()
     # The URLs' secrets are never logged (scheme://host only).
