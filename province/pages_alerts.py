@@ -12,6 +12,7 @@ audit row in one transaction.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import urllib.parse
 from typing import Any
 
@@ -29,6 +30,7 @@ from .webperiod import BadRequest
 __all__ = ["routes"]
 
 REFRESH = "every 15s"
+_BACK = re.compile(r"[A-Za-z0-9=&%_.-]{0,200}")
 STATES = {"open": "未关闭 Open", "cleared": "已恢复 Cleared"}
 
 
@@ -91,8 +93,11 @@ def routes(web: Web) -> list[BaseRoute]:
 
     async def ack(request: Request) -> Response:
         user = web.user(request)
-        await web.form(request)                    # the CSRF check, before anything changes
+        form = await web.form(request)             # the CSRF check, before anything changes
         alert_id = int(request.path_params["alert_id"])
+        # Back to the list as it was filtered; only a query string of our own shape (never a URL elsewhere).
+        back = form.get("back", "")
+        to = "/alerts" + (f"?{back}" if _BACK.fullmatch(back) else "")
 
         def do() -> None:
             with web.db.connect() as conn, conn.transaction():
@@ -104,7 +109,7 @@ def routes(web: Web) -> list[BaseRoute]:
             raise NotFound(str(alert_id)) from None
         except alerts.AlertError as exc:
             return await run_in_threadpool(page, request, 400, str(exc))
-        return RedirectResponse("/alerts", 303)
+        return RedirectResponse(to, 303)
 
     # --- rules ----------------------------------------------------------------------------------------------
 

@@ -530,7 +530,9 @@ def test_the_inbox_is_scoped_and_acknowledges(platform: tuple[str, Database]) ->
     # Another hall's alert: neither listed nor acknowledgeable, even by a URL made by hand.
     assert mgr.post(f"/alerts/{wh01}/ack", {"csrf": mgr.csrf})[0] == 404
     assert mgr.post(f"/alerts/{hf01}/ack", {})[0] == 403                   # no CSRF token: refused
-    assert mgr.post(f"/alerts/{hf01}/ack", {"csrf": mgr.csrf})[0] == 303
+    status, _, headers = mgr.post(f"/alerts/{hf01}/ack", {"csrf": mgr.csrf,
+                                                          "back": "state=open&kind=dissatisfied"})
+    assert status == 303 and headers["location"] == "/alerts?state=open&kind=dissatisfied"
     status, text, _ = mgr.get("/alerts/list", {"HX-Request": "true", "X-Countersign-Poll": "1"})
     assert status == 200 and "mgr-hf01" in text and f'id="unacked">{len(mine) - 1}<' in text
     assert f"ack-{hf01}" not in text
