@@ -519,6 +519,8 @@ class Alert:
     acked_by: str | None
     cleared_ms: int | None
     level: int
+    pushed: int = 0             # deliveries made through apprise (notify.py), over its events and targets
+    retrying: int = 0           # deliveries tried and not made yet
 
     @property
     def kind_zh(self) -> str:
@@ -531,7 +533,11 @@ class Alert:
 
 _ALERT_COLS = ('a.id, a.kind, a.hall, COALESCE(h.name, a.hall), a.device, a."window", a.rating,'
                " (SELECT c.id FROM cases c WHERE c.rating = a.rating), a.state, a.detail, a.raised_ms,"
-               " a.last_ms, a.repeats, a.acked_ms, a.acked_by, a.cleared_ms, a.level")
+               " a.last_ms, a.repeats, a.acked_ms, a.acked_by, a.cleared_ms, a.level,"
+               " (SELECT COUNT(*) FROM notify_deliveries d JOIN alert_events e ON e.id = d.event"
+               "  WHERE e.alert = a.id AND d.sent_ms IS NOT NULL),"
+               " (SELECT COUNT(*) FROM notify_deliveries d JOIN alert_events e ON e.id = d.event"
+               "  WHERE e.alert = a.id AND d.sent_ms IS NULL AND d.tries > 0)")
 
 
 def _alert(r: Sequence[Any]) -> Alert:
@@ -539,7 +545,8 @@ def _alert(r: Sequence[Any]) -> Alert:
         return None if v is None else int(v)
 
     return Alert(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], r[5], oi(r[6]), oi(r[7]), str(r[8]),
-                 str(r[9]), int(r[10]), int(r[11]), int(r[12]), oi(r[13]), r[14], oi(r[15]), int(r[16]))
+                 str(r[9]), int(r[10]), int(r[11]), int(r[12]), oi(r[13]), r[14], oi(r[15]), int(r[16]),
+                 int(r[17]), int(r[18]))
 
 
 def inbox(conn: Conn, scope: Scope, *, cleared: bool = False, hall: str | None = None,

@@ -379,6 +379,8 @@ def test_delivered_to_a_real_http_receiver_and_smtp_server(
         sent = conn.all("SELECT target, tries, sent_ms FROM notify_deliveries ORDER BY target")
         assert sorted(t for t, _n, _s in sent) == sorted([target_id(http.url()), target_id(smtp.url())])
         assert all(tries == 1 and s is not None for _t, tries, s in sent)
+        (a,) = alerts.inbox(conn, Scope("hall", "hf01"))
+        assert (a.pushed, a.retrying) == (2, 0)                 # what the inbox says of the deliveries
         # Each target's next look starts after what it has delivered.
         last = conn.scalar("SELECT MAX(id) FROM alert_events")
         assert conn.scalar("SELECT since_event FROM notify_targets WHERE target = ?",
@@ -404,6 +406,9 @@ def test_retried_while_the_receivers_are_down_then_delivered_once(
         assert http.posts == [] and smtp.messages == [] and n.pending() == 4
         tries = conn.scalar("SELECT MAX(tries) FROM notify_deliveries WHERE sent_ms IS NULL")
         assert tries >= 2
+        # The inbox (newest first) shows the first alert's deliveries retrying on both targets; the second
+        # waits its turn behind it (each target delivers in order).
+        assert [x.retrying for x in alerts.inbox(conn, Scope("province"))] == [0, 2]
         http.down = smtp.down = False
         # apprise spaces its e-mails 5.5 s apart (its own throttle): a minute is plenty.
         assert wait_until(lambda: len(http.posts) == 2 and len(smtp.messages) == 2, 60)
