@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -22,9 +23,11 @@ import chinese_calendar
 import pytest
 from analytics_helpers import Rows, prepared
 from case_helpers import audit_of, case_of_rating, cases_of, events_of, local_ms, user
-from platform_helpers import NOW_MS, TZ, Client, Clock, Filler, fill, start
+from platform_helpers import NOW_MS, PASSWORD, TZ, Client, Clock, Filler, fill, start
+from province_helpers import entry, make_world, signed_batch
+from province_helpers import rating as pr_rating
 
-from countersign.province import cases
+from countersign.province import cases, users
 from countersign.province.cases import CaseConflict, CaseError, CaseForbidden, CaseNotFound
 from countersign.province.db import Conn, Database, DatabaseError
 from countersign.province.supervision import run_pass
@@ -420,3 +423,47 @@ def test_the_list_filters_and_pages(served: tuple[PlatformServer, Clock, Databas
 def case_of_rating_id(db: Database, hall: str) -> int:
     with db.connect() as conn:
         return int(case_of_rating(conn, bad_rating(conn, hall))["id"])
+
+
+# --- end to end -------------------------------------------------------------------------------------------
+
+def test_a_dissatisfied_rating_through_a_real_province_becomes_a_case_in_the_hall_managers_list(
+        tmp_path: Path, province_db: Database) -> None:
+    """A hall gateway publishes a signed batch (one 不满意, one 非常满意) to a real mosquitto; the province's
+    worker stores it and its supervisor thread opens one case, which the hall's manager finds on /cases."""
+    world = make_world(tmp_path / "world", workers=1)
+    server = None
+    try:
+        p = world.province(province_db)
+        hall = world.hall_client("hf01")
+        k = world.device_key("hf01-w02")
+        hall.publish("hf01", signed_batch(world.gateway_keys["hf01"], "hf01", 1, [
+            entry(pr_rating(k, "hf01-w02", 1, 1), window="2", clerk="c002", txn="t-bad"),
+            entry(pr_rating(k, "hf01-w02", 2, 4), window="2", clerk="c002", txn="t-good")]))
+        hall.wait_acks(1)
+
+        def opened() -> list[dict[str, object]]:
+            return cases_of(province_db)
+
+        # Each supervisor pass is a condition to wait on; the case is there after the pass that saw it.
+        deadline = time.monotonic() + 15
+        while not opened() and time.monotonic() < deadline:
+            p.supervisor.wait_passes(p.supervisor.passes + 1, max(0.0, deadline - time.monotonic()))
+        (case,) = opened()
+        with province_db.connect() as conn:
+            bad = conn.scalar("SELECT id FROM ratings WHERE txn = 't-bad'")
+            for h, name, city in (("hf01", "合肥东营业厅", "合肥"), ("wh01", "芜湖中心营业厅", "芜湖")):
+                conn.execute("INSERT INTO halls (hall, name, city) VALUES (?, ?, ?)"
+                             " ON CONFLICT (hall) DO NOTHING", (h, name, city))
+            users.add(conn, "mgr-hf01", "合肥东 厅长", PASSWORD, "hall", "hf01", actor="test", now_ms=NOW_MS)
+            users.add(conn, "mgr-wh01", "芜湖 厅长", PASSWORD, "hall", "wh01", actor="test", now_ms=NOW_MS)
+        assert case["rating"] == bad and case["hall"] == "hf01" and "c002" in str(case["title"])
+        server = start(tmp_path, province_db, Clock())
+        mgr, other = client(server, "mgr-hf01"), client(server, "mgr-wh01")
+        status, html, _ = mgr.get("/cases")
+        assert status == 200 and listed(html) == {case["id"]} and "c002" in html
+        assert listed(other.get("/cases")[1]) == set() and other.get(f"/cases/{case['id']}")[0] == 404
+    finally:
+        if server is not None:
+            server.stop()
+        world.close()
