@@ -81,7 +81,7 @@ def _pass(conn: Conn, tz: ZoneInfo, now_ms: int, steps: Sequence[Step], tick: bo
             _dequeue(conn, ids)
             if tick and len(ids) < BATCH:
                 for step in steps:
-                    step.on_tick(conn, p)
+                    _tick(conn, step, p)
         handled += len(ids)
         if len(ids) < BATCH:
             return handled
@@ -115,6 +115,19 @@ def _ratings(conn: Conn, batch: list[Rated], p: Pass, steps: Sequence[Step]) -> 
                           f"rating {one.id}: {type(exc).__name__}: {exc}"[:500]))
             audit.record(conn, ACTOR, "supervision.error", str(one.id), {"error": type(exc).__name__},
                          p.now_ms)
+
+
+def _tick(conn: Conn, step: Step, p: Pass) -> None:
+    """One step's time rules; a bug in them (not a database fault) is logged and leaves that step's tick
+    undone, never the other steps' nor the thread: the next tick tries again."""
+    conn.execute("SAVEPOINT tick")
+    try:
+        step.on_tick(conn, p)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        conn.execute("ROLLBACK TO SAVEPOINT tick")
+        log.error("supervision: the time rules of %s failed: %r", getattr(step, "__name__", step), exc,
+                  exc_info=exc)
+    conn.execute("RELEASE SAVEPOINT tick")
 
 
 def _dequeue(conn: Conn, ids: list[int]) -> None:

@@ -215,3 +215,21 @@ def test_the_calendar_table_is_read(province_db: Database, tmp_path: Path) -> No
     cal = workdays.load(conn)
     conn.close()
     assert cal.is_workday(dt.date(2027, 2, 6))                 # a Saturday made a working day
+
+
+def test_a_bug_in_one_steps_time_rules_leaves_the_others_and_the_queue_working(province_db: Database) -> None:
+    conn = prepared(province_db)
+    rid = Rows(conn).rating("hf01", "c001", 4, "2026-12-02")
+    conn.close()
+
+    class BadTick(Recorder):
+        def on_tick(self, conn: Conn, p: supervision.Pass) -> None:
+            conn.execute("INSERT INTO calendar_days (day, workday, name, changed_ms, changed_by)"
+                         " VALUES ('2027-01-01', 0, 'half-done', 0, 'bug')")
+            raise KeyError("a rule the code does not know")
+
+    bad, good = BadTick(), Recorder()
+    assert supervision.run_pass(province_db, TZ, NOW, [bad, good]) == 1
+    assert bad.seen == [rid] and good.seen == [rid] and good.ticks == 1 and queued(province_db) == 0
+    with province_db.connect() as c:     # the failed tick's half-done writes are undone
+        assert c.scalar("SELECT COUNT(*) FROM calendar_days") == 0
