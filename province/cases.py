@@ -190,10 +190,14 @@ def on_tick(conn: Conn, p: Pass) -> None:
 
 # --- reading ----------------------------------------------------------------------------------------------
 
-def get(conn: Conn, scope: Scope, case_id: int) -> Case:
-    """The case, if the scope may see it (else CaseNotFound, as for a case that does not exist)."""
+def get(conn: Conn, scope: Scope, case_id: int, *, lock: bool = False) -> Case:
+    """The case, if the scope may see it (else CaseNotFound, as for a case that does not exist).
+    ``lock``: for an action, the row locked until the transaction ends, so two people acting at once
+    (two reviewers accepting) see each other's change and the second is refused by the state check; on
+    SQLite the write transaction (BEGIN IMMEDIATE) already does this."""
     cond, args = scope.sql("hall")
-    row = conn.one(f"SELECT {_COLS} FROM cases WHERE id = ?{cond}", [case_id, *args])
+    tail = " FOR UPDATE" if lock and conn.dialect == "postgres" else ""
+    row = conn.one(f"SELECT {_COLS} FROM cases WHERE id = ?{cond}{tail}", [case_id, *args])
     if row is None:
         raise CaseNotFound(f"no case #{case_id}")
     return _case(row)
@@ -263,7 +267,7 @@ def _text(value: str, what: str, most: int = MAX_TEXT) -> str:
 
 
 def _rectifiable(conn: Conn, user: User, case_id: int) -> Case:
-    c = get(conn, user.scope, case_id)
+    c = get(conn, user.scope, case_id, lock=True)
     if c.state not in ("notified", "rectifying"):
         raise CaseConflict(f"case #{case_id} is {c.state_name}: the hall cannot change it now")
     return c
@@ -347,7 +351,7 @@ def submit(conn: Conn, user: User, case_id: int, now_ms: int) -> Case:
 
 
 def _reviewable(conn: Conn, user: User, case_id: int) -> Case:
-    c = get(conn, user.scope, case_id)
+    c = get(conn, user.scope, case_id, lock=True)
     if user.role == "hall":
         raise CaseForbidden("a hall manager does not review cases: the city or province does")
     if c.state != "review":

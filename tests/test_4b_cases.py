@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import threading
 import time
 from collections.abc import Iterator
 from datetime import date
@@ -20,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import chinese_calendar
+import openpyxl
 import pytest
 from analytics_helpers import Rows, prepared
 from case_helpers import audit_of, case_of_rating, cases_of, events_of, local_ms, user
@@ -267,6 +269,50 @@ def test_overdue_found_once_when_the_clock_passes_the_deadline(filled: tuple[Fil
     assert cases.listing(conn, city.scope, cases.Query(overdue=True, today="2026-12-24"), limit=50)[0] == 0
 
 
+def test_two_reviewers_at_once_close_the_case_once(filled: tuple[Filler, Conn],
+                                                   province_db: Database) -> None:
+    """The city and the province accept the same case at the same moment: one closes it, the other is
+    told it is no longer in review (the row is locked for the action; SQLite's write lock does the same)."""
+    _, conn = filled
+    mgr, city, admin = (user(conn, n) for n in ("mgr-hf01", "hefei", "admin"))
+    cid = case_of_rating(conn, bad_rating(conn, "hf01"))["id"]
+    with conn.transaction():
+        cases.record_callback(conn, mgr, cid, NOW_MS, "已回访，客户认可", NOW_MS, TZ)
+        cases.record_analysis(conn, mgr, cid, "系统卡顿", "更换终端", NOW_MS)
+        cases.submit(conn, mgr, cid, NOW_MS)
+    first = province_db.connect()
+    got: dict[str, str] = {}
+
+    def the_other() -> None:
+        with province_db.connect(timeout=20) as second:
+            try:
+                with second.transaction():
+                    cases.accept(second, admin, cid, "", NOW_MS + 1, TZ)
+                got["second"] = "accepted"
+            except CaseConflict as exc:
+                got["second"] = str(exc)
+
+    try:
+        first.begin()
+        cases.accept(first, city, cid, "", NOW_MS, TZ)
+        worker = threading.Thread(target=the_other)
+        worker.start()
+        if province_db.dialect == "postgres":
+            # Commit only once the other transaction waits on the row (there is no event to wait on).
+            until = time.monotonic() + 10
+            while time.monotonic() < until and not conn.scalar(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"):
+                threading.Event().wait(0.02)
+        first.commit()
+        worker.join(30)
+    finally:
+        first.close()
+    assert "not in review" in got["second"]
+    assert [a for _, a in events_of(conn, cid)].count("accepted") == 1
+    assert conn.scalar("SELECT reviewed_by FROM cases WHERE id = ?", (cid,)) == "hefei"
+
+
 def test_cases_and_their_history_are_never_deleted(filled: tuple[Filler, Conn]) -> None:
     _, conn = filled
     before = (conn.scalar("SELECT COUNT(*) FROM cases"), conn.scalar("SELECT COUNT(*) FROM case_events"))
@@ -409,6 +455,12 @@ def test_the_list_filters_and_pages(served: tuple[PlatformServer, Clock, Databas
     assert admin.get("/cases?page=0")[0] == 400
     assert admin.get("/cases?overdue=yes")[0] == 400
     assert admin.get("/cases/999999")[0] == 404
+    status, body, _ = admin.raw("/cases?format=xlsx&hall=hf02")
+    assert status == 200 and body[:2] == b"PK"
+    sheet = openpyxl.load_workbook(io.BytesIO(body)).active
+    assert sheet is not None
+    cells = [str(c.value) for row in sheet.iter_rows() for c in row if c.value is not None]
+    assert str(case_of_rating_id(db, "hf02")) in cells and "工单编号 Case" in cells
     # Newest first, 50 a page.
     with db.connect() as conn, conn.transaction():
         for i in range(55):
