@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .supervision import Pass
 
 __all__ = ["DEADLINE_WORKDAYS", "STATES", "Case", "CaseConflict", "CaseError", "CaseEvent",
-           "CaseForbidden", "CaseNotFound", "accept", "events", "get", "listing", "local_day",
+           "CaseForbidden", "CaseNotFound", "accept", "counts", "events", "get", "listing", "local_day",
            "on_ratings", "on_tick", "open_manual", "record_analysis", "record_callback", "return_case",
            "submit"]
 
@@ -253,6 +253,18 @@ def listing(conn: Conn, scope: Scope, q: Query, *, limit: int, offset: int = 0) 
     rows = conn.all(f"SELECT {_COLS} FROM cases WHERE 1 = 1{where} ORDER BY opened_ms DESC, id DESC"
                     " LIMIT ? OFFSET ?", [*params, limit, offset])
     return total, [_case(r) for r in rows]
+
+
+def counts(conn: Conn, scope: Scope, today: str) -> dict[str, int]:
+    """The scope's cases per state, and how many are overdue now: the list's summary."""
+    cond, args = scope.sql("hall")
+    out = {k: 0 for k in STATES}
+    for state, n in conn.all(f"SELECT state, COUNT(*) FROM cases WHERE 1 = 1{cond} GROUP BY state", args):
+        out[str(state)] = int(n)
+    out["overdue"] = int(conn.scalar(
+        "SELECT COUNT(*) FROM cases WHERE state <> 'closed'"
+        f" AND (overdue_ms IS NOT NULL OR deadline < ?){cond}", [today, *args]))
+    return out
 
 
 # --- actions ----------------------------------------------------------------------------------------------

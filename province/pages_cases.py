@@ -107,6 +107,7 @@ def routes(web: Web) -> list[BaseRoute]:
             total, found = cases.listing(conn, user.scope, query, limit=MAX_EXPORT if every else PAGE_SIZE,
                                          offset=0 if every else (page_no - 1) * PAGE_SIZE)
             known = halls(conn, user.scope)
+            summary = cases.counts(conn, user.scope, now_day)
         items = [row(c, now_day) for c in found]
         described = {"期间 Period": period.label if by_period else "全部 All",
                      **{f"筛选 {k}": v for k, v in chosen.items() if v}}
@@ -118,7 +119,7 @@ def routes(web: Web) -> list[BaseRoute]:
             return got
         return web.render(request, "cases.html", items=items, total=total, page=page_no,
                           pages=max(1, -(-total // PAGE_SIZE)), chosen=chosen, period=period,
-                          by_period=by_period, states=cases.STATES,
+                          by_period=by_period, states=cases.STATES, summary=summary,
                           cities=sorted({h.city for h in known.values()}),
                           halls=sorted(known.values(), key=lambda h: (h.city, h.hall)),
                           done=DONE.get(q.get("ok", "")))

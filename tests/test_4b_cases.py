@@ -432,6 +432,8 @@ def test_the_pages_flow_scope_and_refusals(served: tuple[PlatformServer, Clock, 
     city, mgr = client(server, "hefei"), client(server, "mgr-hf01")
     status, html, _ = city.get("/cases?overdue=1")
     assert status == 200 and "逾期工单" in html and listed(html) == {hf02, new_id}
+    overdue_sum = re.search(r'id="sum-overdue">.*?<dd[^>]*>(\d+)</dd>', html, re.S)
+    assert overdue_sum and overdue_sum.group(1) == "2"
     assert listed(client(server, "admin").get("/cases?overdue=1")[1]) == {hf02, new_id, theirs}
     assert listed(mgr.get("/cases?overdue=1")[1]) == set()
     status, html, _ = city.get(f"/cases/{hf02}")
