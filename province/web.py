@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from countersign.common.clock import wall_ms
 
 from . import (
+    alerts,
     api,
     audit,
     export,
@@ -248,6 +249,11 @@ class Platform:
                     if user is not None and (user.is_admin or not admin)],
             "path": request.url.path, "role_names": ROLE_NAMES, "now_ms": self.now_ms(),
         }
+        if user is not None:
+            # The unacknowledged alerts of the user's scope, on every page: the inbox is the channel that
+            # is always on, so its count is always in sight.
+            with self.db.connect() as conn:
+                ctx["unacked_alerts"] = alerts.unacked(conn, user.scope)
         if "period" not in context:
             try:
                 ctx["period"] = self.period(request)

@@ -53,7 +53,7 @@ def test_a_hall_manager_acknowledges_their_alert_and_another_hall_does_not_see_i
     server, filler, db = platform
     (mine,), (theirs,) = dissatisfied(db, "hf01"), dissatisfied(db, "wh01")
     log_in(browser, server.url, "mgr-hf01")
-    browser.find_element(By.LINK_TEXT, "告警 Alerts").click()
+    browser.find_element(By.CSS_SELECTOR, "nav a[href='/alerts']").click()
     wait_text(browser, "h1", lambda t: "告警" in t)
     card = wait_text(browser, f"#alert-{mine}", bool)
     assert "不满意评价" in card and "合肥东营业厅" in card and "未确认" in card
@@ -61,12 +61,20 @@ def test_a_hall_manager_acknowledges_their_alert_and_another_hall_does_not_see_i
     assert "芜湖" not in browser.find_element(By.TAG_NAME, "body").text
     before = int(wait_text(browser, "#unacked", bool))
     assert wait_text(browser, "#unacked-badge", bool) == str(before)
+    # Every page's navigation bar carries the count (the inbox is always in sight).
+    browser.get(server.url + "/")
+    assert wait_text(browser, "#nav-unacked", bool) == str(before)
+    browser.get(server.url + "/alerts")
 
     click(browser, f"#ack-{mine}")
     assert "mgr-hf01" in wait_text(browser, f"#alert-{mine} .acked", bool)
     assert "已确认" in wait_text(browser, f"#alert-{mine}", bool)
     assert wait_text(browser, "#unacked", bool) == str(before - 1)
     assert not browser.find_elements(By.CSS_SELECTOR, f"#ack-{mine}")
+    browser.get(server.url + "/")
+    shown = browser.find_elements(By.CSS_SELECTOR, "#nav-unacked")
+    assert (shown[0].text if shown else "0") == str(before - 1)
+    browser.get(server.url + "/alerts")
 
     # A new 不满意 rating: its alert appears in the open page by itself (htmx refresh), not by a reload.
     browser.execute_script("document.body.setAttribute('data-not-reloaded', '1')")
