@@ -37,6 +37,7 @@ from .db import Conn
 from .errors import ProvinceError
 from .period import day_of
 from .rated import Rated
+from .ratings_list import dissatisfied_pairs
 from .scope import Scope
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ KIND_ZH = {
     "outbox-full": "评价器待发送将满 Keypad outbox nearly full",
     "backlog": "网关上传积压 Gateway backlog",
     "gateway-silent": "网关无上报 Gateway silent",
+    "case-overdue": "整改逾期 Case overdue",
 }
 KINDS = tuple(KIND_ZH)
 
@@ -108,6 +110,7 @@ PARAMS: dict[str, dict[str, Param]] = {
     "outbox-full": {"outbox": Param("待发送条数 ratings waiting >=", 1, 1_000_000)},
     "backlog": {"backlog": Param("积压条数 backlog >=", 1, 10_000_000)},
     "gateway-silent": {"minutes": Param("无上报分钟 minutes", 1, 1440)},
+    "case-overdue": {},
 }
 
 
@@ -137,6 +140,7 @@ DEFAULTS: dict[str, Rule] = {r.kind: r for r in (
     Rule("outbox-full", True, {"outbox": 8000}, HOUR),          # of the keypad's 9000 (common/outbox.py)
     Rule("backlog", True, {"backlog": 5000}, HOUR),
     Rule("gateway-silent", True, {"minutes": 15}, HOUR),
+    Rule("case-overdue", True, {}, 24 * HOUR),       # raised at the city's level: the hall missed it
 )}
 
 
@@ -233,17 +237,19 @@ def _event(conn: Conn, alert: int, event: str, level: int, ms: int) -> None:
 
 
 def raise_alert(conn: Conn, kind: str, hall: str, dedup: str, detail: str, now_ms: int, *,
-                device: str | None = None, window: str | None = None, rating: int | None = None) -> bool:
-    """The alert of ``dedup`` raised, or, when one is open (or acknowledged), counted again; True if new."""
+                device: str | None = None, window: str | None = None, rating: int | None = None,
+                level: int = 0) -> bool:
+    """The alert of ``dedup`` raised (at ``level``: 1 goes to the city at once), or, when one is open (or
+    acknowledged), counted again; True if new."""
     row = conn.one("SELECT id FROM alerts WHERE dedup = ? AND state <> 'cleared'", (dedup,))
     if row is not None:
         conn.execute("UPDATE alerts SET last_ms = ?, repeats = repeats + 1, detail = ? WHERE id = ?",
                      (now_ms, detail, row[0]))
         return False
     aid = conn.scalar('INSERT INTO alerts (kind, hall, device, "window", rating, dedup, detail, raised_ms,'
-                      " last_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                      (kind, hall, device, window, rating, dedup, detail, now_ms, now_ms))
-    _event(conn, int(aid), "raised", 0, now_ms)
+                      " last_ms, level) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                      (kind, hall, device, window, rating, dedup, detail, now_ms, now_ms, level))
+    _event(conn, int(aid), "raised", level, now_ms)
     return True
 
 
@@ -280,7 +286,10 @@ def _escalate(conn: Conn, p: Pass, rs: dict[str, Rule]) -> None:
 # --- the step: ratings -----------------------------------------------------------------------------------
 
 _AT = "COALESCE(press_s * 1000, received_ms)"
-_BAD = "(score IS NOT NULL AND scale IS NOT NULL AND score < scale - 2)"   # messages.is_satisfied, in SQL
+# Dissatisfied, from ratings_list's one translation of messages.is_satisfied into (scale, score) pairs.
+_BAD_PAIRS = dissatisfied_pairs()
+_BAD = "(" + " OR ".join("(scale = ? AND score = ?)" for _ in _BAD_PAIRS) + ")"
+_BAD_ARGS = [v for pair in _BAD_PAIRS for v in pair]
 
 
 def on_ratings(conn: Conn, ratings: Sequence[Rated], p: Pass) -> None:
@@ -321,7 +330,7 @@ def _share(conn: Conn, hall: str, window: str | None, start_ms: int, end_ms: int
         cond += ' AND "window" = ?'
         args.append(window)
     n, bad = conn.one(f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN {_BAD} THEN 1 ELSE 0 END), 0) FROM ratings"
-                      f" WHERE {cond}", args)
+                      f" WHERE {cond}", [*_BAD_ARGS, *args])
     return int(n), int(bad)
 
 
@@ -348,6 +357,7 @@ def on_tick(conn: Conn, p: Pass) -> None:
     rs = rules(conn)
     _clear_shares(conn, rs["negative-share"], p)
     _clear_closed_cases(conn, p)
+    _overdue_cases(conn, rs["case-overdue"], p)
     opened: dict[str, bool] = {}
 
     def is_open(hall: str) -> bool:
@@ -375,6 +385,24 @@ def _hours(conn: Conn, hall: str) -> hours.Hours:
     except ValueError as exc:        # a hall_hours row not written by set_hours
         log.error("hall %s: business hours unreadable (%s); using the default hours", hall, exc)
         return hours.DEFAULT
+
+
+def _overdue_cases(conn: Conn, rule: Rule, p: Pass) -> None:
+    """A case past its 15 working days (cases.on_tick marks it, earlier in the same pass) is the city's
+    business: its alert is raised at level 1, and cleared when the case closes (late)."""
+    if rule.enabled:
+        for cid, hall, deadline, rating in conn.all(
+                "SELECT c.id, c.hall, c.deadline, c.rating FROM cases c WHERE c.overdue_ms IS NOT NULL"
+                " AND c.state <> 'closed' AND NOT EXISTS (SELECT 1 FROM alerts a"
+                " WHERE a.dedup = 'case-overdue:' || CAST(c.id AS TEXT))"):
+            detail = f"工单 case #{cid}: 截止 deadline {deadline} 已过 passed, 未关闭 not closed"
+            raise_alert(conn, "case-overdue", str(hall), f"case-overdue:{cid}", detail, p.now_ms,
+                        rating=None if rating is None else int(rating), level=1)
+    for (dedup,) in conn.all("SELECT a.dedup FROM alerts a JOIN cases c"
+                             " ON a.dedup = 'case-overdue:' || CAST(c.id AS TEXT)"
+                             " WHERE a.kind = 'case-overdue' AND a.state <> 'cleared'"
+                             " AND c.state = 'closed'"):
+        clear_alert(conn, str(dedup), p.now_ms, "case closed")
 
 
 def _clear_closed_cases(conn: Conn, p: Pass) -> None:

@@ -47,7 +47,7 @@ STATES = {"notified": "已通报 Notified", "rectifying": "整改中 Rectifying"
 ACTIONS = {"opened": "通报 Opened", "callback": "回访 Call-back", "analysis": "原因与整改措施 Analysis",
            "submitted": "提交复核 Submitted", "accepted": "复核通过，关闭 Accepted and closed",
            "returned": "退回整改 Returned", "overdue": "逾期 Overdue (escalated)"}
-MIN_TEXT = 4
+MIN_TEXT = 2              # "已访" is a call-back note in Chinese; one character is not
 MAX_TEXT = 2000
 MAX_TITLE = 200
 

@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,9 +36,8 @@ from countersign.province.config import ConfigError, NotifyTarget, ProvinceConfi
 from countersign.province.db import Conn, Database
 from countersign.province.notify import Notifier, target_id
 from countersign.province.province import Province
-from countersign.province.rated import Rated
 from countersign.province.scope import Scope
-from countersign.province.supervision import Pass, run_pass
+from countersign.province.supervision import run_pass
 
 DAY = "2026-12-02"             # a Wednesday
 NOON = noon_ms(DAY)
@@ -86,26 +85,10 @@ def test_a_dissatisfied_rating_raises_one_alert_naming_its_rating(province_db: D
     assert len(alerts_of(province_db)) == 2 and len(events_of(province_db)) == 2
 
 
-class OpenCases:
-    """Stands in for the cases step (part B) where it opened no case (not written yet): what supervision.py
-    promises the alerts step is a ``cases`` row for each dissatisfied rating, written earlier in the pass."""
-
-    def on_ratings(self, conn: Conn, ratings: Sequence[Rated], p: Pass) -> None:
-        for r in ratings:
-            if r.dissatisfied and conn.scalar("SELECT id FROM cases WHERE rating = ?", (r.id,)) is None:
-                conn.execute("INSERT INTO cases (hall, rating, source, title, opened_ms, opened_by, deadline)"
-                             " VALUES (?, ?, 'rating', 'test', ?, 'supervisor', '2026-12-23')",
-                             (r.hall, r.id, p.now_ms))
-
-    def on_tick(self, conn: Conn, p: Pass) -> None:
-        pass
-
-
 def test_the_alert_names_its_case_and_ends_when_the_case_closes(province_db: Database, conn: Conn) -> None:
     only_rules(conn, "dissatisfied")
     bad = Rows(conn).rating("hf01", "c001", 1, DAY)
-    # The real cases step, then the stand-in (only where the real one opened nothing), then alerts.
-    steps = [cases_step, OpenCases(), alerts]
+    steps = [cases_step, alerts]        # the order of supervision.STEPS: the case exists when alerts run
     run_pass(province_db, TZ, NOON + MIN, steps)
     case = conn.scalar("SELECT id FROM cases WHERE rating = ?", (bad,))
     (alert,) = alerts_of(province_db)
@@ -118,6 +101,31 @@ def test_the_alert_names_its_case_and_ends_when_the_case_closes(province_db: Dat
     run_pass(province_db, TZ, NOON + 3 * MIN, steps)
     (alert,) = alerts_of(province_db)
     assert alert["state"] == "cleared" and "case closed" in alert["detail"]
+    assert [e for _a, e, _l in events_of(province_db)] == ["raised", "cleared"]
+
+
+def test_an_overdue_case_is_the_citys_alert_until_it_closes(province_db: Database, conn: Conn) -> None:
+    only_rules(conn, "case-overdue")
+    bad = Rows(conn).rating("hf01", "c001", 1, DAY)
+    run_pass(province_db, TZ, NOON + MIN)
+    case = conn.scalar("SELECT id FROM cases WHERE rating = ?", (bad,))
+    deadline = str(conn.scalar("SELECT deadline FROM cases WHERE id = ?", (case,)))
+    assert alerts_of(province_db) == []
+    run_pass(province_db, TZ, at(deadline, 20))                # the deadline day itself: not yet
+    assert alerts_of(province_db) == []
+    late = at((dt.date.fromisoformat(deadline) + dt.timedelta(days=1)).isoformat(), 9)
+    run_pass(province_db, TZ, late)
+    (alert,) = alerts_of(province_db)
+    assert (alert["kind"], alert["hall"], alert["state"]) == ("case-overdue", "hf01", "open")
+    assert alert["level"] == 1
+    assert f"case #{case}" in alert["detail"] and deadline in alert["detail"]
+    assert events_of(province_db) == [(alert["id"], "raised", 1)]     # told to the city, not only the hall
+    run_pass(province_db, TZ, late + 60 * MIN)
+    assert len(alerts_of(province_db)) == 1 and len(events_of(province_db)) == 1
+    conn.execute("UPDATE cases SET state = 'closed', closed_ms = ?, on_time = 0 WHERE id = ?", (late, case))
+    run_pass(province_db, TZ, late + 61 * MIN)
+    (alert,) = alerts_of(province_db)
+    assert alert["state"] == "cleared"
     assert [e for _a, e, _l in events_of(province_db)] == ["raised", "cleared"]
 
 
