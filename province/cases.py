@@ -35,10 +35,30 @@ from .workdays import Calendar
 if TYPE_CHECKING:
     from .supervision import Pass
 
-__all__ = ["DEADLINE_WORKDAYS", "STATES", "Case", "CaseConflict", "CaseError", "CaseEvent",
-           "CaseForbidden", "CaseNotFound", "accept", "counts", "events", "get", "listing", "local_day",
-           "on_ratings", "on_tick", "open_manual", "record_analysis", "record_callback", "return_case",
-           "submit"]
+__all__ = [
+    "DEADLINE_WORKDAYS",
+    "STATES",
+    "Case",
+    "CaseConflict",
+    "CaseError",
+    "CaseEvent",
+    "CaseForbidden",
+    "CaseNotFound",
+    "accept",
+    "case_of_rating",
+    "counts",
+    "events",
+    "get",
+    "listing",
+    "local_day",
+    "on_ratings",
+    "on_tick",
+    "open_manual",
+    "record_analysis",
+    "record_callback",
+    "return_case",
+    "submit",
+]
 
 DEADLINE_WORKDAYS = 15
 ACTOR = "supervisor"
@@ -201,6 +221,12 @@ def get(conn: Conn, scope: Scope, case_id: int, *, lock: bool = False) -> Case:
     if row is None:
         raise CaseNotFound(f"no case #{case_id}")
     return _case(row)
+
+
+def case_of_rating(conn: Conn, rating_id: int) -> Case | None:
+    """The case opened for a rating (its custody page links to it); the rating's page is already scoped."""
+    row = conn.one(f"SELECT {_COLS} FROM cases WHERE rating = ?", (rating_id,))
+    return None if row is None else _case(row)
 
 
 def events(conn: Conn, case_id: int) -> list[CaseEvent]:

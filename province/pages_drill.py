@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import appeals, export
+from . import appeals, cases, export
 from .custody import custody
 from .db import Conn
 from .figures import Figures, Filter, figures_by
@@ -181,7 +181,8 @@ def routes(web: Web) -> list[BaseRoute]:
             chain: dict[str, Any] = custody(conn, int(found), web.tz)
             crumbs = _crumbs(conn, user, hall=chain["hall"], window=chain["window"])
             appeal = appeals.appeal_of(conn, int(found))
-        return web.render(request, "rating.html", c=chain, crumbs=crumbs, appeal=appeal)
+            case = cases.case_of_rating(conn, int(found))
+        return web.render(request, "rating.html", c=chain, crumbs=crumbs, appeal=appeal, case=case)
 
     return [
         Route("/drill", province, methods=["GET"]),

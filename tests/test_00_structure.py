@@ -152,7 +152,8 @@ def _readme_commands() -> list[list[str]]:
                 continue
             sub = []
             for w in words[1:]:
-                if not w.isascii() or not w.replace("-", "").isalpha() or not w.islower() or w.startswith("-"):
+                word = w.isascii() and w.replace("-", "").isalpha() and w.islower()
+                if not word or w.startswith("-"):
                     break
                 sub.append(w)
             if sub and sub not in out:

@@ -115,6 +115,10 @@ def test_the_hall_rectifies_on_a_phone_and_the_city_closes_the_case(
     browser.find_element(By.LINK_TEXT, "整改工单 Cases").click()
     row = wait_text(browser, f"#case-{mine}", bool)
     assert "已关闭" in row and "是 Yes" in row
+    # The rating's custody page names its case and where it ended.
+    browser.get(server.url + f"/ratings/{rating}")
+    assert "已关闭" in wait_text(browser, "#case-marker", bool)
+    assert str(browser.find_element(By.ID, "case-link").get_attribute("href")).endswith(f"/cases/{mine}")
     with db.connect() as conn:
         assert [b for _, b, _ in audit_of(conn, mine)] == ["case.open", "case.callback", "case.analysis",
                                                            "case.submit", "case.accept"]
