@@ -5,7 +5,9 @@ A score is points out of 100 an analyst can recompute in Excel from the figures 
     score = max(0, Σ weight_part × rate_part − penalty × dissatisfied)
 
 over the rate parts satisfaction (满意率), participation (参评率), cases rectified on time (按期整改率: the
-month's closed cases with ``on_time = 1`` over the month's closed cases) and appeals upheld (申诉采信率:
+month's closed cases with ``on_time = 1`` over the month's closed cases plus the cases found overdue in
+the month and not closed by its end: a case left open past its deadline counts against the hall, not
+for it) and appeals upheld (申诉采信率:
 upheld over decided in the month), whose weights sum to 100, and a penalty per dissatisfied rating. A
 rate with no denominator (no case closed, no appeal decided) scores its full weight: a hall with nothing
 to rectify has not rectified late. Ratings an upheld appeal excludes (exclusions.py) count nowhere here,
@@ -210,6 +212,7 @@ class Counts:
     cases_closed: int = 0
     cases_on_time: int = 0
     cases_overdue: int = 0            # found overdue (and escalated) in the month
+    cases_overdue_open: int = 0       # ... and still not closed at the month's end
     appeals_decided: int = 0
     appeals_upheld: int = 0
 
@@ -228,11 +231,15 @@ def _counts(conn: Conn, lvl: Level, scope: Scope, month: Month) -> dict[tuple[An
             " SUM(CASE WHEN c.opened_ms >= ? AND c.opened_ms < ? THEN 1 ELSE 0 END),"
             " SUM(CASE WHEN c.closed_ms >= ? AND c.closed_ms < ? THEN 1 ELSE 0 END),"
             " SUM(CASE WHEN c.closed_ms >= ? AND c.closed_ms < ? AND c.on_time = 1 THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN c.overdue_ms >= ? AND c.overdue_ms < ? THEN 1 ELSE 0 END)"
-            f" FROM cases c{join} WHERE 1 = 1{where} GROUP BY {grp}", [a, b, a, b, a, b, a, b, *args]):
-        n = len(row) - 4
+            " SUM(CASE WHEN c.overdue_ms >= ? AND c.overdue_ms < ? THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN c.overdue_ms >= ? AND c.overdue_ms < ?"
+            " AND (c.closed_ms IS NULL OR c.closed_ms >= ?) THEN 1 ELSE 0 END)"
+            f" FROM cases c{join} WHERE 1 = 1{where} GROUP BY {grp}",
+            [a, b, a, b, a, b, a, b, a, b, b, *args]):
+        n = len(row) - 5
         c = out.setdefault(tuple(row[:n]), Counts())
-        c.cases_opened, c.cases_closed, c.cases_on_time, c.cases_overdue = (int(x or 0) for x in row[n:])
+        (c.cases_opened, c.cases_closed, c.cases_on_time, c.cases_overdue,
+         c.cases_overdue_open) = (int(x or 0) for x in row[n:])
     where, args = scope.sql("p.hall")
     sel = "p.hall" if lvl == "hall" else "p.hall, r.clerk"
     for row in conn.all(
@@ -267,7 +274,7 @@ class ScoreRow:
         c = self.counts
         return {"satisfaction": self.figures.satisfaction_rate,
                 "participation": self.figures.participation_rate,
-                "cases_on_time": _share(c.cases_on_time, c.cases_closed),
+                "cases_on_time": _share(c.cases_on_time, c.cases_closed + c.cases_overdue_open),
                 "appeals_upheld": _share(c.appeals_upheld, c.appeals_decided)}
 
     def as_dict(self) -> dict[str, Any]:

@@ -53,7 +53,8 @@ def november(db: Database) -> Conn:
     wh01 (芜湖): clerk 30001 on 11-20: 5 satisfied, 3 dissatisfied, 1 prompt without a rating
                  one dissatisfied one excluded by an upheld appeal (decided 11-25), another appeal
                  rejected (11-26): 7 ratings, 5 satisfied, 2 dissatisfied, 8 prompts; appeals 1 of 2
-                 cases: 2 closed on time in November, 1 still open, found overdue on 11-28 (2 of 2)
+                 cases: 2 closed on time in November, 1 still open, found overdue on 11-28: on time
+                 2 of 3 (a case left open past its deadline counts against the hall)
     """
     conn = prepared(db)
     rows = Rows(conn)
@@ -86,11 +87,12 @@ V1 = {"satisfaction": "60", "participation": "20", "cases_on_time": "15", "appea
       "dissatisfied": "2"}
 V1_SCORES = {
     "hf01": 60 * 12 / 14 + 20 * 14 / 16 + 15 * 1 / 2 + 5 * 1 - 2 * 2,   # 77.428571...
-    "wh01": 60 * 5 / 7 + 20 * 7 / 8 + 15 * 2 / 2 + 5 * 1 / 2 - 2 * 2,   # 73.857142...
+    "wh01": 60 * 5 / 7 + 20 * 7 / 8 + 15 * 2 / 3 + 5 * 1 / 2 - 2 * 2,   # 68.857142...
 }
 V1_CLERKS = {
     ("hf01", "10001"): 60 * 8 / 10 + 20 * 10 / 12 + 15 * 1 / 2 + 5 * 1 - 2 * 2,   # 73.1666...
-    ("wh01", "30001"): V1_SCORES["wh01"],
+    # The hall's by-hand case (no rating, so no clerk) is not the clerk's: on time 1 of 2.
+    ("wh01", "30001"): 60 * 5 / 7 + 20 * 7 / 8 + 15 * 1 / 2 + 5 * 1 / 2 - 2 * 2,   # 66.357142...
 }
 # Version 2: satisfaction only, no penalty, min_sample 4 (hf02's 4 ratings now count).
 V2 = {"satisfaction": "100", "participation": "0", "cases_on_time": "0", "appeals_upheld": "0",

@@ -54,7 +54,7 @@ def test_clerk_scores_and_their_minimum_sample(province_db: Database) -> None:
     conn = november(province_db)
     assessment.add_version(conn, V1, "5", "test weights v1", actor="admin", now_ms=NOW)
     a = assessment.assess(conn, assessment.parse_month(MONTH, TZ), PROVINCE, "clerk")
-    assert [(r.hall, r.clerk) for r in a.ranked] == [("wh01", "30001"), ("hf01", "10001")]
+    assert [(r.hall, r.clerk) for r in a.ranked] == [("hf01", "10001"), ("wh01", "30001")]
     for r in a.ranked:
         assert r.score == pytest.approx(V1_CLERKS[(r.hall, str(r.clerk))])
     assert sorted((r.hall, r.clerk, r.figures.ratings) for r in a.too_few) == [
@@ -93,7 +93,7 @@ def test_an_upheld_appeal_changes_the_score_not_the_stored_rating(province_db: D
     wh01 = next(r for r in assessment.assess(conn, month, PROVINCE).rows if r.hall == "wh01")
     # Now 6 ratings (5 satisfied, 1 dissatisfied), 7 prompts, appeals 2 of 2.
     assert (wh01.figures.ratings, wh01.figures.dissatisfied, wh01.excluded) == (6, 1, 2)
-    assert wh01.score == pytest.approx(60 * 5 / 6 + 20 * 6 / 7 + 15 + 5 - 2)
+    assert wh01.score == pytest.approx(60 * 5 / 6 + 20 * 6 / 7 + 15 * 2 / 3 + 5 - 2)
     assert conn.one("SELECT score, cose FROM ratings WHERE id = ?", (rejected[1],)) == stored
 
 
