@@ -7,8 +7,12 @@ appeals code leaves them (another part writes that code; these tests write the r
 
 from __future__ import annotations
 
+import html
+import io
+import re
 from datetime import datetime
 
+import pypdf
 from analytics_helpers import TZ, Rows, prepared
 
 from countersign.province.db import Conn, Database
@@ -98,3 +102,18 @@ V1_CLERKS = {
 V2 = {"satisfaction": "100", "participation": "0", "cases_on_time": "0", "appeals_upheld": "0",
       "dissatisfied": "0"}
 V2_SCORES = {"hf01": 100 * 12 / 14, "hf02": 100 * 3 / 4, "wh01": 100 * 5 / 7}
+
+
+def page_rows(text: str, table: str = "ranked") -> dict[str, dict[str, str]]:
+    """hall -> column -> the cell's text, as the page shows it."""
+    body = text.split(f'id="{table}"', 1)[1].split("</table>", 1)[0]
+    out = {}
+    for hall, cells in re.findall(r'<tr class="score-row" data-hall="([^"]+)"[^>]*>(.*?)</tr>', body, re.S):
+        out[hall] = {k: html.unescape(v.strip()) for k, v in re.findall(r'<td class="([^"]+)">(.*?)</td>',
+                                                                            cells, re.S)}
+    return out
+
+
+def pdf_text(body: bytes) -> tuple[int, str]:
+    r = pypdf.PdfReader(io.BytesIO(body))
+    return len(r.pages), "\n".join(p.extract_text() for p in r.pages)

@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import openpyxl
-import pypdf
 import pytest
 from analytics_helpers import TZ, Rows, prepared
-from assessment_helpers import V1, V1_SCORES, appeal, case, ms, november
+from assessment_helpers import V1, V1_SCORES, appeal, case, ms, november, page_rows, pdf_text
 from browser_helpers import chromium, click, wait_text
 from platform_helpers import HALLS, PASSWORD, Client, Clock, Filler, fill, start
 from selenium.webdriver.common.by import By
@@ -66,21 +65,6 @@ def min_sample_1(admin: Client) -> None:
         "csrf": admin.csrf, "w_satisfaction": "60", "w_participation": "20", "w_cases_on_time": "15",
         "w_appeals_upheld": "5", "w_dissatisfied": "2", "min_sample": "1", "note": "bulletin test"})
     assert status == 303
-
-
-def page_rows(text: str, table: str = "ranked") -> dict[str, dict[str, str]]:
-    """hall -> column -> the cell's text, as the page shows it."""
-    body = text.split(f'id="{table}"', 1)[1].split("</table>", 1)[0]
-    out = {}
-    for hall, cells in re.findall(r'<tr class="score-row" data-hall="([^"]+)"[^>]*>(.*?)</tr>', body, re.S):
-        out[hall] = {k: html.unescape(v.strip()) for k, v in re.findall(r'<td class="([^"]+)">(.*?)</td>',
-                                                                            cells, re.S)}
-    return out
-
-
-def pdf_text(body: bytes) -> tuple[int, str]:
-    r = pypdf.PdfReader(io.BytesIO(body))
-    return len(r.pages), "\n".join(p.extract_text() for p in r.pages)
 
 
 def test_the_pdf_and_the_excel_print_the_figures_the_page_shows(platform: tuple[PlatformServer, Filler]

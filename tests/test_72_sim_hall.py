@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from assessment_helpers import page_rows, pdf_text
+from platform_helpers import Client
 
 from countersign.sim.gwprocess import libfaketime
 from countersign.sim.hall import FAULT_KINDS, HallConfig, HallRun
@@ -175,13 +180,13 @@ def test_gateway_under_a_jumped_clock_still_hears_keypads(tmp_path: Path) -> Non
 def test_demo_serves_the_hall_page_with_the_runs_data_until_ctrl_c(tmp_path: Path) -> None:
     """`make demo`'s end: the verdict, the page's URL and log-in, the page with this run's ratings."""
     import http.cookiejar
-    import re
     import signal
     import urllib.parse
     import urllib.request
 
     proc = subprocess.Popen([sys.executable, "-m", "countersign.cli", "sim", "hall", "--devices", "2",
                              "--duration", "10", "--faults", "0", "--seed", "3", "--serve",
+                             "--scores", "50,20,10,20",     # a short run with 不满意 ratings to follow up
                              "--workdir", str(tmp_path / "hall")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -223,6 +228,7 @@ def test_demo_serves_the_hall_page_with_the_runs_data_until_ctrl_c(tmp_path: Pat
         # The run's own figures (its ratings are today's: the hall's day is the machine's today).
         assert stored > 0 and f'id="total-ratings">{stored}<' in board, board[:1500]
         assert "10001" in board and "10002" in board
+        _the_platform_shows_the_runs_alerts_cases_and_bulletin(pm.group(1).rstrip("/"), text)
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0 and "stopping the hall" in rest and "Traceback" not in rest, rest
@@ -230,3 +236,28 @@ def test_demo_serves_the_hall_page_with_the_runs_data_until_ctrl_c(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _the_platform_shows_the_runs_alerts_cases_and_bulletin(base: str, text: str) -> None:
+    """What the README tells a visitor of the demo to look at: the province user's alerts and cases from the
+    run's own dissatisfied ratings, and this month's 通报 PDF printing the figures /assessment shows."""
+    found = re.search(r"platform passwords: (\S+) \(0600\)", text)
+    assert found is not None, text[-2000:]
+    logins = dict(line.split(" ", 1) for line in Path(found.group(1)).read_text().splitlines())
+    client = Client(base)
+    assert client.log_in("demo-province", logins["demo-province"]) == 303
+    status, page, _ = client.get("/alerts")
+    assert status == 200 and "不满意评价" in page, page[:2000]
+    status, page, _ = client.get("/cases")
+    assert status == 200 and 'id="case-' in page, page[:2000]
+    month = datetime.now(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")   # the run's ratings are today's
+    status, page, _ = client.get(f"/assessment?month={month}")
+    assert status == 200
+    rows = {**page_rows(page, "ranked"), **page_rows(page, "too-few")}
+    assert rows, page[:3000]
+    status, body, _ = client.raw(f"/assessment/bulletin.pdf?month={month}")
+    assert status == 200
+    pages, printed = pdf_text(body)
+    assert pages > 0 and "窗口服务满意度评价通报" in printed
+    for hall, cells in rows.items():
+        assert hall in printed and cells["satisfaction"] in printed, (hall, cells, printed[:2000])
