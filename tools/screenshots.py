@@ -1,5 +1,5 @@
-"""The README's screenshots of the provincial platform: the overview, a ranking and the trends, as a province user sees
-them in Debian's headless Chromium, over a province database a simulator run left behind.
+"""The README's screenshots of the provincial platform: the overview, a ranking and the trends, as a
+province user sees them in Debian's headless Chromium, over a province database a simulator run left behind.
 
     .venv/bin/countersign sim province --halls 12 --devices 3 --per-device 25 --seed 3 --workdir /tmp/shots
     .venv/bin/python tools/screenshots.py /tmp/shots/province/province.db docs/img
@@ -19,6 +19,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from countersign.province.web_demo import serve_demo
@@ -42,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             opts = Options()
             opts.binary_location = "/usr/bin/chromium"
             for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                        "--no-first-run", f"--user-data-dir={tmp}/chromium", f"--window-size={args.width},900",
-                        "--hide-scrollbars"):
+                        "--no-first-run", f"--user-data-dir={tmp}/chromium",
+                        f"--window-size={args.width},900", "--hide-scrollbars"):
                 opts.add_argument(arg)
             driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
             try:
@@ -51,11 +52,15 @@ def main(argv: list[str] | None = None) -> int:
                 driver.get(base + "/login")
                 driver.find_element(By.NAME, "name").send_keys("demo-province")
                 driver.find_element(By.NAME, "password").send_keys(password)
-                driver.find_element(By.CSS_SELECTOR, "form button[type=submit], form input[type=submit]").click()
+                driver.find_element(By.ID, "login").click()
                 WebDriverWait(driver, 20).until(lambda d: "/login" not in d.current_url)
                 for path, name, ready in PAGES:
                     driver.get(base + path)
-                    WebDriverWait(driver, 20).until(lambda d, r=ready: d.find_elements(By.CSS_SELECTOR, r))
+
+                    def shown(d: WebDriver, css: str = ready) -> bool:
+                        return bool(d.find_elements(By.CSS_SELECTOR, css))
+
+                    WebDriverWait(driver, 20).until(shown)
                     # Charts draw after load; the page is complete when ECharts has made its canvases.
                     WebDriverWait(driver, 20).until(lambda d: d.execute_script(
                         "return [...document.querySelectorAll('[data-chart]')]"
