@@ -13,16 +13,16 @@ keys a target by a digest of its URL.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import sqlite3
 import threading
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import apprise
+
+from countersign.common.notifyurl import safe_url, target_id
 
 from .store import Store
 from .watch import Watch
@@ -46,16 +46,6 @@ KIND_ZH = {
     "storage": "存储空间不足", "backlog": "上传积压", "security": "安全告警",
     "quarantine-flood": "异常消息过多", "province-rejected": "省平台拒收",
 }
-
-
-def safe_url(url: str) -> str:
-    """scheme://host of an apprise URL: what may be logged or shown."""
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or '?'}"
-
-
-def target_id(url: str) -> str:
-    return hashlib.sha256(url.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ LEVELS = (0, 1, 2)
 
 @dataclass(frozen=True)
 class NotifyTarget:
-    """One apprise URL and whose alerts it receives. ``url`` holds secrets: never log it (notify.safe_url)."""
+    """One apprise URL and whose alerts it receives. ``url`` holds secrets: never log it (safe_url)."""
 
     url: str = field(repr=False)
     scope: Scope = field(default_factory=lambda: Scope("province"))

@@ -25,10 +25,8 @@ a target by a digest of its URL.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
-import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -36,6 +34,7 @@ from zoneinfo import ZoneInfo
 import apprise
 
 from countersign.common.clock import wall_ms
+from countersign.common.notifyurl import safe_url, target_id
 
 from . import hours
 from .alerts import KIND_ZH, LEVEL_ZH
@@ -47,16 +46,6 @@ log = logging.getLogger("countersign.province.notify")
 __all__ = ["Event", "Notifier", "safe_url", "target_id"]
 
 LEASE_MS = 120_000          # a claimed event another process may take over after this (its sender died)
-
-
-def safe_url(url: str) -> str:
-    """scheme://host of an apprise URL: what may be logged or shown."""
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or '?'}"
-
-
-def target_id(url: str) -> str:
-    return hashlib.sha256(url.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
