@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from platform_helpers import PASSWORD
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
@@ -58,3 +59,20 @@ def wait_text(driver: WebDriver, css: str, predicate: Callable[[str], bool], tim
 def click(driver: WebDriver, css: str) -> None:
     WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: d.find_element(By.CSS_SELECTOR, css).click() or True, f"no {css} to click")
+
+
+def log_in(driver: WebDriver, base: str, name: str, password: str = PASSWORD) -> None:
+    """Log in to the provincial platform at ``base`` through its form, as a person does."""
+    driver.get(base + "/login")
+    driver.find_element(By.ID, "name").send_keys(name)
+    driver.find_element(By.ID, "password").send_keys(password)
+    driver.find_element(By.ID, "login").click()
+    wait_text(driver, "#who", bool)
+
+
+def no_horizontal_scroll(driver: WebDriver) -> None:
+    """The page fits the phone-sized window it is shown in (a hall manager's phone)."""
+    width = driver.execute_script("return window.innerWidth;")
+    assert width <= 400, f"the window is {width} px wide, not a phone's"
+    scroll = driver.execute_script("return document.documentElement.scrollWidth;")
+    assert scroll <= width, f"{driver.current_url} is {scroll} px wide in a {width} px window"

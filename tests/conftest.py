@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from browser_helpers import chromium
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from countersign.gateway.brokerconf import write_broker_files
 from countersign.protocol.keystore import DeviceKey, Keystore
@@ -72,3 +74,10 @@ def province_db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
     server: PgServer = request.getfixturevalue("pg_server")
     name = "t_" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
     return Database(server.create_db(name))
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    """Debian's headless Chromium (browser_helpers.chromium), one per test."""
+    with chromium(tmp_path) as driver:
+        yield driver

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from alert_helpers import alerts_of
-from browser_helpers import chromium, click, wait_text
-from platform_helpers import NOW_MS, PASSWORD, TZ, Clock, Filler, fill, start
+from browser_helpers import click, log_in, wait_text
+from platform_helpers import NOW_MS, TZ, Clock, Filler, fill, start
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -28,20 +28,6 @@ def platform(province_db: Database, tmp_path: Path) -> Iterator[tuple[PlatformSe
         yield server, filler, province_db
     finally:
         server.stop()
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    with chromium(tmp_path) as driver:
-        yield driver
-
-
-def log_in(driver: WebDriver, base: str, name: str) -> None:
-    driver.get(base + "/login")
-    driver.find_element(By.ID, "name").send_keys(name)
-    driver.find_element(By.ID, "password").send_keys(PASSWORD)
-    driver.find_element(By.ID, "login").click()
-    wait_text(driver, "#who", bool)
 
 
 def dissatisfied(db: Database, hall: str) -> list[int]:

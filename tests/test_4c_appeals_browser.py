@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_helpers import chromium, click, wait_text
-from platform_helpers import NOW_MS, PASSWORD, TZ, Clock, Filler, fill, start
+from browser_helpers import click, log_in, no_horizontal_scroll, wait_text
+from platform_helpers import NOW_MS, TZ, Clock, Filler, fill, start
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
@@ -29,27 +29,6 @@ def platform(province_db: Database, tmp_path: Path) -> Iterator[tuple[PlatformSe
         yield server, filler
     finally:
         server.stop()
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    with chromium(tmp_path) as driver:
-        yield driver
-
-
-def log_in(driver: WebDriver, base: str, name: str) -> None:
-    driver.get(base + "/login")
-    driver.find_element(By.ID, "name").send_keys(name)
-    driver.find_element(By.ID, "password").send_keys(PASSWORD)
-    driver.find_element(By.ID, "login").click()
-    wait_text(driver, "#who", bool)
-
-
-def no_horizontal_scroll(driver: WebDriver) -> None:
-    width = driver.execute_script("return window.innerWidth;")
-    assert width <= 400, f"the window is {width} px wide, not a phone's"
-    scroll = driver.execute_script("return document.documentElement.scrollWidth;")
-    assert scroll <= width, f"{driver.current_url} is {scroll} px wide in a {width} px window"
 
 
 def report_cells(driver: WebDriver, hall: str) -> dict[str, str]:
