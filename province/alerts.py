@@ -17,7 +17,9 @@ Rules (``alert_rules``; a kind without a row has its default, so a fresh platfor
 
 An alert is one row per dedup key not cleared (a unique index); a second occurrence while it is open
 counts ``repeats`` instead of a second alert. Not acknowledged within the rule's ``escalate_s``, it is
-escalated a level (0 hall -> 1 city -> 2 province), each time an ``escalated`` event.
+escalated a level (0 hall -> 1 city -> 2 province), each time an ``escalated`` event; the time counts
+while the hall is open (its business hours and the working-day calendar), so a hall that closed at 17:30
+has its alerts escalated the next working morning, not at night.
 """
 
 from __future__ import annotations
@@ -270,14 +272,18 @@ def _open_dedups(conn: Conn, kind: str) -> dict[str, str]:
 
 
 def _escalate(conn: Conn, p: Pass, rs: dict[str, Rule]) -> None:
-    for aid, kind, level, raised_ms, escalated_ms in conn.all(
-            "SELECT id, kind, level, raised_ms, escalated_ms FROM alerts WHERE state = 'open' AND level < ?",
-            (MAX_LEVEL,)):
+    hall_hours: dict[str, hours.Hours] = {}
+    for aid, kind, hall, level, raised_ms, escalated_ms in conn.all(
+            "SELECT id, kind, hall, level, raised_ms, escalated_ms FROM alerts WHERE state = 'open'"
+            " AND level < ?", (MAX_LEVEL,)):
         rule = rs.get(str(kind))
         if rule is None or rule.escalate_s <= 0:
             continue
         since = int(escalated_ms if escalated_ms is not None else raised_ms)
-        if p.now_ms - since >= rule.escalate_s * 1000:
+        # Business time, not the wall clock: nobody is expected to acknowledge while the hall is closed.
+        if str(hall) not in hall_hours:
+            hall_hours[str(hall)] = _hours(conn, str(hall))
+        if hall_hours[str(hall)].open_ms(since, p.now_ms, p.tz, p.cal) >= rule.escalate_s * 1000:
             conn.execute("UPDATE alerts SET level = level + 1, escalated_ms = ? WHERE id = ?",
                          (p.now_ms, aid))
             _event(conn, int(aid), "escalated", int(level) + 1, p.now_ms)

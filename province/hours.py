@@ -54,6 +54,25 @@ class Hours:
         return workday or (day.weekday() in self.days and not _holiday(day, cal))
 
 
+    def open_ms(self, start_ms: int, end_ms: int, tz: ZoneInfo, cal: Calendar) -> int:
+        """How long the hall was open between two instants (ms): the clock an unacknowledged alert's
+        escalation runs on, so an alert raised at 17:25 reaches the city at the next morning's opening
+        plus the rest of its time, not at night. Looks at most a year back."""
+        if end_ms <= start_ms:
+            return 0
+        first, last = local(start_ms, tz).date(), local(end_ms, tz).date()
+        first = max(first, last - dt.timedelta(days=366))
+        total, day = 0, first
+        while day <= last:
+            opens = dt.datetime.combine(day, self.open, tz)
+            if self.is_open(opens, cal):
+                o = int(opens.timestamp() * 1000)
+                c = int(dt.datetime.combine(day, self.close, tz).timestamp() * 1000)
+                total += max(0, min(c, end_ms) - max(o, start_ms))
+            day += dt.timedelta(days=1)
+        return total
+
+
 def _holiday(day: dt.date, cal: Calendar) -> bool:
     """A weekend day inside a public holiday (the Saturday of the National Day week), not an ordinary
     weekend (chinese-calendar names the holiday; an ordinary weekend has no name)."""

@@ -294,6 +294,21 @@ def test_escalation_after_escalate_s_and_acknowledgement_stops_it(province_db: D
     assert (a1, a2) == (x["rating"], y["rating"])
 
 
+def test_escalation_counts_business_hours_only(province_db: Database, conn: Conn) -> None:
+    """Raised at 17:00 on the eve of the National Day week (default hours mon-sat 08:30-17:30): half an
+    hour counts that evening, none over the holiday, the rest on the first working morning."""
+    only_rules(conn, "dissatisfied")
+    rule = alerts.rules(conn)["dissatisfied"]
+    alerts.set_rule(conn, alerts.Rule("dissatisfied", True, rule.params, 3600), "admin", NOON)
+    Rows(conn).rating("hf01", "c001", 1, "2026-09-30")
+    run_pass(province_db, TZ, at("2026-09-30", 17))
+    for when in (at("2026-09-30", 23), at("2026-10-03", 12), at("2026-10-07", 12), at("2026-10-08", 8, 59)):
+        run_pass(province_db, TZ, when)
+        assert [a["level"] for a in alerts_of(province_db)] == [0], hours.local(when, TZ)
+    run_pass(province_db, TZ, at("2026-10-08", 9, 1))            # 30 + 31 minutes open: an hour
+    assert [a["level"] for a in alerts_of(province_db)] == [1]
+
+
 def test_ack_is_scoped_and_once(province_db: Database, conn: Conn) -> None:
     only_rules(conn, "dissatisfied")
     Rows(conn).rating("hf01", "c001", 1, DAY)

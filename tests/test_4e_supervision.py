@@ -233,3 +233,22 @@ def test_a_bug_in_one_steps_time_rules_leaves_the_others_and_the_queue_working(p
     assert bad.seen == [rid] and good.seen == [rid] and good.ticks == 1 and queued(province_db) == 0
     with province_db.connect() as c:     # the failed tick's half-done writes are undone
         assert c.scalar("SELECT COUNT(*) FROM calendar_days") == 0
+
+
+def test_open_time_between_two_instants_skips_nights_weekends_and_holidays() -> None:
+    hours = Hours.parse("mon-fri", "08:30", "17:30")
+    cal = Calendar()
+
+    def ms(when: str) -> int:
+        return int(dt.datetime.fromisoformat(when).replace(tzinfo=TZ).timestamp() * 1000)
+
+    minute = 60_000
+    assert hours.open_ms(ms("2026-12-02 10:00"), ms("2026-12-02 11:00"), TZ, cal) == 60 * minute
+    assert hours.open_ms(ms("2026-12-02 17:00"), ms("2026-12-03 09:00"), TZ, cal) == 60 * minute
+    # Friday 17:00 to Monday 09:00: the weekend does not count.
+    assert hours.open_ms(ms("2026-12-04 17:00"), ms("2026-12-07 09:00"), TZ, cal) == 60 * minute
+    # Through the National Day week to the make-up Saturday (a working day, the hall opens on it).
+    evening, two_days, saturday = 30, 2 * 540, 30
+    assert hours.open_ms(ms("2026-09-30 17:00"), ms("2026-10-10 09:00"), TZ, cal) == (
+        evening + two_days + saturday) * minute
+    assert hours.open_ms(ms("2026-12-02 11:00"), ms("2026-12-02 10:00"), TZ, cal) == 0
