@@ -18,7 +18,6 @@ from zoneinfo import ZoneInfo
 
 from openpyxl import Workbook
 from openpyxl.styles import Font
-from openpyxl.utils import get_column_letter
 from reportlab.graphics.charts.barcharts import VerticalBarChart
 from reportlab.graphics.shapes import Drawing, String
 from reportlab.lib import colors
@@ -33,7 +32,7 @@ from . import appeals as appeal_rules
 from . import exclusions
 from .assessment import PART_NAMES, Assessment, Month, ScoreRow, Weights, assess, score_table, weights_meta
 from .db import Conn
-from .export import Column
+from .export import Column, write_sheet
 from .export import Table as XTable
 from .figures import Figures
 from .ratings_list import dissatisfied_sql, rating_rows
@@ -288,24 +287,7 @@ def to_pdf(b: Bulletin) -> bytes:
 # --- Excel --------------------------------------------------------------------------------------------------
 
 def _sheet(wb: Workbook, t: XTable) -> None:
-    ws = wb.create_sheet(t.title[:31].replace("/", " "))
-    ws.append([t.title])
-    ws["A1"].font = Font(bold=True, size=13)
-    for k, v in t.meta.items():
-        ws.append([k, v])
-    ws.append([])
-    ws.append([c.title for c in t.columns])
-    head = ws.max_row
-    for cell in ws[head]:
-        cell.font = Font(bold=True)
-    for r in t.rows:
-        ws.append([r.get(c.key) for c in t.columns])
-    for j, c in enumerate(t.columns, start=1):
-        if c.kind == "rate":
-            for (cell,) in ws.iter_rows(min_row=head + 1, min_col=j, max_col=j):
-                cell.number_format = "0.0%"
-        ws.column_dimensions[get_column_letter(j)].width = max(10, min(40, len(c.title) * 2))
-    ws.freeze_panes = ws.cell(row=head + 1, column=1)
+    write_sheet(wb.create_sheet(), t)
 
 
 SUMMARY_SHEET = "汇总 Summary"

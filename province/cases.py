@@ -27,6 +27,7 @@ from countersign.protocol.messages import SCORE_NAMES_ZH
 from . import audit
 from .db import Conn
 from .errors import ProvinceError
+from .period import day_of
 from .rated import Rated
 from .ratings_list import service_name
 from .scope import Scope, User
@@ -50,7 +51,6 @@ __all__ = [
     "events",
     "get",
     "listing",
-    "local_day",
     "on_ratings",
     "on_tick",
     "open_manual",
@@ -155,12 +155,8 @@ def _case(r: Sequence[Any]) -> Case:
                 r[18], _oi(r[19]), None if r[20] is None else bool(r[20]), _oi(r[21]))
 
 
-def local_day(ms: int, tz: ZoneInfo) -> dt.date:
-    return dt.datetime.fromtimestamp(ms / 1000, tz).date()
-
-
 def deadline_of(opened_ms: int, tz: ZoneInfo, cal: Calendar) -> str:
-    return cal.add_workdays(local_day(opened_ms, tz), DEADLINE_WORKDAYS).isoformat()
+    return cal.add_workdays(dt.date.fromisoformat(day_of(opened_ms, tz)), DEADLINE_WORKDAYS).isoformat()
 
 
 def _event(conn: Conn, case_id: int, ms: int, actor: str, action: str, detail: str) -> None:
@@ -198,7 +194,7 @@ def on_ratings(conn: Conn, ratings: Sequence[Rated], p: Pass) -> None:
 def on_tick(conn: Conn, p: Pass) -> None:
     """A case not closed whose deadline has passed (its local day is later) is marked overdue once: the
     time, an 'overdue' event and an audit row; the lists show it to the city and province as escalated."""
-    today = local_day(p.now_ms, p.tz).isoformat()
+    today = day_of(p.now_ms, p.tz)
     rows = conn.all("SELECT id, hall, deadline FROM cases WHERE state <> 'closed' AND overdue_ms IS NULL"
                     " AND deadline < ? ORDER BY id", (today,))
     for cid, hall, deadline in rows:
@@ -345,11 +341,11 @@ def record_callback(conn: Conn, user: User, case_id: int, at_ms: int, outcome: s
     opened), by the user, and what came of it."""
     c = _rectifiable(conn, user, case_id)
     outcome = _text(outcome, "the call-back outcome")
-    opened_day = local_day(c.opened_ms, tz)
+    opened_day = day_of(c.opened_ms, tz)
     if at_ms > now_ms + 60_000:
         raise CaseError("the call-back time is in the future")
-    if local_day(at_ms, tz) < opened_day:
-        raise CaseError(f"the call-back time is before the case was opened ({opened_day.isoformat()})")
+    if day_of(at_ms, tz) < opened_day:
+        raise CaseError(f"the call-back time is before the case was opened ({opened_day})")
     _start(conn, c)
     conn.execute("UPDATE cases SET callback_ms = ?, callback_by = ?, callback_outcome = ? WHERE id = ?",
                  (at_ms, user.username, outcome, case_id))
@@ -403,7 +399,7 @@ def accept(conn: Conn, user: User, case_id: int, note: str, now_ms: int, tz: Zon
     note = (note or "").strip()
     if len(note) > MAX_TEXT:
         raise CaseError(f"the review note is at most {MAX_TEXT} characters")
-    on_time = local_day(now_ms, tz).isoformat() <= c.deadline
+    on_time = day_of(now_ms, tz) <= c.deadline
     conn.execute("UPDATE cases SET state = 'closed', reviewed_ms = ?, reviewed_by = ?, review_note = ?,"
                  " closed_ms = ?, on_time = ? WHERE id = ?",
                  (now_ms, user.username, note or None, now_ms, int(on_time), case_id))

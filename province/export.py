@@ -17,8 +17,9 @@ from typing import Any, Literal
 from openpyxl import Workbook
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
+from openpyxl.worksheet.worksheet import Worksheet
 
-__all__ = ["Column", "Table", "to_csv", "to_xlsx"]
+__all__ = ["Column", "Table", "to_csv", "to_xlsx", "write_sheet"]
 
 Kind = Literal["text", "int", "rate", "time"]
 
@@ -60,11 +61,9 @@ def to_csv(t: Table) -> bytes:
     return ("\ufeff" + buf.getvalue()).encode("utf-8")
 
 
-def to_xlsx(t: Table) -> bytes:
-    wb = Workbook()
-    ws = wb.active
-    if ws is None:       # openpyxl's types allow it; a new Workbook always has its sheet
-        ws = wb.create_sheet()
+def write_sheet(ws: Worksheet, t: Table) -> None:
+    """``t`` on one worksheet: its title, its meta lines, a bold frozen header row, rates as numbers
+    formatted as percentages (so Excel can compute with them)."""
     ws.title = t.title[:31].replace("/", " ")
     ws.append([t.title])
     ws["A1"].font = Font(bold=True, size=13)
@@ -78,12 +77,19 @@ def to_xlsx(t: Table) -> bytes:
     for r in t.rows:
         ws.append([r.get(c.key) for c in t.columns])
     for j, c in enumerate(t.columns, start=1):
-        letter = get_column_letter(j)
         if c.kind == "rate":
             for (cell,) in ws.iter_rows(min_row=head + 1, min_col=j, max_col=j):
                 cell.number_format = "0.0%"
-        ws.column_dimensions[letter].width = max(10, min(40, len(c.title) * 2))
-    ws.freeze_panes = ws.cell(row=head + 1, column=1)
+        ws.column_dimensions[get_column_letter(j)].width = max(10, min(40, len(c.title) * 2))
+    ws.freeze_panes = f"A{head + 1}"
+
+
+def to_xlsx(t: Table) -> bytes:
+    wb = Workbook()
+    ws = wb.active
+    if ws is None:       # openpyxl's types allow it; a new Workbook always has its sheet
+        ws = wb.create_sheet()
+    write_sheet(ws, t)
     out = io.BytesIO()
     wb.save(out)
     return out.getvalue()

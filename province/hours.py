@@ -11,8 +11,6 @@ import datetime as dt
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-import chinese_calendar
-
 from countersign.common.hours import parse_days
 
 from . import audit
@@ -51,7 +49,7 @@ class Hours:
             return workday and day.weekday() in self.days
         # A weekend day: open if the hall opens on that weekday and it is not a holiday, or if it is a
         # make-up working day.
-        return workday or (day.weekday() in self.days and not _holiday(day, cal))
+        return workday or (day.weekday() in self.days and not cal.is_holiday(day))
 
 
     def open_ms(self, start_ms: int, end_ms: int, tz: ZoneInfo, cal: Calendar) -> int:
@@ -71,18 +69,6 @@ class Hours:
                 total += max(0, min(c, end_ms) - max(o, start_ms))
             day += dt.timedelta(days=1)
         return total
-
-
-def _holiday(day: dt.date, cal: Calendar) -> bool:
-    """A weekend day inside a public holiday (the Saturday of the National Day week), not an ordinary
-    weekend (chinese-calendar names the holiday; an ordinary weekend has no name)."""
-    if day in cal.overrides:
-        return not cal.overrides[day]
-    try:
-        named = chinese_calendar.get_holiday_detail(day)[1]
-        return bool(chinese_calendar.is_holiday(day)) and named is not None
-    except NotImplementedError:
-        return False
 
 
 DEFAULT = Hours.parse("mon-sat", "08:30", "17:30")

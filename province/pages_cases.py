@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 from . import cases, export, workdays
 from .cases import Case, CaseConflict, CaseError, CaseForbidden, CaseNotFound
 from .pages_figs import halls
+from .period import day_of
 from .ratings_list import rating_rows
 from .scope import User
 from .webctx import Forbidden, NotFound, Web
@@ -60,7 +61,7 @@ def routes(web: Web) -> list[BaseRoute]:
         return "" if ms is None else datetime.fromtimestamp(ms / 1000, web.tz).strftime("%Y-%m-%d %H:%M")
 
     def today() -> str:
-        return cases.local_day(web.now_ms(), web.tz).isoformat()
+        return day_of(web.now_ms(), web.tz)
 
     def day_ms(day: date) -> int:
         return int(datetime(day.year, day.month, day.day, tzinfo=web.tz).timestamp() * 1000)

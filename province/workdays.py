@@ -55,13 +55,16 @@ class Calendar:
                 n -= 1
         return day
 
-    def workdays_between(self, start: dt.date, end: dt.date) -> int:
-        """Working days after ``start`` up to and including ``end`` (0 if ``end`` is not later)."""
-        count, day = 0, start
-        while day < end:
-            day += dt.timedelta(days=1)
-            count += self.is_workday(day)
-        return count
+    def is_holiday(self, day: dt.date) -> bool:
+        """A public holiday (the National Day week's Saturday), not an ordinary weekend: chinese-calendar
+        names its holidays; an administrator's entry wins; a year without data has none."""
+        if day in self.overrides:
+            return not self.overrides[day]
+        try:
+            named = chinese_calendar.get_holiday_detail(day)[1]
+            return bool(chinese_calendar.is_holiday(day)) and named is not None
+        except NotImplementedError:
+            return False
 
     def unknown_years(self, years: range) -> list[int]:
         return [y for y in years if not self.known(dt.date(y, 6, 1))
