@@ -313,7 +313,8 @@ def on_ratings(conn: Conn, ratings: Sequence[Rated], p: Pass) -> None:
 
 
 def _dissatisfied(conn: Conn, r: Rated, p: Pass) -> None:
-    assert r.score is not None and r.scale is not None
+    if r.score is None or r.scale is None:     # Rated.dissatisfied implies both; this tells mypy
+        return
     name = SCORE_NAMES_ZH.get(r.scale, {}).get(r.score, f"{r.score}/{r.scale}")
     when = hours.local(r.at_ms, p.tz).strftime("%Y-%m-%d %H:%M")
     case = conn.scalar("SELECT id FROM cases WHERE rating = ?", (r.id,))

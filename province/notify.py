@@ -231,9 +231,9 @@ class Notifier:
         title, body, kind = ev.message(self.tz)
         try:
             return bool(ap.notify(title=title, body=body, notify_type=kind))
-        except Exception as exc:
-            # apprise catches its plugins' errors, but a socket error (or a plugin's bug) still escapes
-            # now and then: it is one failed try, retried, never the end of this target's thread.
+        except OSError as exc:
+            # apprise catches its plugins' errors, but a socket error still escapes now and then: it is
+            # one failed try, retried, never the end of this target's thread (as gateway/notify.py).
             log.warning("alert notification to %s failed: %s", shown, type(exc).__name__)
             return False
 
